@@ -1,0 +1,538 @@
+//! Loading files and directories of YAML into one [`Config`].
+//!
+//! Every document is read on its own: a bad document is reported and left out, and the caller
+//! decides whether a load with errors may be used (the CLI refuses it; the control plane keeps
+//! its last good configuration).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::authn::{PeerAuthentication, RequestAuthentication};
+use crate::authz::AuthorizationPolicy;
+use crate::decode::Ctx;
+use crate::diag::{Diagnostic, ObjectRef, Origin, Severity};
+use crate::kube::{KubeService, KubeWorkload, Namespace, NetworkPolicy, ServiceAccountObject};
+use crate::mesh::MeshConfig;
+use crate::networking::{LocalRateLimit, ServiceEntry, WorkloadEntry};
+use crate::telemetry::Telemetry;
+use crate::yaml::{self, Node, Pos};
+
+/// Every resource zmesh read, in load order.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub request_authentications: Vec<RequestAuthentication>,
+    pub telemetries: Vec<Telemetry>,
+    pub workload_entries: Vec<WorkloadEntry>,
+    pub service_entries: Vec<ServiceEntry>,
+    pub rate_limits: Vec<LocalRateLimit>,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub namespaces: Vec<Namespace>,
+    pub workloads: Vec<KubeWorkload>,
+    pub services: Vec<KubeService>,
+    pub service_accounts: Vec<ServiceAccountObject>,
+    /// The mesh configuration, defaults unless a source set it.
+    pub mesh: MeshConfig,
+}
+
+/// The outcome of a load: what was read, and everything worth telling about it.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub config: Config,
+    pub diagnostics: Vec<Diagnostic>,
+    pub files: usize,
+    pub documents: usize,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+}
+
+/// How a file is read: as Kubernetes-style documents, or as a bare MeshConfig (the `mesh` key
+/// of Istio's ConfigMap, fields at the top level).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Resources,
+    MeshConfig,
+}
+
+/// Accumulates sources, then produces one [`Loaded`].
+#[derive(Debug, Default)]
+pub struct Loader {
+    loaded: Loaded,
+    limits: yaml::Limits,
+    mesh_origin: Option<Origin>,
+}
+
+/// Istio's groups and the versions zmesh reads of each.
+const VERSIONS: &[(&str, &[&str])] = &[
+    ("security.istio.io", &["v1", "v1beta1"]),
+    ("telemetry.istio.io", &["v1", "v1alpha1"]),
+    ("networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+    ("networking.k8s.io", &["v1"]),
+    ("install.istio.io", &["v1alpha1"]),
+    ("apps", &["v1"]),
+    ("", &["v1"]),
+];
+
+/// Files below a directory that are read: `*.yaml` and `*.yml`, sorted so the order (which
+/// decides PeerAuthentication age when no creation time is given) is stable.
+pub fn yaml_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let name = entry.file_name();
+            // Kubernetes ConfigMap mounts keep data in hidden `..data` directories.
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl Loader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_limits(limits: yaml::Limits) -> Self {
+        Loader {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    fn push(
+        &mut self,
+        file: Option<&Arc<str>>,
+        pos: Pos,
+        message: String,
+        hint: &str,
+        severity: Severity,
+    ) {
+        self.loaded.diagnostics.push(Diagnostic {
+            severity,
+            code: None,
+            origin: Origin {
+                file: file.cloned(),
+                pos,
+            },
+            object: None,
+            field: String::new(),
+            message,
+            hint: (!hint.is_empty()).then(|| hint.to_owned()),
+        });
+    }
+
+    /// Add a file or every YAML file below a directory. A file named `mesh.yaml`/`mesh.yml`
+    /// whose documents have no `kind` is read as a MeshConfig.
+    pub fn add_path(&mut self, path: &Path) {
+        let files = match yaml_files(path) {
+            Ok(files) => files,
+            Err(error) => {
+                let name: Arc<str> = path.display().to_string().into();
+                self.push(
+                    Some(&name),
+                    Pos::default(),
+                    format!("cannot read: {error}"),
+                    "check that the path exists and is readable",
+                    Severity::Error,
+                );
+                return;
+            }
+        };
+        for file in files {
+            self.add_file(&file, FileKind::Resources);
+        }
+    }
+
+    pub fn add_file(&mut self, path: &Path, kind: FileKind) {
+        let name: Arc<str> = path.display().to_string().into();
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => self.add_str(Some(name), &text, kind),
+                Err(_) => self.push(
+                    Some(&name),
+                    Pos::default(),
+                    "the file is not UTF-8 text".into(),
+                    "save it as UTF-8",
+                    Severity::Error,
+                ),
+            },
+            Err(error) => self.push(
+                Some(&name),
+                Pos::default(),
+                format!("cannot read: {error}"),
+                "check that the file exists and is readable",
+                Severity::Error,
+            ),
+        }
+    }
+
+    /// Add YAML text; `file` names it in diagnostics.
+    pub fn add_str(&mut self, file: Option<Arc<str>>, text: &str, kind: FileKind) {
+        self.loaded.files += 1;
+        let documents = match yaml::parse_stream(text, &self.limits) {
+            Ok(documents) => documents,
+            Err(error) => {
+                let pos = error.pos().unwrap_or_default();
+                let message = match &error {
+                    yaml::YamlError::Syntax { message, .. } => {
+                        format!("YAML syntax error: {message}")
+                    }
+                    other => other
+                        .to_string()
+                        .split_once(": ")
+                        .map_or_else(|| other.to_string(), |(_, m)| m.to_owned()),
+                };
+                self.push(
+                    file.as_ref(),
+                    pos,
+                    message,
+                    "nothing from this file was loaded",
+                    Severity::Error,
+                );
+                return;
+            }
+        };
+        let is_mesh_file = file
+            .as_deref()
+            .and_then(|f| Path::new(f).file_name())
+            .is_some_and(|n| n == "mesh.yaml" || n == "mesh.yml");
+        for document in documents {
+            let Some(root) = document.root else { continue };
+            self.loaded.documents += 1;
+            let as_mesh =
+                kind == FileKind::MeshConfig || (is_mesh_file && root.get("kind").is_none());
+            if as_mesh {
+                self.add_mesh(file.clone(), &root, "");
+            } else {
+                self.add_document(file.clone(), &root);
+            }
+        }
+    }
+
+    fn add_mesh(&mut self, file: Option<Arc<str>>, node: &Node, path: &str) {
+        let origin = Origin {
+            file: file.clone(),
+            pos: node.pos,
+        };
+        if let Some(first) = &self.mesh_origin {
+            let first = first.to_string();
+            self.push(
+                file.as_ref(),
+                node.pos,
+                format!("MeshConfig is given a second time (first at {first})"),
+                "keep one MeshConfig source",
+                Severity::Error,
+            );
+            return;
+        }
+        let mut ctx = Ctx {
+            file,
+            object: Some(ObjectRef {
+                kind: "MeshConfig".into(),
+                namespace: None,
+                name: None,
+            }),
+            diagnostics: &mut self.loaded.diagnostics,
+        };
+        if let Some(mesh) = crate::mesh::read_mesh_config(&mut ctx, node, path, origin.clone()) {
+            self.loaded.config.mesh = mesh;
+            self.mesh_origin = Some(origin);
+        }
+    }
+
+    fn add_document(&mut self, file: Option<Arc<str>>, root: &Node) {
+        let order = self.loaded.documents;
+        let mut ctx = Ctx {
+            file: file.clone(),
+            object: None,
+            diagnostics: &mut self.loaded.diagnostics,
+        };
+        let Some(mut fields) = ctx.map(root, "") else {
+            return;
+        };
+        let api_version = fields.string(&mut ctx, "apiVersion");
+        let kind = fields.string(&mut ctx, "kind");
+        let (Some(api_version), Some(kind)) = (api_version, kind) else {
+            ctx.error(
+                root.pos,
+                "kind",
+                "the document has no apiVersion or kind",
+                "start it with apiVersion and kind, as for kubectl apply",
+            );
+            return;
+        };
+        let metadata = fields.get("metadata");
+        // Name the object in every later diagnostic.
+        let name = metadata
+            .as_ref()
+            .and_then(|(m, _)| m.get("name"))
+            .and_then(Node::scalar_text)
+            .map(str::to_owned);
+        let namespace = metadata
+            .as_ref()
+            .and_then(|(m, _)| m.get("namespace"))
+            .and_then(Node::scalar_text)
+            .map(str::to_owned);
+        ctx.object = Some(ObjectRef {
+            kind: kind.value.clone(),
+            namespace: namespace.or_else(|| name.as_ref().map(|_| "default".to_owned())),
+            name,
+        });
+
+        let (group, version) = api_version
+            .rsplit_once('/')
+            .unwrap_or(("", api_version.as_str()));
+        let Some((_, versions)) = VERSIONS.iter().find(|(g, _)| *g == group) else {
+            ctx.report(
+                Severity::Info,
+                root.pos,
+                "",
+                format!(
+                    "{} {} is not used by zmesh; skipped",
+                    api_version.value, kind.value
+                ),
+                None,
+            );
+            return;
+        };
+        if !versions.contains(&version) {
+            ctx.error(
+                api_version.pos,
+                "apiVersion",
+                format!(
+                    "{} is not a supported version of {group}",
+                    api_version.value
+                ),
+                format!("use {group}/{}", versions[0]),
+            );
+            return;
+        }
+        let origin = Origin {
+            file,
+            pos: root.pos,
+        };
+        let spec = fields.get("spec");
+        let namespaced = !matches!(kind.as_str(), "Namespace");
+        let meta = match metadata {
+            Some((node, path)) => {
+                let Some(meta_fields) = ctx.map(node, &path) else {
+                    return;
+                };
+                crate::meta::read_meta(&mut ctx, meta_fields, origin, order, namespaced)
+            }
+            None => {
+                ctx.error(
+                    root.pos,
+                    "metadata",
+                    "the document has no metadata",
+                    "add metadata.name (and metadata.namespace)",
+                );
+                None
+            }
+        };
+        let config = &mut self.loaded.config;
+        fields.ignore(&["status"]);
+        match (group, kind.as_str()) {
+            ("security.istio.io", "AuthorizationPolicy") => {
+                fields.finish(&mut ctx);
+                config
+                    .authorization_policies
+                    .extend(meta.and_then(|m| crate::authz::read(&mut ctx, m, spec)));
+            }
+            ("security.istio.io", "PeerAuthentication") => {
+                fields.finish(&mut ctx);
+                config.peer_authentications.extend(
+                    meta.and_then(|m| crate::authn::read_peer_authentication(&mut ctx, m, spec)),
+                );
+            }
+            ("security.istio.io", "RequestAuthentication") => {
+                fields.finish(&mut ctx);
+                config.request_authentications.extend(
+                    meta.and_then(|m| crate::authn::read_request_authentication(&mut ctx, m, spec)),
+                );
+            }
+            ("telemetry.istio.io", "Telemetry") => {
+                fields.finish(&mut ctx);
+                config
+                    .telemetries
+                    .extend(meta.and_then(|m| crate::telemetry::read(&mut ctx, m, spec)));
+            }
+            ("networking.istio.io", "WorkloadEntry") => {
+                fields.finish(&mut ctx);
+                config.workload_entries.extend(
+                    meta.and_then(|m| crate::networking::read_workload_entry(&mut ctx, m, spec)),
+                );
+            }
+            ("networking.istio.io", "ServiceEntry") => {
+                fields.finish(&mut ctx);
+                config.service_entries.extend(
+                    meta.and_then(|m| crate::networking::read_service_entry(&mut ctx, m, spec)),
+                );
+            }
+            ("networking.istio.io", "EnvoyFilter") => {
+                fields.finish(&mut ctx);
+                config.rate_limits.extend(
+                    meta.and_then(|m| crate::networking::read_envoy_filter(&mut ctx, m, spec)),
+                );
+            }
+            ("networking.k8s.io", "NetworkPolicy") => {
+                fields.finish(&mut ctx);
+                config
+                    .network_policies
+                    .extend(meta.and_then(|m| crate::kube::read_network_policy(&mut ctx, m, spec)));
+            }
+            ("", "Namespace") => config
+                .namespaces
+                .extend(meta.map(|meta| Namespace { meta })),
+            ("", "ServiceAccount") => config
+                .service_accounts
+                .extend(meta.map(|meta| ServiceAccountObject { meta })),
+            ("", "Service") => config
+                .services
+                .extend(meta.and_then(|m| crate::kube::read_service(&mut ctx, m, spec))),
+            ("", "Pod") | ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
+                config.workloads.extend(
+                    meta.and_then(|m| crate::kube::read_workload(&mut ctx, m, &kind, spec)),
+                );
+            }
+            ("", "ConfigMap") => {
+                let data = fields.get("data");
+                let Some(meta) = meta else { return };
+                let mesh_text = data.and_then(|(d, _)| d.get("mesh"));
+                match mesh_text {
+                    Some(text_node) if meta.name == "istio" => {
+                        let text = text_node.scalar_text().unwrap_or_default().to_owned();
+                        drop(ctx);
+                        self.add_embedded_mesh(meta.origin.file.clone(), text_node.pos, &text);
+                    }
+                    Some(text_node) => ctx.warn(
+                        text_node.pos,
+                        "data.mesh",
+                        format!("ConfigMap {} has a `mesh` key, but MeshConfig is read only from ConfigMap `istio`; it is ignored", meta.key()),
+                        "rename the ConfigMap to `istio`, or move these settings into it",
+                    ),
+                    None => ctx.report(Severity::Info, root.pos, "", format!("ConfigMap {} is not used by zmesh; skipped", meta.key()), None),
+                }
+            }
+            ("install.istio.io", "IstioOperator") => {
+                let mesh = spec.and_then(|(s, p)| {
+                    s.get("meshConfig")
+                        .map(|m| (m.clone(), format!("{p}.meshConfig")))
+                });
+                match mesh {
+                    Some((node, path)) => {
+                        drop(ctx);
+                        self.add_mesh(meta.and_then(|m| m.origin.file), &node, &path);
+                    }
+                    None => ctx.report(
+                        Severity::Info,
+                        root.pos,
+                        "",
+                        "IstioOperator has no spec.meshConfig; nothing in it is used by zmesh"
+                            .into(),
+                        None,
+                    ),
+                }
+            }
+            ("", "List") => {
+                let items = fields.get("items").map(|(n, _)| n.clone());
+                drop(ctx);
+                if let Some(Node {
+                    value: yaml::Value::Seq(items),
+                    ..
+                }) = items
+                {
+                    for item in &items {
+                        self.add_document(origin_file(&meta), item);
+                    }
+                }
+            }
+            _ => ctx.report(
+                Severity::Info,
+                root.pos,
+                "",
+                format!(
+                    "{} {} is not used by zmesh; skipped",
+                    api_version.value, kind.value
+                ),
+                None,
+            ),
+        }
+    }
+
+    /// The `mesh` key of ConfigMap `istio`: YAML inside a string. Positions inside it are
+    /// shifted to the lines of the enclosing file.
+    fn add_embedded_mesh(&mut self, file: Option<Arc<str>>, at: Pos, text: &str) {
+        match yaml::parse_stream(text, &self.limits) {
+            Ok(documents) => {
+                let mark = self.loaded.diagnostics.len();
+                if let Some(root) = documents.into_iter().find_map(|d| d.root) {
+                    self.add_mesh(file, &root, "data.mesh");
+                }
+                for diagnostic in &mut self.loaded.diagnostics[mark..] {
+                    diagnostic.origin.pos.line += at.line;
+                }
+            }
+            Err(error) => {
+                let line = at.line + error.pos().map_or(0, |p| p.line);
+                self.push(
+                    file.as_ref(),
+                    Pos { line, column: 1 },
+                    format!("data.mesh is not valid YAML: {error}"),
+                    "fix the YAML inside the `mesh` key",
+                    Severity::Error,
+                );
+            }
+        }
+    }
+
+    pub fn finish(self) -> Loaded {
+        self.loaded
+    }
+}
+
+fn origin_file(meta: &Option<crate::meta::Meta>) -> Option<Arc<str>> {
+    meta.as_ref().and_then(|m| m.origin.file.clone())
+}
+
+/// Load files and directories, and optionally a MeshConfig file.
+pub fn load_paths(paths: &[PathBuf], mesh_config: Option<&Path>) -> Loaded {
+    let mut loader = Loader::new();
+    if let Some(mesh) = mesh_config {
+        loader.add_file(mesh, FileKind::MeshConfig);
+    }
+    for path in paths {
+        loader.add_path(path);
+    }
+    loader.finish()
+}
+
+/// Load YAML text (tests, and configuration given inline).
+pub fn load_str(text: &str) -> Loaded {
+    let mut loader = Loader::new();
+    loader.add_str(None, text, FileKind::Resources);
+    loader.finish()
+}
