@@ -279,6 +279,7 @@ pub(crate) fn read(
         && selector.match_labels.is_empty()
     {
         ctx.warn(
+            crate::diag::codes::SELECTOR_WITHOUT_LABELS,
             selector.pos,
             &spec.path("selector"),
             "selector has no labels, so it selects every workload in the namespace",
@@ -352,6 +353,7 @@ pub(crate) fn read(
         for (index, rule) in policy.rules.iter().enumerate() {
             if rule.is_only_http() {
                 ctx.warn(
+                    crate::diag::codes::DENY_HTTP_ONLY_ON_TCP,
                     rule.pos,
                     &format!("{rules_path}[{index}]"),
                     "this DENY rule uses only HTTP fields; on TCP connections those fields are dropped and the rule denies every connection",

@@ -50,7 +50,11 @@ impl Ctx<'_> {
     ) {
         self.diagnostics.push(Diagnostic {
             severity,
-            code: None,
+            code: match severity {
+                Severity::Error => Some(crate::diag::codes::SCHEMA),
+                Severity::Info => Some(crate::diag::codes::NOT_USED),
+                Severity::Warning => None,
+            },
             origin: self.origin(pos),
             object: self.object.clone(),
             field: field.to_owned(),
@@ -78,6 +82,7 @@ impl Ctx<'_> {
 
     pub fn warn(
         &mut self,
+        code: &'static str,
         pos: Pos,
         field: &str,
         message: impl Into<String>,
@@ -91,6 +96,9 @@ impl Ctx<'_> {
             message.into(),
             (!hint.is_empty()).then_some(hint),
         );
+        if let Some(last) = self.diagnostics.last_mut() {
+            last.code = Some(code);
+        }
     }
 
     pub fn has_errors_since(&self, mark: usize) -> bool {

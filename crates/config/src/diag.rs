@@ -60,6 +60,24 @@ impl fmt::Display for Origin {
     }
 }
 
+/// Stable codes of findings: Istio's where it has one for the same finding, zmesh's otherwise.
+pub mod codes {
+    /// A document Istio would reject (istioctl's SchemaValidationError).
+    pub const SCHEMA: &str = "IST0106";
+    /// A selector that matches no known workload (istioctl's NoMatchingWorkloadsFound).
+    pub const NO_MATCHING_WORKLOADS: &str = "IST0127";
+    pub const WILDCARD_BOTH_ENDS: &str = "ZM1001";
+    pub const HOST_WITHOUT_PORT: &str = "ZM1002";
+    pub const PRINCIPAL_NEVER_MATCHES: &str = "ZM1003";
+    pub const DENY_HTTP_ONLY_ON_TCP: &str = "ZM1004";
+    pub const SHADOWED_BY_DENY: &str = "ZM1005";
+    pub const SELECTOR_WITHOUT_LABELS: &str = "ZM1006";
+    pub const MESH_CONFIG_IGNORED: &str = "ZM1007";
+    pub const CUSTOM_PROVIDER_UNKNOWN: &str = "ZM1008";
+    pub const ROOT_SELECTOR_IGNORED: &str = "ZM1009";
+    pub const NOT_USED: &str = "ZM0001";
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     pub severity: Severity,

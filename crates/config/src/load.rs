@@ -132,7 +132,7 @@ impl Loader {
     ) {
         self.loaded.diagnostics.push(Diagnostic {
             severity,
-            code: None,
+            code: (severity == Severity::Error).then_some(crate::diag::codes::SCHEMA),
             origin: Origin {
                 file: file.cloned(),
                 pos,
@@ -429,6 +429,7 @@ impl Loader {
                         self.add_embedded_mesh(meta.origin.file.clone(), text_node.pos, &text);
                     }
                     Some(text_node) => ctx.warn(
+                        crate::diag::codes::MESH_CONFIG_IGNORED,
                         text_node.pos,
                         "data.mesh",
                         format!("ConfigMap {} has a `mesh` key, but MeshConfig is read only from ConfigMap `istio`; it is ignored", meta.key()),

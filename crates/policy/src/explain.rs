@@ -13,7 +13,8 @@ use crate::request::Request;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleOutcome {
     Matched,
-    Missed(Miss),
+    /// The first field that did not match, and that said in words with the request's value.
+    Missed { miss: Miss, detail: String },
 }
 
 #[derive(Debug, Clone)]
@@ -46,7 +47,7 @@ fn trace(policy: &Arc<CompiledPolicy>, request: &Request<'_>) -> PolicyTrace {
             .iter()
             .map(|rule| match check_rule(rule, policy.action, request) {
                 Ok(()) => RuleOutcome::Matched,
-                Err(miss) => RuleOutcome::Missed(miss),
+                Err(miss) => RuleOutcome::Missed { detail: describe_miss(&miss, request), miss },
             })
             .collect(),
     }

@@ -9,10 +9,12 @@
 //! Flow: `Config` → [`PolicySet::compile`] → [`PolicySet::for_workload`] →
 //! [`WorkloadPolicy::authorize`] (hot path) or [`explain`] (for people).
 
+pub mod analyze;
 pub mod authn;
 pub mod authz;
 pub mod compile;
 pub mod explain;
+pub mod input;
 pub mod matcher;
 pub mod request;
 pub mod set;

@@ -1,0 +1,53 @@
+//! `zmesh`: the one binary. Each subcommand wires the crates together; the work is in them.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod check;
+mod validate;
+
+/// The zero-trust service mesh: mTLS with SPIFFE identities, Istio-compatible policy, and
+/// tools to see why a request is allowed or denied.
+#[derive(Debug, Parser)]
+#[command(name = "zmesh", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Check Istio/Kubernetes YAML the way Istio validates it; exit 1 if anything is invalid.
+    Validate(validate::ValidateArgs),
+    /// Find valid but risky or ineffective policy (istioctl analyze style).
+    Analyze(validate::AnalyzeArgs),
+    /// Authorization: would this request be allowed, and why?
+    #[command(subcommand)]
+    Authz(check::AuthzCommand),
+    /// Peer authentication: which mTLS mode applies to a workload port?
+    #[command(subcommand)]
+    Authn(check::AuthnCommand),
+}
+
+/// Exit codes shared by every subcommand: 0 success, 1 findings or invalid input files,
+/// 2 usage errors (clap uses 2 as well).
+pub(crate) const EXIT_FINDINGS: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => validate::validate(&args),
+        Command::Analyze(args) => validate::analyze(&args),
+        Command::Authz(command) => check::authz(command),
+        Command::Authn(command) => check::authn(command),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

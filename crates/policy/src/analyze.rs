@@ -1,0 +1,301 @@
+//! `zmesh analyze`: policy that is valid but will not do what its author meant.
+//!
+//! Each finding names the document and line, says what will happen, and how to fix it.
+
+use std::collections::BTreeMap;
+
+use zmesh_config::authz::{Action, AuthorizationPolicy, Operation, Rule, Source};
+use zmesh_config::diag::codes;
+use zmesh_config::meta::{Meta, Selector};
+use zmesh_config::yaml::Pos;
+use zmesh_config::{Config, Diagnostic, ObjectRef, Origin, Severity, Spanned};
+
+/// A workload known from the configuration: namespace and pod labels.
+#[derive(Debug, Clone)]
+struct KnownWorkload {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+}
+
+fn known_workloads(config: &Config) -> Vec<KnownWorkload> {
+    let mut out: Vec<KnownWorkload> = config
+        .workloads
+        .iter()
+        .map(|w| KnownWorkload { namespace: w.meta.namespace.clone(), labels: w.pod_labels.clone() })
+        .collect();
+    out.extend(config.workload_entries.iter().map(|w| KnownWorkload { namespace: w.meta.namespace.clone(), labels: w.spec.labels.clone() }));
+    for entry in &config.service_entries {
+        out.extend(entry.endpoints.iter().map(|e| KnownWorkload { namespace: entry.meta.namespace.clone(), labels: e.labels.clone() }));
+    }
+    out
+}
+
+struct Findings {
+    out: Vec<Diagnostic>,
+}
+
+impl Findings {
+    fn add(&mut self, code: &'static str, kind: &str, meta: &Meta, pos: Pos, field: String, message: String, hint: String) {
+        self.out.push(Diagnostic {
+            severity: Severity::Warning,
+            code: Some(code),
+            origin: Origin { file: meta.origin.file.clone(), pos },
+            object: Some(ObjectRef { kind: kind.to_owned(), namespace: Some(meta.namespace.clone()), name: Some(meta.name.clone()) }),
+            field,
+            message,
+            hint: Some(hint),
+        });
+    }
+}
+
+/// Run every analyzer over a loaded configuration.
+pub fn analyze(config: &Config) -> Vec<Diagnostic> {
+    let mut findings = Findings { out: Vec::new() };
+    let workloads = known_workloads(config);
+    for policy in &config.authorization_policies {
+        analyze_patterns(&mut findings, policy, config);
+        if policy.action == Action::Custom
+            && let Some(provider) = &policy.provider
+            && !config.mesh.provider(provider).is_some_and(|p| p.kind.is_ext_authz())
+        {
+            findings.add(
+                codes::CUSTOM_PROVIDER_UNKNOWN,
+                "AuthorizationPolicy",
+                &policy.meta,
+                provider.pos,
+                "spec.provider.name".into(),
+                format!("provider `{}` is not an ext_authz provider in meshConfig.extensionProviders, so every request these rules match is denied", provider.value),
+                "define it under meshConfig.extensionProviders (envoyExtAuthzHttp or envoyExtAuthzGrpc), or fix the name".into(),
+            );
+        }
+    }
+    let root = config.mesh.root_namespace.as_str();
+    if workloads.is_empty() {
+        // Without any workload in the files, every selector would be reported; say so once.
+    } else {
+        let selectors = config
+            .authorization_policies
+            .iter()
+            .filter(|p| p.target_refs.is_empty())
+            .map(|p| ("AuthorizationPolicy", &p.meta, p.selector.as_ref()))
+            .chain(config.peer_authentications.iter().map(|p| ("PeerAuthentication", &p.meta, p.selector.as_ref())))
+            .chain(config.request_authentications.iter().map(|p| ("RequestAuthentication", &p.meta, p.selector.as_ref())))
+            .chain(config.telemetries.iter().map(|p| ("Telemetry", &p.meta, p.selector.as_ref())))
+            .chain(config.rate_limits.iter().map(|p| ("EnvoyFilter", &p.meta, p.selector.as_ref())));
+        for (kind, meta, selector) in selectors {
+            let Some(selector) = selector.filter(|s| !s.match_labels.is_empty()) else { continue };
+            let in_scope = |w: &&KnownWorkload| meta.namespace == root || w.namespace == meta.namespace;
+            if !workloads.iter().filter(in_scope).any(|w| selector.matches(&w.labels)) {
+                let labels: Vec<String> = selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                findings.add(
+                    codes::NO_MATCHING_WORKLOADS,
+                    kind,
+                    meta,
+                    selector.pos,
+                    "spec.selector".into(),
+                    format!("No matching workloads for this resource with the following labels: {}", labels.join(",")),
+                    "check the labels against the workloads' pod labels, and the namespace".into(),
+                );
+            }
+        }
+    }
+    for policy in config.peer_authentications.iter().filter(|p| p.meta.namespace == root && p.has_selector()) {
+        let pos = policy.selector.as_ref().map_or(policy.meta.origin.pos, |s| s.pos);
+        findings.add(
+            codes::ROOT_SELECTOR_IGNORED,
+            "PeerAuthentication",
+            &policy.meta,
+            pos,
+            "spec.selector".into(),
+            format!("a PeerAuthentication with a selector in the root namespace `{root}` is ignored"),
+            "move it to the workloads' namespace, or remove the selector to make it mesh-wide".into(),
+        );
+    }
+    analyze_shadowing(&mut findings, config);
+    findings.out
+}
+
+fn analyze_patterns(findings: &mut Findings, policy: &AuthorizationPolicy, config: &Config) {
+    for (rule_index, rule) in policy.rules.iter().enumerate() {
+        let mut lists: Vec<(String, &[Spanned<String>])> = Vec::new();
+        for (i, source) in rule.from.iter().enumerate() {
+            let path = format!("spec.rules[{rule_index}].from[{i}].source");
+            for (name, values) in source_lists(source) {
+                lists.push((format!("{path}.{name}"), values));
+            }
+            check_principals(findings, policy, &format!("{path}.principals"), &source.principals, config);
+            check_principals(findings, policy, &format!("{path}.notPrincipals"), &source.not_principals, config);
+        }
+        for (i, operation) in rule.to.iter().enumerate() {
+            let path = format!("spec.rules[{rule_index}].to[{i}].operation");
+            for (name, values) in operation_lists(operation) {
+                lists.push((format!("{path}.{name}"), values));
+            }
+            check_hosts(findings, policy, &format!("{path}.hosts"), &operation.hosts);
+        }
+        for (i, condition) in rule.when.iter().enumerate() {
+            let path = format!("spec.rules[{rule_index}].when[{i}]");
+            lists.push((format!("{path}.values"), &condition.values));
+            lists.push((format!("{path}.notValues"), &condition.not_values));
+        }
+        for (field, values) in lists {
+            for value in values.iter().filter(|v| v.len() > 2 && v.starts_with('*') && v.ends_with('*')) {
+                let inner = &value[1..value.len() - 1];
+                findings.add(
+                    codes::WILDCARD_BOTH_ENDS,
+                    "AuthorizationPolicy",
+                    &policy.meta,
+                    value.pos,
+                    field.clone(),
+                    format!("`{}` is not a \"contains\" match: Istio reads it as a suffix match on the literal `{inner}*`, so a value like `{inner}/1.0` does not match", value.value),
+                    format!("Istio has no \"contains\" match; list the exact prefixes (`{inner}*`) or suffixes (`*{inner}`) you mean"),
+                );
+            }
+        }
+    }
+}
+
+fn source_lists(source: &Source) -> Vec<(&'static str, &[Spanned<String>])> {
+    vec![
+        ("principals", &source.principals),
+        ("notPrincipals", &source.not_principals),
+        ("requestPrincipals", &source.request_principals),
+        ("notRequestPrincipals", &source.not_request_principals),
+        ("namespaces", &source.namespaces),
+        ("notNamespaces", &source.not_namespaces),
+    ]
+}
+
+fn operation_lists(operation: &Operation) -> Vec<(&'static str, &[Spanned<String>])> {
+    vec![
+        ("hosts", &operation.hosts),
+        ("notHosts", &operation.not_hosts),
+        ("methods", &operation.methods),
+        ("notMethods", &operation.not_methods),
+        ("paths", &operation.paths),
+        ("notPaths", &operation.not_paths),
+    ]
+}
+
+fn check_hosts(findings: &mut Findings, policy: &AuthorizationPolicy, field: &str, hosts: &[Spanned<String>]) {
+    for host in hosts {
+        let exact = !host.contains('*') && !host.contains(':');
+        let has_port_variant = hosts.iter().any(|h| h.value == format!("{}:*", host.value));
+        if exact && !has_port_variant {
+            findings.add(
+                codes::HOST_WITHOUT_PORT,
+                "AuthorizationPolicy",
+                &policy.meta,
+                host.pos,
+                field.to_owned(),
+                format!("host `{0}` does not match a request whose Host header carries a port, such as `{0}:8080`", host.value),
+                format!("add \"{}:*\" to the list", host.value),
+            );
+        }
+    }
+}
+
+fn check_principals(findings: &mut Findings, policy: &AuthorizationPolicy, field: &str, principals: &[Spanned<String>], config: &Config) {
+    for principal in principals {
+        let value = principal.value.as_str();
+        let problem = if value.starts_with("spiffe://") {
+            Some(("written with `spiffe://`, which Istio adds itself, so it never matches", value.trim_start_matches("spiffe://").to_owned()))
+        } else if !value.contains('*') && zmesh_id::SpiffeId::from_principal(value).is_err() {
+            let suggestion = if value.starts_with("ns/") {
+                format!("{}/{value}", config.mesh.trust_domain)
+            } else {
+                format!("{}/ns/{}/sa/{value}", config.mesh.trust_domain, policy.meta.namespace)
+            };
+            Some(("not of the form <trust-domain>/ns/<namespace>/sa/<service-account>, so it never matches a peer identity", suggestion))
+        } else {
+            None
+        };
+        if let Some((what, suggestion)) = problem {
+            findings.add(
+                codes::PRINCIPAL_NEVER_MATCHES,
+                "AuthorizationPolicy",
+                &policy.meta,
+                principal.pos,
+                field.to_owned(),
+                format!("principal `{value}` is {what}"),
+                format!("write \"{suggestion}\""),
+            );
+        }
+    }
+}
+
+/// Does every workload `inner` applies to also get `outer`? (Same namespace or root, and the
+/// outer selector is a subset of the inner one.)
+fn covers_scope(outer: &AuthorizationPolicy, inner: &AuthorizationPolicy, root: &str) -> bool {
+    let namespace_ok = outer.meta.namespace == root || outer.meta.namespace == inner.meta.namespace;
+    let selector_ok = match (&outer.selector, &inner.selector) {
+        (None, _) => true,
+        (Some(o), _) if o.match_labels.is_empty() => true,
+        (Some(o), Some(i)) => Selector { match_labels: o.match_labels.clone(), pos: o.pos }.matches(&i.match_labels),
+        (Some(_), None) => false,
+    };
+    namespace_ok && selector_ok && outer.target_refs.is_empty() && inner.target_refs.is_empty()
+}
+
+/// Every value the inner list allows is matched by a pattern of the outer list. Only literal
+/// inner values are reasoned about.
+fn list_covers(outer: &[Spanned<String>], inner: &[Spanned<String>]) -> bool {
+    if outer.is_empty() {
+        return true;
+    }
+    !inner.is_empty()
+        && inner.iter().all(|v| !v.contains('*') && outer.iter().any(|pattern| crate::matcher::StringMatch::parse(pattern).matches(v)))
+}
+
+/// A DENY rule with only positive from/to fields and no conditions covers an ALLOW rule when
+/// each field it sets is set on the ALLOW rule too, with values it matches.
+fn rule_covers(deny: &Rule, allow: &Rule) -> bool {
+    if !deny.when.is_empty() || deny.from.len() > 1 || deny.to.len() > 1 {
+        return false;
+    }
+    let source_ok = match deny.from.first() {
+        None => true,
+        Some(d) => {
+            let only_positive = d.not_principals.is_empty() && d.not_namespaces.is_empty() && d.not_request_principals.is_empty() && d.not_ip_blocks.is_empty() && d.not_remote_ip_blocks.is_empty() && d.not_service_accounts.is_empty() && d.not_trust_domains.is_empty();
+            let unsupported = !d.ip_blocks.is_empty() || !d.remote_ip_blocks.is_empty() || !d.service_accounts.is_empty() || !d.trust_domains.is_empty();
+            only_positive
+                && !unsupported
+                && !allow.from.is_empty()
+                && allow.from.iter().all(|a| list_covers(&d.principals, &a.principals) && list_covers(&d.namespaces, &a.namespaces) && list_covers(&d.request_principals, &a.request_principals))
+        }
+    };
+    let operation_ok = match deny.to.first() {
+        None => true,
+        Some(d) => {
+            let only_positive = d.not_hosts.is_empty() && d.not_methods.is_empty() && d.not_paths.is_empty() && d.not_ports.is_empty();
+            let ports_ok = d.ports.is_empty() || allow.to.iter().all(|a| !a.ports.is_empty() && a.ports.iter().all(|p| d.ports.iter().any(|q| q.value == p.value)));
+            only_positive
+                && ports_ok
+                && !allow.to.is_empty()
+                && allow.to.iter().all(|a| list_covers(&d.hosts, &a.hosts) && list_covers(&d.methods, &a.methods) && list_covers(&d.paths, &a.paths))
+        }
+    };
+    source_ok && operation_ok
+}
+
+fn analyze_shadowing(findings: &mut Findings, config: &Config) {
+    let root = config.mesh.root_namespace.as_str();
+    let enforced = |p: &&AuthorizationPolicy| !p.dry_run && p.target_refs.is_empty();
+    let denies: Vec<&AuthorizationPolicy> = config.authorization_policies.iter().filter(enforced).filter(|p| p.action == Action::Deny).collect();
+    for allow in config.authorization_policies.iter().filter(enforced).filter(|p| p.action == Action::Allow) {
+        for (allow_index, allow_rule) in allow.rules.iter().enumerate() {
+            let shadow = denies.iter().filter(|d| covers_scope(d, allow, root)).find_map(|d| d.rules.iter().position(|r| rule_covers(r, allow_rule)).map(|i| (d, i)));
+            if let Some((deny, deny_index)) = shadow {
+                findings.add(
+                    codes::SHADOWED_BY_DENY,
+                    "AuthorizationPolicy",
+                    &allow.meta,
+                    allow_rule.pos,
+                    format!("spec.rules[{allow_index}]"),
+                    format!("this ALLOW rule never allows anything: every request it matches is denied by DENY policy {} rule {deny_index}, and DENY is evaluated first", deny.meta.key()),
+                    "narrow the DENY rule, or remove this ALLOW rule".into(),
+                );
+            }
+        }
+    }
+}
