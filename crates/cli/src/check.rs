@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use serde_json::json;
-use zmesh_config::authn::MtlsMode;
 use zmesh_config::Loaded;
+use zmesh_config::authn::MtlsMode;
 use zmesh_policy::explain::RuleOutcome;
-use zmesh_policy::input::{check_authz, Checked, RequestInput, WorkloadInput};
+use zmesh_policy::input::{Checked, RequestInput, WorkloadInput, check_authz};
 use zmesh_policy::{PolicySet, Verdict, Workload};
 
 use crate::{EXIT_FINDINGS, EXIT_USAGE};
@@ -63,7 +63,8 @@ fn read_json<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow:
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {path}"))?,
         None => value.to_owned(),
     };
-    serde_json::from_str(&text).with_context(|| format!("{flag} is not valid: fix the JSON (see `zmesh authz check --help`)"))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{flag} is not valid: fix the JSON (see `zmesh authz check --help`)"))
 }
 
 /// Load the configuration; on errors print them and return `None`.
@@ -138,7 +139,8 @@ pub(crate) fn authz_text(checked: &Checked) -> String {
         && shadow.verdict != decision.verdict
     {
         let shadow_verdict = if shadow.verdict == Verdict::Allow { "allowed" } else { "denied" };
-        let _ = writeln!(out, "  dry-run: if the dry-run policies were enforced, this request would be {shadow_verdict}");
+        let _ =
+            writeln!(out, "  dry-run: if the dry-run policies were enforced, this request would be {shadow_verdict}");
     }
     if explanation.policies.is_empty() {
         let _ = writeln!(out, "  no AuthorizationPolicy applies to this workload");
@@ -174,11 +176,16 @@ pub(crate) fn authn(command: AuthnCommand) -> anyhow::Result<u8> {
     let decision = set.mtls_mode(&Workload::from(&workload), port);
     let accepts = json!({"plaintext": decision.accepts_plaintext(), "mtls": decision.accepts_mtls()});
     match common.output {
-        Output::Json => println!("{}", json!({"mode": decision.mode.as_str(), "policy": decision.policy.as_deref(), "accepts": accepts})),
+        Output::Json => println!(
+            "{}",
+            json!({"mode": decision.mode.as_str(), "policy": decision.policy.as_deref(), "accepts": accepts})
+        ),
         Output::Text => {
             println!("{} on port {port}", decision.mode.as_str());
             match &decision.policy {
-                Some(policy) if decision.port_level => println!("  set by: PeerAuthentication {policy} (portLevelMtls)"),
+                Some(policy) if decision.port_level => {
+                    println!("  set by: PeerAuthentication {policy} (portLevelMtls)")
+                }
                 Some(policy) => println!("  set by: PeerAuthentication {policy}"),
                 None => println!("  set by: no PeerAuthentication applies; PERMISSIVE is the default"),
             }

@@ -76,7 +76,12 @@ pub(crate) fn analyzer_line(diagnostic: &Diagnostic) -> String {
     let file = diagnostic.origin.file.as_deref().unwrap_or("<input>");
     let field = if diagnostic.field.is_empty() { String::new() } else { format!("{}: ", diagnostic.field) };
     let hint = diagnostic.hint.as_ref().map(|h| format!(" (fix: {h})")).unwrap_or_default();
-    format!("{} [{code}] ({object}{file}:{}) {field}{}{hint}", diagnostic.severity.label(), diagnostic.origin.pos.line, diagnostic.message)
+    format!(
+        "{} [{code}] ({object}{file}:{}) {field}{}{hint}",
+        diagnostic.severity.label(),
+        diagnostic.origin.pos.line,
+        diagnostic.message
+    )
 }
 
 pub(crate) fn analyze(args: &AnalyzeArgs) -> anyhow::Result<u8> {
@@ -94,7 +99,10 @@ pub(crate) fn analyze(args: &AnalyzeArgs) -> anyhow::Result<u8> {
         }
     }
     if shown == 0 {
-        eprintln!("✔ No validation issues found when analyzing {} document(s) in {} file(s).", loaded.documents, loaded.files);
+        eprintln!(
+            "✔ No validation issues found when analyzing {} document(s) in {} file(s).",
+            loaded.documents, loaded.files
+        );
     }
     Ok(if failed { EXIT_FINDINGS } else { 0 })
 }

@@ -40,9 +40,7 @@ impl PeerAuthentication {
     /// A selector with at least one label; an empty selector counts as none (Istio treats it as
     /// namespace-wide).
     pub fn has_selector(&self) -> bool {
-        self.selector
-            .as_ref()
-            .is_some_and(|s| !s.match_labels.is_empty())
+        self.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty())
     }
 }
 
@@ -77,12 +75,8 @@ pub(crate) fn read_peer_authentication(
     spec: Option<(&Node, String)>,
 ) -> Option<PeerAuthentication> {
     let mark = ctx.diagnostics.len();
-    let mut policy = PeerAuthentication {
-        meta,
-        selector: None,
-        mode: MtlsMode::Unset,
-        port_level_mtls: BTreeMap::new(),
-    };
+    let mut policy =
+        PeerAuthentication { meta, selector: None, mode: MtlsMode::Unset, port_level_mtls: BTreeMap::new() };
     let Some((spec_node, spec_path)) = spec else {
         return Some(policy);
     };
@@ -94,12 +88,7 @@ pub(crate) fn read_peer_authentication(
     let port_path = spec.path("portLevelMtls");
     if let Some(entries) = spec.entries(ctx, "portLevelMtls") {
         if entries.is_empty() {
-            ctx.error(
-                spec_node.pos,
-                &port_path,
-                "portLevelMtls is empty",
-                "remove it, or list ports with their modes",
-            );
+            ctx.error(spec_node.pos, &port_path, "portLevelMtls is empty", "remove it, or list ports with their modes");
         }
         if !policy.has_selector() {
             ctx.error(
@@ -112,18 +101,9 @@ pub(crate) fn read_peer_authentication(
         for (key, value, path) in entries {
             let text = key.scalar_text().unwrap_or_default();
             let port = match (key.scalar_type(), text.parse::<u32>()) {
-                (Some(ScalarType::Int | ScalarType::String), Ok(port))
-                    if (1..=65535).contains(&port) =>
-                {
-                    port as u16
-                }
+                (Some(ScalarType::Int | ScalarType::String), Ok(port)) if (1..=65535).contains(&port) => port as u16,
                 (_, Ok(port)) => {
-                    ctx.error(
-                        key.pos,
-                        &path,
-                        format!("port {port} is out of range"),
-                        "use a port from 1 to 65535",
-                    );
+                    ctx.error(key.pos, &path, format!("port {port} is out of range"), "use a port from 1 to 65535");
                     continue;
                 }
                 _ => {
@@ -203,12 +183,7 @@ pub(crate) fn read_request_authentication(
     spec: Option<(&Node, String)>,
 ) -> Option<RequestAuthentication> {
     let mark = ctx.diagnostics.len();
-    let mut policy = RequestAuthentication {
-        meta,
-        selector: None,
-        target_refs: Vec::new(),
-        jwt_rules: Vec::new(),
-    };
+    let mut policy = RequestAuthentication { meta, selector: None, target_refs: Vec::new(), jwt_rules: Vec::new() };
     let Some((spec_node, spec_path)) = spec else {
         return Some(policy);
     };
@@ -254,9 +229,7 @@ fn read_jwt_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtRule> 
         timeout: None,
         space_delimited_claims: Vec::new(),
     };
-    if issuer.as_ref().is_none_or(|i| i.is_empty())
-        && jwks_uri.as_ref().is_none_or(|u| u.is_empty())
-    {
+    if issuer.as_ref().is_none_or(|i| i.is_empty()) && jwks_uri.as_ref().is_none_or(|u| u.is_empty()) {
         ctx.error(
             node.pos,
             &fields.path("issuer"),
@@ -266,23 +239,13 @@ fn read_jwt_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtRule> 
     }
     for (i, audience) in audiences.iter().enumerate() {
         if audience.is_empty() {
-            ctx.error(
-                audience.pos,
-                &format!("{}[{i}]", fields.path("audiences")),
-                "empty audience",
-                "remove it",
-            );
+            ctx.error(audience.pos, &format!("{}[{i}]", fields.path("audiences")), "empty audience", "remove it");
         }
     }
     rule.audiences = audiences.into_iter().map(|a| a.value).collect();
     if let Some(uri) = &jwks_uri {
         if let Err(message) = check_http_uri(uri) {
-            ctx.error(
-                uri.pos,
-                &fields.path("jwksUri"),
-                message,
-                "use an http:// or https:// URL with a host",
-            );
+            ctx.error(uri.pos, &fields.path("jwksUri"), message, "use an http:// or https:// URL with a host");
         }
     }
     if let (Some(_), Some(inline)) = (&jwks_uri, &jwks) {
@@ -295,9 +258,7 @@ fn read_jwt_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtRule> 
     }
     if let Some(inline) = &jwks {
         match serde_json::from_str::<serde_json::Value>(inline) {
-            Ok(value) if value.get("keys").is_some_and(serde_json::Value::is_array) => {
-                rule.jwks = Some(value)
-            }
+            Ok(value) if value.get("keys").is_some_and(serde_json::Value::is_array) => rule.jwks = Some(value),
             Ok(_) => ctx.error(
                 inline.pos,
                 &fields.path("jwks"),
@@ -318,16 +279,12 @@ fn read_jwt_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtRule> 
             continue;
         };
         let name = header.string(ctx, "name");
-        let prefix = header
-            .string(ctx, "prefix")
-            .map(|p| p.value)
-            .unwrap_or_default();
+        let prefix = header.string(ctx, "prefix").map(|p| p.value).unwrap_or_default();
         header.finish(ctx);
         match name {
-            Some(name) if !name.is_empty() => rule.from_headers.push(JwtHeader {
-                name: name.value.to_ascii_lowercase(),
-                prefix,
-            }),
+            Some(name) if !name.is_empty() => {
+                rule.from_headers.push(JwtHeader { name: name.value.to_ascii_lowercase(), prefix })
+            }
             _ => ctx.error(
                 item.pos,
                 &format!("{item_path}.name"),
@@ -342,51 +299,24 @@ fn read_jwt_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtRule> 
         ("spaceDelimitedClaims", &mut rule.space_delimited_claims),
     ] {
         let path = fields.path(key);
-        for (i, value) in fields
-            .strings(ctx, key)
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
+        for (i, value) in fields.strings(ctx, key).unwrap_or_default().into_iter().enumerate() {
             if value.is_empty() {
-                ctx.error(
-                    value.pos,
-                    &format!("{path}[{i}]"),
-                    "empty entry",
-                    "remove it",
-                );
+                ctx.error(value.pos, &format!("{path}[{i}]"), "empty entry", "remove it");
             } else {
                 target.push(value.value);
             }
         }
     }
-    for (item, item_path) in fields
-        .items(ctx, "outputClaimToHeaders")
-        .unwrap_or_default()
-    {
+    for (item, item_path) in fields.items(ctx, "outputClaimToHeaders").unwrap_or_default() {
         let Some(mut entry) = ctx.map(item, &item_path) else {
             continue;
         };
-        let header = entry
-            .string(ctx, "header")
-            .map(|h| h.value)
-            .unwrap_or_default();
-        let claim = entry
-            .string(ctx, "claim")
-            .map(|c| c.value)
-            .unwrap_or_default();
+        let header = entry.string(ctx, "header").map(|h| h.value).unwrap_or_default();
+        let claim = entry.string(ctx, "claim").map(|c| c.value).unwrap_or_default();
         entry.finish(ctx);
         if header.is_empty() || claim.is_empty() {
-            ctx.error(
-                item.pos,
-                &item_path,
-                "outputClaimToHeaders needs both header and claim",
-                "set both",
-            );
-        } else if !header
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+            ctx.error(item.pos, &item_path, "outputClaimToHeaders needs both header and claim", "set both");
+        } else if !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             ctx.error(
                 item.pos,
                 &format!("{item_path}.header"),
@@ -394,8 +324,7 @@ fn read_jwt_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtRule> 
                 "use letters, digits, '-' and '_' only",
             );
         } else {
-            rule.output_claim_to_headers
-                .push(ClaimToHeader { header, claim });
+            rule.output_claim_to_headers.push(ClaimToHeader { header, claim });
         }
     }
     if let Some(timeout) = fields.string(ctx, "timeout") {
@@ -433,14 +362,10 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let number: f64 = rest[..number_end].parse().ok()?;
         rest = &rest[number_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let seconds_per_unit = match &rest[..unit_end] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -462,18 +387,9 @@ mod tests {
 
     #[test]
     fn durations_accept_go_style_units() {
-        assert_eq!(
-            parse_duration("0.5s"),
-            Some(std::time::Duration::from_millis(500))
-        );
-        assert_eq!(
-            parse_duration("1m30s"),
-            Some(std::time::Duration::from_secs(90))
-        );
-        assert_eq!(
-            parse_duration("100ms"),
-            Some(std::time::Duration::from_millis(100))
-        );
+        assert_eq!(parse_duration("0.5s"), Some(std::time::Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_duration("100ms"), Some(std::time::Duration::from_millis(100)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
     }

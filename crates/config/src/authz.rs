@@ -192,29 +192,15 @@ impl Source {
         ]
         .iter()
         .any(|v| !v.is_empty())
-            || [
-                ip_blocks,
-                not_ip_blocks,
-                remote_ip_blocks,
-                not_remote_ip_blocks,
-            ]
-            .iter()
-            .any(|v| !v.is_empty())
+            || [ip_blocks, not_ip_blocks, remote_ip_blocks, not_remote_ip_blocks].iter().any(|v| !v.is_empty())
     }
 }
 
 impl Operation {
     pub fn uses_http_only(&self) -> bool {
-        [
-            &self.hosts,
-            &self.not_hosts,
-            &self.methods,
-            &self.not_methods,
-            &self.paths,
-            &self.not_paths,
-        ]
-        .iter()
-        .any(|v| !v.is_empty())
+        [&self.hosts, &self.not_hosts, &self.methods, &self.not_methods, &self.paths, &self.not_paths]
+            .iter()
+            .any(|v| !v.is_empty())
     }
 
     pub fn uses_l4(&self) -> bool {
@@ -240,17 +226,10 @@ impl Rule {
     }
 }
 
-pub(crate) fn read(
-    ctx: &mut Ctx<'_>,
-    meta: Meta,
-    spec: Option<(&Node, String)>,
-) -> Option<AuthorizationPolicy> {
+pub(crate) fn read(ctx: &mut Ctx<'_>, meta: Meta, spec: Option<(&Node, String)>) -> Option<AuthorizationPolicy> {
     let mark = ctx.diagnostics.len();
     let mut policy = AuthorizationPolicy {
-        dry_run: meta
-            .annotations
-            .get(DRY_RUN_ANNOTATION)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        dry_run: meta.annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true")),
         meta,
         selector: None,
         target_refs: Vec::new(),
@@ -371,10 +350,7 @@ fn provider_pos(name: &Option<Spanned<String>>, fallback: Pos) -> Pos {
 
 fn read_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Option<Rule> {
     let mut fields = ctx.map(node, path)?;
-    let mut rule = Rule {
-        pos: node.pos,
-        ..Rule::default()
-    };
+    let mut rule = Rule { pos: node.pos, ..Rule::default() };
     for (key, is_from) in [("from", true), ("to", false)] {
         let Some(items) = fields.items(ctx, key) else {
             continue;
@@ -384,10 +360,7 @@ fn read_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Opti
                 node.pos,
                 &fields.path(key),
                 format!("`{key}` is an empty list"),
-                format!(
-                    "remove `{key}` to match any {}",
-                    if is_from { "source" } else { "operation" }
-                ),
+                format!("remove `{key}` to match any {}", if is_from { "source" } else { "operation" }),
             );
         }
         for (item, item_path) in items {
@@ -407,8 +380,7 @@ fn read_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Opti
                 continue;
             };
             if is_from {
-                rule.from
-                    .extend(read_source(ctx, inner_node, &inner_path, action));
+                rule.from.extend(read_source(ctx, inner_node, &inner_path, action));
             } else {
                 rule.to.extend(read_operation(ctx, inner_node, &inner_path));
             }
@@ -416,29 +388,19 @@ fn read_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Opti
     }
     if let Some(items) = fields.items(ctx, "when") {
         for (item, item_path) in items {
-            rule.when
-                .extend(read_condition(ctx, item, &item_path, action));
+            rule.when.extend(read_condition(ctx, item, &item_path, action));
         }
     }
     fields.finish(ctx);
     Some(rule)
 }
 
-fn non_empty_strings(
-    ctx: &mut Ctx<'_>,
-    fields: &mut Fields<'_>,
-    key: &'static str,
-) -> Vec<Spanned<String>> {
+fn non_empty_strings(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &'static str) -> Vec<Spanned<String>> {
     let path = fields.path(key);
     let values = fields.strings(ctx, key).unwrap_or_default();
     for (i, value) in values.iter().enumerate() {
         if value.is_empty() {
-            ctx.error(
-                value.pos,
-                &format!("{path}[{i}]"),
-                "empty string",
-                "remove it, or use \"*\" to match any value",
-            );
+            ctx.error(value.pos, &format!("{path}[{i}]"), "empty string", "remove it, or use \"*\" to match any value");
         }
     }
     values
@@ -451,10 +413,7 @@ fn ip_blocks(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &'static str) -> V
         .iter()
         .enumerate()
         .filter_map(|(i, v)| match parse_ip_block(v) {
-            Ok(net) => Some(Spanned {
-                value: net,
-                pos: v.pos,
-            }),
+            Ok(net) => Some(Spanned { value: net, pos: v.pos }),
             Err(message) => {
                 ctx.error(
                     v.pos,
@@ -473,9 +432,7 @@ pub fn parse_ip_block(value: &str) -> Result<IpNet, String> {
     if value.contains('/') {
         IpNet::from_str(value).map_err(|_| format!("`{value}` is not a valid CIDR block"))
     } else {
-        IpAddr::from_str(value)
-            .map(IpNet::from)
-            .map_err(|_| format!("`{value}` is not a valid IP address"))
+        IpAddr::from_str(value).map(IpNet::from).map_err(|_| format!("`{value}` is not a valid IP address"))
     }
 }
 
@@ -484,9 +441,7 @@ pub fn parse_port(value: &str) -> Result<u16, String> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("`{value}` is not a port number"));
     }
-    value
-        .parse::<u16>()
-        .map_err(|_| format!("port `{value}` is out of range 0-65535"))
+    value.parse::<u16>().map_err(|_| format!("port `{value}` is out of range 0-65535"))
 }
 
 fn ports(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &'static str) -> Vec<Spanned<u16>> {
@@ -498,7 +453,12 @@ fn ports(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &'static str) -> Vec<S
         .filter_map(|(i, v)| match parse_port(v) {
             Ok(port) => Some(Spanned { value: port, pos: v.pos }),
             Err(message) => {
-                ctx.error(v.pos, &format!("{path}[{i}]"), message, "write each port as a single number in quotes, such as \"8080\"; ranges are not supported");
+                ctx.error(
+                    v.pos,
+                    &format!("{path}[{i}]"),
+                    message,
+                    "write each port as a single number in quotes, such as \"8080\"; ranges are not supported",
+                );
                 None
             }
         })
@@ -539,22 +499,14 @@ fn read_source(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Op
     }
     for (values, field) in [
         (&source.service_accounts, sa_path.clone()),
-        (
-            &source.not_service_accounts,
-            sa_path.replace("serviceAccounts", "notServiceAccounts"),
-        ),
+        (&source.not_service_accounts, sa_path.replace("serviceAccounts", "notServiceAccounts")),
     ] {
         check_service_accounts(ctx, values, &field);
     }
     let uses_sa = !source.service_accounts.is_empty() || !source.not_service_accounts.is_empty();
-    let uses_principal_or_ns = [
-        &source.principals,
-        &source.not_principals,
-        &source.namespaces,
-        &source.not_namespaces,
-    ]
-    .iter()
-    .any(|v| !v.is_empty());
+    let uses_principal_or_ns = [&source.principals, &source.not_principals, &source.namespaces, &source.not_namespaces]
+        .iter()
+        .any(|v| !v.is_empty());
     if uses_sa && uses_principal_or_ns {
         ctx.error(
             node.pos,
@@ -565,14 +517,16 @@ fn read_source(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Op
     }
     for (values, field) in [
         (&source.trust_domains, td_path.clone()),
-        (
-            &source.not_trust_domains,
-            td_path.replace("trustDomains", "notTrustDomains"),
-        ),
+        (&source.not_trust_domains, td_path.replace("trustDomains", "notTrustDomains")),
     ] {
         for (i, value) in values.iter().enumerate() {
             if let Err(message) = check_trust_domain_value(value) {
-                ctx.error(value.pos, &format!("{field}[{i}]"), message, "write a trust domain such as cluster.local, optionally with one leading or trailing `*`");
+                ctx.error(
+                    value.pos,
+                    &format!("{field}[{i}]"),
+                    message,
+                    "write a trust domain such as cluster.local, optionally with one leading or trailing `*`",
+                );
             }
         }
     }
@@ -591,7 +545,12 @@ fn read_source(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Op
         ];
         for (name, values) in identity {
             if let Some(first) = values.first() {
-                ctx.error(first.pos, &format!("{path}.{name}"), format!("a CUSTOM policy cannot use `{name}`"), "the external authorizer decides on identity; match on paths, hosts, methods, ports or IPs instead");
+                ctx.error(
+                    first.pos,
+                    &format!("{path}.{name}"),
+                    format!("a CUSTOM policy cannot use `{name}`"),
+                    "the external authorizer decides on identity; match on paths, hosts, methods, ports or IPs instead",
+                );
             }
         }
     }
@@ -603,10 +562,7 @@ fn check_service_accounts(ctx: &mut Ctx<'_>, values: &[Spanned<String>], field: 
         ctx.error(
             values[16].pos,
             field,
-            format!(
-                "{} service accounts given; at most 16 are allowed",
-                values.len()
-            ),
+            format!("{} service accounts given; at most 16 are allowed", values.len()),
             "split them across several `from` entries",
         );
     }
@@ -625,14 +581,10 @@ fn check_service_accounts(ctx: &mut Ctx<'_>, values: &[Spanned<String>], field: 
 /// A `serviceAccounts` value: `sa` or `ns/sa`, no wildcards, at most 320 characters.
 pub fn check_service_account_value(value: &str) -> Result<(), String> {
     if value.len() > 320 {
-        return Err(format!(
-            "service account `{value}` is longer than 320 characters"
-        ));
+        return Err(format!("service account `{value}` is longer than 320 characters"));
     }
     if value.contains('*') {
-        return Err(format!(
-            "service account `{value}` has a wildcard; serviceAccounts are matched exactly"
-        ));
+        return Err(format!("service account `{value}` has a wildcard; serviceAccounts are matched exactly"));
     }
     let parts: Vec<&str> = value.split('/').collect();
     match parts.as_slice() {
@@ -650,9 +602,7 @@ pub fn check_trust_domain_value(value: &str) -> Result<(), String> {
     let stars = value.matches('*').count();
     let inner = value.trim_start_matches('*').trim_end_matches('*');
     if stars > 1 || inner.contains('*') {
-        return Err(format!(
-            "trust domain `{value}` may have at most one `*`, at its start or end"
-        ));
+        return Err(format!("trust domain `{value}` may have at most one `*`, at its start or end"));
     }
     Ok(())
 }
@@ -673,11 +623,7 @@ fn read_operation(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Operatio
     operation.not_ports = ports(ctx, &mut fields, "notPorts");
     for key in ["paths", "notPaths"] {
         let field = fields.path(key);
-        let values = if key == "paths" {
-            &operation.paths
-        } else {
-            &operation.not_paths
-        };
+        let values = if key == "paths" { &operation.paths } else { &operation.not_paths };
         for (i, value) in values.iter().enumerate() {
             if let Err(message) = check_path_template(value) {
                 ctx.error(value.pos, &format!("{field}[{i}]"), message, "use `{*}` for one path segment and `{**}` for the rest, each as a whole segment, with no other `*`, `{` or `}`");
@@ -715,9 +661,7 @@ pub fn check_path_template(path: &str) -> Result<(), String> {
             "{**}" => seen_match_any = true,
             "{*}" => {}
             _ if segment.contains(['{', '}']) => {
-                return Err(format!(
-                    "path `{path}` contains `{{` or `}}` outside a `{{*}}` or `{{**}}` segment"
-                ));
+                return Err(format!("path `{path}` contains `{{` or `}}` outside a `{{*}}` or `{{**}}` segment"));
             }
             _ if template && !is_path_literal(segment) => {
                 return Err(format!(
@@ -732,9 +676,7 @@ pub fn check_path_template(path: &str) -> Result<(), String> {
 
 /// RFC 3986 `pchar`s, less `*` (which would be ambiguous next to template operators).
 fn is_path_literal(segment: &str) -> bool {
-    segment
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;=:@".contains(&b))
+    segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;=:@".contains(&b))
 }
 
 fn read_condition(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Option<Condition> {
@@ -774,48 +716,28 @@ fn read_condition(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) ->
         ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp => {
             for value in all_values {
                 if let Err(message) = parse_ip_block(value) {
-                    ctx.error(
-                        value.pos,
-                        &values_path,
-                        message,
-                        "write an IP address or a CIDR block",
-                    );
+                    ctx.error(value.pos, &values_path, message, "write an IP address or a CIDR block");
                 }
             }
         }
         ConditionKey::DestinationPort => {
             for value in all_values {
                 if let Err(message) = parse_port(value) {
-                    ctx.error(
-                        value.pos,
-                        &values_path,
-                        message,
-                        "write a single port number",
-                    );
+                    ctx.error(value.pos, &values_path, message, "write a single port number");
                 }
             }
         }
         ConditionKey::SourceServiceAccount => {
             for value in all_values {
                 if let Err(message) = check_service_account_value(value) {
-                    ctx.error(
-                        value.pos,
-                        &values_path,
-                        message,
-                        "write `name` or `namespace/name`",
-                    );
+                    ctx.error(value.pos, &values_path, message, "write `name` or `namespace/name`");
                 }
             }
         }
         ConditionKey::SourceTrustDomain => {
             for value in all_values {
                 if let Err(message) = check_trust_domain_value(value) {
-                    ctx.error(
-                        value.pos,
-                        &values_path,
-                        message,
-                        "write a trust domain with at most one `*` at an end",
-                    );
+                    ctx.error(value.pos, &values_path, message, "write a trust domain with at most one `*` at an end");
                 }
             }
         }
@@ -829,15 +751,7 @@ fn read_condition(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) ->
             "the external authorizer decides on identity",
         );
     }
-    Some(Condition {
-        pos: node.pos,
-        key: Spanned {
-            value: parsed,
-            pos: key.pos,
-        },
-        values,
-        not_values,
-    })
+    Some(Condition { pos: node.pos, key: Spanned { value: parsed, pos: key.pos }, values, not_values })
 }
 
 /// Parse a `when` key, with Istio's messages for the keys it refuses.
@@ -864,15 +778,11 @@ pub fn parse_condition_key(key: &str) -> Result<ConditionKey, (String, String)> 
         "destination.namespace" => {
             return Err((
                 "`destination.namespace` is not supported".into(),
-                "the policy applies to its own namespace (metadata.namespace); move it there"
-                    .into(),
+                "the policy applies to its own namespace (metadata.namespace); move it there".into(),
             ));
         }
         "destination.name" | "destination.user" => {
-            return Err((
-                format!("`{key}` is not supported"),
-                "select workloads with `selector` instead".into(),
-            ));
+            return Err((format!("`{key}` is not supported"), "select workloads with `selector` instead".into()));
         }
         _ => None,
     };
@@ -898,9 +808,7 @@ pub fn parse_condition_key(key: &str) -> Result<ConditionKey, (String, String)> 
     }
     if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
         let bracket = rest.find('[').ok_or_else(bad_map_key)?;
-        bracketed(&rest[bracket..])
-            .filter(|_| bracket > 0)
-            .ok_or_else(bad_map_key)?;
+        bracketed(&rest[bracket..]).filter(|_| bracket > 0).ok_or_else(bad_map_key)?;
         return Ok(ConditionKey::ExperimentalEnvoyFilter(key.to_owned()));
     }
     let known = [
@@ -951,10 +859,7 @@ mod tests {
     fn path_templates_follow_istio_rules() {
         assert!(check_path_template("/foo/{*}/bar/{**}").is_ok());
         assert!(check_path_template("/store/{**}/cart").is_ok());
-        assert!(
-            check_path_template("/api/*/users").is_ok(),
-            "a middle star without operators is a literal path"
-        );
+        assert!(check_path_template("/api/*/users").is_ok(), "a middle star without operators is a literal path");
         assert!(check_path_template("/*/baz/{*}").is_err());
         assert!(check_path_template("/a/{**}/{*}").is_err());
         assert!(check_path_template("/a/b{*}").is_err());

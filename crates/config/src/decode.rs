@@ -34,20 +34,10 @@ pub(crate) struct Ctx<'d> {
 
 impl Ctx<'_> {
     pub fn origin(&self, pos: Pos) -> Origin {
-        Origin {
-            file: self.file.clone(),
-            pos,
-        }
+        Origin { file: self.file.clone(), pos }
     }
 
-    pub fn report(
-        &mut self,
-        severity: Severity,
-        pos: Pos,
-        field: &str,
-        message: String,
-        hint: Option<String>,
-    ) {
+    pub fn report(&mut self, severity: Severity, pos: Pos, field: &str, message: String, hint: Option<String>) {
         self.diagnostics.push(Diagnostic {
             severity,
             code: match severity {
@@ -63,21 +53,9 @@ impl Ctx<'_> {
         });
     }
 
-    pub fn error(
-        &mut self,
-        pos: Pos,
-        field: &str,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) {
+    pub fn error(&mut self, pos: Pos, field: &str, message: impl Into<String>, hint: impl Into<String>) {
         let hint = hint.into();
-        self.report(
-            Severity::Error,
-            pos,
-            field,
-            message.into(),
-            (!hint.is_empty()).then_some(hint),
-        );
+        self.report(Severity::Error, pos, field, message.into(), (!hint.is_empty()).then_some(hint));
     }
 
     pub fn warn(
@@ -89,13 +67,7 @@ impl Ctx<'_> {
         hint: impl Into<String>,
     ) {
         let hint = hint.into();
-        self.report(
-            Severity::Warning,
-            pos,
-            field,
-            message.into(),
-            (!hint.is_empty()).then_some(hint),
-        );
+        self.report(Severity::Warning, pos, field, message.into(), (!hint.is_empty()).then_some(hint));
         if let Some(last) = self.diagnostics.last_mut() {
             last.code = Some(code);
         }
@@ -112,23 +84,13 @@ impl Ctx<'_> {
             }
             _ => String::new(),
         };
-        self.error(
-            node.pos,
-            field,
-            format!("expected {expected}, found {}", node.type_name()),
-            hint,
-        );
+        self.error(node.pos, field, format!("expected {expected}, found {}", node.type_name()), hint);
     }
 
     /// A map's fields; reports an error and returns `None` for anything else.
     pub fn map<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
         match &node.value {
-            Value::Map(entries) => Some(Fields {
-                pos: node.pos,
-                entries,
-                path: path.to_owned(),
-                known: Vec::new(),
-            }),
+            Value::Map(entries) => Some(Fields { pos: node.pos, entries, path: path.to_owned(), known: Vec::new() }),
             _ => {
                 self.wrong_type(node, path, "a map");
                 None
@@ -148,10 +110,7 @@ impl Ctx<'_> {
 
     pub fn string(&mut self, node: &Node, path: &str) -> Option<Spanned<String>> {
         match (node.scalar_type(), node.scalar_text()) {
-            (Some(ScalarType::String), Some(text)) => Some(Spanned {
-                value: text.to_owned(),
-                pos: node.pos,
-            }),
+            (Some(ScalarType::String), Some(text)) => Some(Spanned { value: text.to_owned(), pos: node.pos }),
             _ => {
                 self.wrong_type(node, path, "a string");
                 None
@@ -163,10 +122,7 @@ impl Ctx<'_> {
     /// keys are strings in Kubernetes even when written unquoted as numbers).
     pub fn text(&mut self, node: &Node, path: &str) -> Option<Spanned<String>> {
         match (node.scalar_type(), node.scalar_text()) {
-            (Some(ty), Some(text)) if ty != ScalarType::Null => Some(Spanned {
-                value: text.to_owned(),
-                pos: node.pos,
-            }),
+            (Some(ty), Some(text)) if ty != ScalarType::Null => Some(Spanned { value: text.to_owned(), pos: node.pos }),
             _ => {
                 self.wrong_type(node, path, "a string");
                 None
@@ -210,12 +166,7 @@ impl Ctx<'_> {
         match u16::try_from(value) {
             Ok(port) if port > 0 => Some(port),
             _ => {
-                self.error(
-                    node.pos,
-                    path,
-                    format!("port {value} is out of range"),
-                    "use a port from 1 to 65535",
-                );
+                self.error(node.pos, path, format!("port {value} is out of range"), "use a port from 1 to 65535");
                 None
             }
         }
@@ -224,13 +175,7 @@ impl Ctx<'_> {
     /// A list of strings; bad elements are reported and skipped.
     pub fn strings(&mut self, node: &Node, path: &str) -> Option<Vec<Spanned<String>>> {
         let items = self.list(node, path)?;
-        Some(
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, item)| self.string(item, &format!("{path}[{i}]")))
-                .collect(),
-        )
+        Some(items.iter().enumerate().filter_map(|(i, item)| self.string(item, &format!("{path}[{i}]"))).collect())
     }
 
     /// A map of string to string, such as labels or annotations.
@@ -269,11 +214,7 @@ pub(crate) struct Fields<'n> {
 impl<'n> Fields<'n> {
     /// The path of a field of this map.
     pub fn path(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
+        if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -300,11 +241,7 @@ impl<'n> Fields<'n> {
         ctx.string(node, &path)
     }
 
-    pub fn strings(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        key: &'static str,
-    ) -> Option<Vec<Spanned<String>>> {
+    pub fn strings(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Vec<Spanned<String>>> {
         let (node, path) = self.get(key)?;
         ctx.strings(node, &path)
     }
@@ -332,41 +269,21 @@ impl<'n> Fields<'n> {
     }
 
     /// Each element of a list field with its path, for decoding lists of objects.
-    pub fn items(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        key: &'static str,
-    ) -> Option<Vec<(&'n Node, String)>> {
+    pub fn items(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Vec<(&'n Node, String)>> {
         let (node, path) = self.get(key)?;
         let items = ctx.list(node, &path)?;
-        Some(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| (item, format!("{path}[{i}]")))
-                .collect(),
-        )
+        Some(items.iter().enumerate().map(|(i, item)| (item, format!("{path}[{i}]"))).collect())
     }
 
     /// Every entry of a map field, for maps keyed by user data (labels, ports, tags).
-    pub fn entries(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        key: &'static str,
-    ) -> Option<Vec<(&'n Node, &'n Node, String)>> {
+    pub fn entries(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Vec<(&'n Node, &'n Node, String)>> {
         let (node, path) = self.get(key)?;
         let fields = ctx.map(node, &path)?;
         Some(
             fields
                 .entries
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        k,
-                        v,
-                        format!("{path}.{}", k.scalar_text().unwrap_or_default()),
-                    )
-                })
+                .map(|(k, v)| (k, v, format!("{path}.{}", k.scalar_text().unwrap_or_default())))
                 .collect(),
         )
     }
@@ -383,12 +300,7 @@ impl<'n> Fields<'n> {
                 None if self.known.is_empty() => "this object takes no fields".to_owned(),
                 None => format!("known fields here: {}", self.known.join(", ")),
             };
-            ctx.error(
-                key.pos,
-                &self.path(name),
-                format!("unknown field `{name}`"),
-                hint,
-            );
+            ctx.error(key.pos, &self.path(name), format!("unknown field `{name}`"), hint);
         }
     }
 }

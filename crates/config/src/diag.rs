@@ -127,15 +127,8 @@ pub fn nearest<'k>(unknown: &str, known: impl IntoIterator<Item = &'k str>) -> O
     let lowered = unknown.to_ascii_lowercase();
     known
         .into_iter()
-        .map(|candidate| {
-            (
-                edit_distance(&lowered, &candidate.to_ascii_lowercase()),
-                candidate,
-            )
-        })
-        .filter(|&(distance, candidate)| {
-            distance <= (candidate.len().max(unknown.len()) / 3).max(1)
-        })
+        .map(|candidate| (edit_distance(&lowered, &candidate.to_ascii_lowercase()), candidate))
+        .filter(|&(distance, candidate)| distance <= (candidate.len().max(unknown.len()) / 3).max(1))
         .min_by_key(|&(distance, _)| distance)
         .map(|(_, candidate)| candidate)
 }
@@ -146,9 +139,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut row = vec![i + 1; b.len() + 1];
         for (j, &cb) in b.iter().enumerate() {
-            row[j + 1] = (previous[j] + usize::from(ca != cb))
-                .min(previous[j + 1] + 1)
-                .min(row[j] + 1);
+            row[j + 1] = (previous[j] + usize::from(ca != cb)).min(previous[j + 1] + 1).min(row[j] + 1);
         }
         previous = row;
     }

@@ -25,18 +25,12 @@ pub struct Namespace {
 
 impl Namespace {
     pub fn is_ambient(&self) -> bool {
-        self.meta
-            .labels
-            .get(DATAPLANE_MODE_LABEL)
-            .is_some_and(|m| m == "ambient")
+        self.meta.labels.get(DATAPLANE_MODE_LABEL).is_some_and(|m| m == "ambient")
     }
 
     /// `istio-injection: enabled` or a revision label turns injection on for the namespace.
     pub fn injection_enabled(&self) -> bool {
-        self.meta
-            .labels
-            .get("istio-injection")
-            .is_some_and(|v| v == "enabled")
+        self.meta.labels.get("istio-injection").is_some_and(|v| v == "enabled")
             || self.meta.labels.contains_key("istio.io/rev")
     }
 }
@@ -81,10 +75,7 @@ fn string_map_loose(node: Option<&Node>) -> BTreeMap<String, String> {
     let Some(crate::yaml::Value::Map(entries)) = node.map(|n| &n.value) else {
         return BTreeMap::new();
     };
-    entries
-        .iter()
-        .filter_map(|(k, v)| Some((k.scalar_text()?.to_owned(), v.scalar_text()?.to_owned())))
-        .collect()
+    entries.iter().filter_map(|(k, v)| Some((k.scalar_text()?.to_owned(), v.scalar_text()?.to_owned()))).collect()
 }
 
 pub(crate) fn read_workload(
@@ -106,38 +97,22 @@ pub(crate) fn read_workload(
                 );
                 return None;
             }
-            let replicas = spec
-                .get("replicas")
-                .and_then(|r| r.scalar_text())
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(1);
-            (
-                template.and_then(|t| t.get("metadata")),
-                template.and_then(|t| t.get("spec")),
-                replicas,
-            )
+            let replicas = spec.get("replicas").and_then(|r| r.scalar_text()).and_then(|r| r.parse().ok()).unwrap_or(1);
+            (template.and_then(|t| t.get("metadata")), template.and_then(|t| t.get("spec")), replicas)
         }
         (_, None) => (None, None, 1),
     };
     let (pod_labels, pod_annotations) = match pod_meta {
-        Some(pod_meta) => (
-            string_map_loose(pod_meta.get("labels")),
-            string_map_loose(pod_meta.get("annotations")),
-        ),
+        Some(pod_meta) => (string_map_loose(pod_meta.get("labels")), string_map_loose(pod_meta.get("annotations"))),
         None => (meta.labels.clone(), meta.annotations.clone()),
     };
     let service_account = pod_spec
-        .and_then(|s| {
-            s.get("serviceAccountName")
-                .or_else(|| s.get("serviceAccount"))
-        })
+        .and_then(|s| s.get("serviceAccountName").or_else(|| s.get("serviceAccount")))
         .and_then(Node::scalar_text)
         .unwrap_or("default")
         .to_owned();
     let mut container_ports = Vec::new();
-    if let Some(crate::yaml::Value::Seq(containers)) =
-        pod_spec.and_then(|s| s.get("containers")).map(|c| &c.value)
-    {
+    if let Some(crate::yaml::Value::Seq(containers)) = pod_spec.and_then(|s| s.get("containers")).map(|c| &c.value) {
         for (i, container) in containers.iter().enumerate() {
             if let Some(mut fields) = ctx.map(container, &format!("spec.containers[{i}]")) {
                 container_ports.extend(read_ports_list(ctx, &mut fields));
@@ -155,39 +130,21 @@ pub(crate) fn read_workload(
     })
 }
 
-pub(crate) fn read_service(
-    ctx: &mut Ctx<'_>,
-    meta: Meta,
-    spec: Option<(&Node, String)>,
-) -> Option<KubeService> {
+pub(crate) fn read_service(ctx: &mut Ctx<'_>, meta: Meta, spec: Option<(&Node, String)>) -> Option<KubeService> {
     let Some((spec, path)) = spec else {
-        return Some(KubeService {
-            meta,
-            selector: BTreeMap::new(),
-            ports: Vec::new(),
-        });
+        return Some(KubeService { meta, selector: BTreeMap::new(), ports: Vec::new() });
     };
     let selector = string_map_loose(spec.get("selector"));
     let mut fields = ctx.map(spec, &path)?;
     let ports = read_ports_list(ctx, &mut fields);
-    Some(KubeService {
-        meta,
-        selector,
-        ports,
-    })
+    Some(KubeService { meta, selector, ports })
 }
 
 /// A NetworkPolicy peer: pods (by labels, in namespaces by labels) or an IP block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkPeer {
-    Pods {
-        pod_selector: Option<LabelSelector>,
-        namespace_selector: Option<LabelSelector>,
-    },
-    IpBlock {
-        cidr: IpNet,
-        except: Vec<IpNet>,
-    },
+    Pods { pod_selector: Option<LabelSelector>, namespace_selector: Option<LabelSelector> },
+    IpBlock { cidr: IpNet, except: Vec<IpNet> },
 }
 
 /// A Kubernetes label selector (matchLabels and matchExpressions).
@@ -206,11 +163,7 @@ pub struct LabelExpression {
 
 impl LabelSelector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        Selector {
-            match_labels: self.match_labels.clone(),
-            pos: Pos::default(),
-        }
-        .matches(labels)
+        Selector { match_labels: self.match_labels.clone(), pos: Pos::default() }.matches(labels)
             && self.match_expressions.iter().all(|e| {
                 let value = labels.get(&e.key);
                 match e.operator.as_str() {
@@ -262,19 +215,13 @@ fn read_label_selector(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Lab
         let values = expression.strings(ctx, "values").unwrap_or_default();
         expression.finish(ctx);
         match (key, operator) {
-            (Some(key), Some(op))
-                if ["In", "NotIn", "Exists", "DoesNotExist"].contains(&op.as_str()) =>
-            {
+            (Some(key), Some(op)) if ["In", "NotIn", "Exists", "DoesNotExist"].contains(&op.as_str()) => {
                 let needs_values = matches!(op.as_str(), "In" | "NotIn");
                 if needs_values == values.is_empty() {
                     ctx.error(
                         item.pos,
                         &format!("{item_path}.values"),
-                        format!(
-                            "operator {} {} values",
-                            op.value,
-                            if needs_values { "needs" } else { "takes no" }
-                        ),
+                        format!("operator {} {} values", op.value, if needs_values { "needs" } else { "takes no" }),
                         "",
                     );
                 }
@@ -293,10 +240,7 @@ fn read_label_selector(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Lab
         }
     }
     fields.finish(ctx);
-    Some(LabelSelector {
-        match_labels,
-        match_expressions,
-    })
+    Some(LabelSelector { match_labels, match_expressions })
 }
 
 fn read_network_rules(
@@ -315,12 +259,8 @@ fn read_network_rules(
             let Some(mut peer) = ctx.map(peer_node, &peer_path) else {
                 continue;
             };
-            let pod_selector = peer
-                .get("podSelector")
-                .and_then(|(n, p)| read_label_selector(ctx, n, &p));
-            let namespace_selector = peer
-                .get("namespaceSelector")
-                .and_then(|(n, p)| read_label_selector(ctx, n, &p));
+            let pod_selector = peer.get("podSelector").and_then(|(n, p)| read_label_selector(ctx, n, &p));
+            let namespace_selector = peer.get("namespaceSelector").and_then(|(n, p)| read_label_selector(ctx, n, &p));
             let ip_block = peer.map(ctx, "ipBlock");
             peer.finish(ctx);
             if let Some(mut block) = ip_block {
@@ -336,10 +276,8 @@ fn read_network_rules(
                         "use separate peers",
                     );
                 }
-                let parse = |v: &Spanned<String>| {
-                    v.parse::<IpNet>()
-                        .map_err(|_| format!("`{}` is not a CIDR block", v.value))
-                };
+                let parse =
+                    |v: &Spanned<String>| v.parse::<IpNet>().map_err(|_| format!("`{}` is not a CIDR block", v.value));
                 match cidr.as_ref().map(parse) {
                     Some(Ok(cidr)) => {
                         let except: Vec<IpNet> = except
@@ -359,12 +297,9 @@ fn read_network_rules(
                             .collect();
                         peers.push(NetworkPeer::IpBlock { cidr, except });
                     }
-                    Some(Err(message)) => ctx.error(
-                        peer_node.pos,
-                        &cidr_path,
-                        message,
-                        "write a CIDR such as 10.0.0.0/16",
-                    ),
+                    Some(Err(message)) => {
+                        ctx.error(peer_node.pos, &cidr_path, message, "write a CIDR such as 10.0.0.0/16")
+                    }
                     None => ctx.error(
                         peer_node.pos,
                         &cidr_path,
@@ -373,17 +308,9 @@ fn read_network_rules(
                     ),
                 }
             } else if pod_selector.is_some() || namespace_selector.is_some() {
-                peers.push(NetworkPeer::Pods {
-                    pod_selector,
-                    namespace_selector,
-                });
+                peers.push(NetworkPeer::Pods { pod_selector, namespace_selector });
             } else {
-                ctx.error(
-                    peer_node.pos,
-                    &peer_path,
-                    "a peer needs podSelector, namespaceSelector or ipBlock",
-                    "",
-                );
+                ctx.error(peer_node.pos, &peer_path, "a peer needs podSelector, namespaceSelector or ipBlock", "");
             }
         }
         let mut ports = Vec::new();
@@ -391,10 +318,7 @@ fn read_network_rules(
             let Some(mut port) = ctx.map(port_node, &port_path) else {
                 continue;
             };
-            let protocol = port
-                .string(ctx, "protocol")
-                .map(|p| p.value)
-                .unwrap_or_else(|| "TCP".to_owned());
+            let protocol = port.string(ctx, "protocol").map(|p| p.value).unwrap_or_else(|| "TCP".to_owned());
             let number = port.get("port").and_then(|(n, p)| ctx.text(n, &p));
             let end_port = port.get("endPort").and_then(|(n, p)| ctx.port(n, &p));
             port.finish(ctx);
@@ -406,11 +330,7 @@ fn read_network_rules(
                     "use TCP, UDP or SCTP",
                 );
             }
-            ports.push(NetworkPolicyPort {
-                protocol,
-                port: number,
-                end_port,
-            });
+            ports.push(NetworkPolicyPort { protocol, port: number, end_port });
         }
         rule.finish(ctx);
         rules.push(NetworkPolicyRule { peers, ports });
@@ -445,12 +365,9 @@ pub(crate) fn read_network_policy(
             match t.as_str() {
                 "Ingress" => ingress_isolated = true,
                 "Egress" => egress_isolated = true,
-                other => ctx.error(
-                    t.pos,
-                    &types_path,
-                    format!("unknown policy type `{other}`"),
-                    "use Ingress or Egress",
-                ),
+                other => {
+                    ctx.error(t.pos, &types_path, format!("unknown policy type `{other}`"), "use Ingress or Egress")
+                }
             }
         }
     }

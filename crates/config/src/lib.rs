@@ -19,4 +19,4 @@ pub mod yaml;
 pub use decode::Spanned;
 pub use diag::{Diagnostic, ObjectRef, Origin, Severity};
 pub use load::{Config, FileKind, Loaded, Loader, load_paths, load_str, yaml_files};
-pub use mesh::PathNormalization;
+pub use zmesh_http::PathNormalization;

@@ -116,27 +116,14 @@ impl Loader {
     }
 
     pub fn with_limits(limits: yaml::Limits) -> Self {
-        Loader {
-            limits,
-            ..Self::default()
-        }
+        Loader { limits, ..Self::default() }
     }
 
-    fn push(
-        &mut self,
-        file: Option<&Arc<str>>,
-        pos: Pos,
-        message: String,
-        hint: &str,
-        severity: Severity,
-    ) {
+    fn push(&mut self, file: Option<&Arc<str>>, pos: Pos, message: String, hint: &str, severity: Severity) {
         self.loaded.diagnostics.push(Diagnostic {
             severity,
             code: (severity == Severity::Error).then_some(crate::diag::codes::SCHEMA),
-            origin: Origin {
-                file: file.cloned(),
-                pos,
-            },
+            origin: Origin { file: file.cloned(), pos },
             object: None,
             field: String::new(),
             message,
@@ -200,30 +187,20 @@ impl Loader {
                     yaml::YamlError::Syntax { message, .. } => {
                         format!("YAML syntax error: {message}")
                     }
-                    other => other
-                        .to_string()
-                        .split_once(": ")
-                        .map_or_else(|| other.to_string(), |(_, m)| m.to_owned()),
+                    other => {
+                        other.to_string().split_once(": ").map_or_else(|| other.to_string(), |(_, m)| m.to_owned())
+                    }
                 };
-                self.push(
-                    file.as_ref(),
-                    pos,
-                    message,
-                    "nothing from this file was loaded",
-                    Severity::Error,
-                );
+                self.push(file.as_ref(), pos, message, "nothing from this file was loaded", Severity::Error);
                 return;
             }
         };
-        let is_mesh_file = file
-            .as_deref()
-            .and_then(|f| Path::new(f).file_name())
-            .is_some_and(|n| n == "mesh.yaml" || n == "mesh.yml");
+        let is_mesh_file =
+            file.as_deref().and_then(|f| Path::new(f).file_name()).is_some_and(|n| n == "mesh.yaml" || n == "mesh.yml");
         for document in documents {
             let Some(root) = document.root else { continue };
             self.loaded.documents += 1;
-            let as_mesh =
-                kind == FileKind::MeshConfig || (is_mesh_file && root.get("kind").is_none());
+            let as_mesh = kind == FileKind::MeshConfig || (is_mesh_file && root.get("kind").is_none());
             if as_mesh {
                 self.add_mesh(file.clone(), &root, "");
             } else {
@@ -233,10 +210,7 @@ impl Loader {
     }
 
     fn add_mesh(&mut self, file: Option<Arc<str>>, node: &Node, path: &str) {
-        let origin = Origin {
-            file: file.clone(),
-            pos: node.pos,
-        };
+        let origin = Origin { file: file.clone(), pos: node.pos };
         if let Some(first) = &self.mesh_origin {
             let first = first.to_string();
             self.push(
@@ -250,11 +224,7 @@ impl Loader {
         }
         let mut ctx = Ctx {
             file,
-            object: Some(ObjectRef {
-                kind: "MeshConfig".into(),
-                namespace: None,
-                name: None,
-            }),
+            object: Some(ObjectRef { kind: "MeshConfig".into(), namespace: None, name: None }),
             diagnostics: &mut self.loaded.diagnostics,
         };
         if let Some(mesh) = crate::mesh::read_mesh_config(&mut ctx, node, path, origin.clone()) {
@@ -265,11 +235,7 @@ impl Loader {
 
     fn add_document(&mut self, file: Option<Arc<str>>, root: &Node) {
         let order = self.loaded.documents;
-        let mut ctx = Ctx {
-            file: file.clone(),
-            object: None,
-            diagnostics: &mut self.loaded.diagnostics,
-        };
+        let mut ctx = Ctx { file: file.clone(), object: None, diagnostics: &mut self.loaded.diagnostics };
         let Some(mut fields) = ctx.map(root, "") else {
             return;
         };
@@ -286,34 +252,22 @@ impl Loader {
         };
         let metadata = fields.get("metadata");
         // Name the object in every later diagnostic.
-        let name = metadata
-            .as_ref()
-            .and_then(|(m, _)| m.get("name"))
-            .and_then(Node::scalar_text)
-            .map(str::to_owned);
-        let namespace = metadata
-            .as_ref()
-            .and_then(|(m, _)| m.get("namespace"))
-            .and_then(Node::scalar_text)
-            .map(str::to_owned);
+        let name = metadata.as_ref().and_then(|(m, _)| m.get("name")).and_then(Node::scalar_text).map(str::to_owned);
+        let namespace =
+            metadata.as_ref().and_then(|(m, _)| m.get("namespace")).and_then(Node::scalar_text).map(str::to_owned);
         ctx.object = Some(ObjectRef {
             kind: kind.value.clone(),
             namespace: namespace.or_else(|| name.as_ref().map(|_| "default".to_owned())),
             name,
         });
 
-        let (group, version) = api_version
-            .rsplit_once('/')
-            .unwrap_or(("", api_version.as_str()));
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
         let Some((_, versions)) = VERSIONS.iter().find(|(g, _)| *g == group) else {
             ctx.report(
                 Severity::Info,
                 root.pos,
                 "",
-                format!(
-                    "{} {} is not used by zmesh; skipped",
-                    api_version.value, kind.value
-                ),
+                format!("{} {} is not used by zmesh; skipped", api_version.value, kind.value),
                 None,
             );
             return;
@@ -322,18 +276,12 @@ impl Loader {
             ctx.error(
                 api_version.pos,
                 "apiVersion",
-                format!(
-                    "{} is not a supported version of {group}",
-                    api_version.value
-                ),
+                format!("{} is not a supported version of {group}", api_version.value),
                 format!("use {group}/{}", versions[0]),
             );
             return;
         }
-        let origin = Origin {
-            file,
-            pos: root.pos,
-        };
+        let origin = Origin { file, pos: root.pos };
         let spec = fields.get("spec");
         let namespaced = !matches!(kind.as_str(), "Namespace");
         let meta = match metadata {
@@ -358,65 +306,49 @@ impl Loader {
         match (group, kind.as_str()) {
             ("security.istio.io", "AuthorizationPolicy") => {
                 fields.finish(&mut ctx);
-                config
-                    .authorization_policies
-                    .extend(meta.and_then(|m| crate::authz::read(&mut ctx, m, spec)));
+                config.authorization_policies.extend(meta.and_then(|m| crate::authz::read(&mut ctx, m, spec)));
             }
             ("security.istio.io", "PeerAuthentication") => {
                 fields.finish(&mut ctx);
-                config.peer_authentications.extend(
-                    meta.and_then(|m| crate::authn::read_peer_authentication(&mut ctx, m, spec)),
-                );
+                config
+                    .peer_authentications
+                    .extend(meta.and_then(|m| crate::authn::read_peer_authentication(&mut ctx, m, spec)));
             }
             ("security.istio.io", "RequestAuthentication") => {
                 fields.finish(&mut ctx);
-                config.request_authentications.extend(
-                    meta.and_then(|m| crate::authn::read_request_authentication(&mut ctx, m, spec)),
-                );
+                config
+                    .request_authentications
+                    .extend(meta.and_then(|m| crate::authn::read_request_authentication(&mut ctx, m, spec)));
             }
             ("telemetry.istio.io", "Telemetry") => {
                 fields.finish(&mut ctx);
-                config
-                    .telemetries
-                    .extend(meta.and_then(|m| crate::telemetry::read(&mut ctx, m, spec)));
+                config.telemetries.extend(meta.and_then(|m| crate::telemetry::read(&mut ctx, m, spec)));
             }
             ("networking.istio.io", "WorkloadEntry") => {
                 fields.finish(&mut ctx);
-                config.workload_entries.extend(
-                    meta.and_then(|m| crate::networking::read_workload_entry(&mut ctx, m, spec)),
-                );
+                config
+                    .workload_entries
+                    .extend(meta.and_then(|m| crate::networking::read_workload_entry(&mut ctx, m, spec)));
             }
             ("networking.istio.io", "ServiceEntry") => {
                 fields.finish(&mut ctx);
-                config.service_entries.extend(
-                    meta.and_then(|m| crate::networking::read_service_entry(&mut ctx, m, spec)),
-                );
+                config
+                    .service_entries
+                    .extend(meta.and_then(|m| crate::networking::read_service_entry(&mut ctx, m, spec)));
             }
             ("networking.istio.io", "EnvoyFilter") => {
                 fields.finish(&mut ctx);
-                config.rate_limits.extend(
-                    meta.and_then(|m| crate::networking::read_envoy_filter(&mut ctx, m, spec)),
-                );
+                config.rate_limits.extend(meta.and_then(|m| crate::networking::read_envoy_filter(&mut ctx, m, spec)));
             }
             ("networking.k8s.io", "NetworkPolicy") => {
                 fields.finish(&mut ctx);
-                config
-                    .network_policies
-                    .extend(meta.and_then(|m| crate::kube::read_network_policy(&mut ctx, m, spec)));
+                config.network_policies.extend(meta.and_then(|m| crate::kube::read_network_policy(&mut ctx, m, spec)));
             }
-            ("", "Namespace") => config
-                .namespaces
-                .extend(meta.map(|meta| Namespace { meta })),
-            ("", "ServiceAccount") => config
-                .service_accounts
-                .extend(meta.map(|meta| ServiceAccountObject { meta })),
-            ("", "Service") => config
-                .services
-                .extend(meta.and_then(|m| crate::kube::read_service(&mut ctx, m, spec))),
+            ("", "Namespace") => config.namespaces.extend(meta.map(|meta| Namespace { meta })),
+            ("", "ServiceAccount") => config.service_accounts.extend(meta.map(|meta| ServiceAccountObject { meta })),
+            ("", "Service") => config.services.extend(meta.and_then(|m| crate::kube::read_service(&mut ctx, m, spec))),
             ("", "Pod") | ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
-                config.workloads.extend(
-                    meta.and_then(|m| crate::kube::read_workload(&mut ctx, m, &kind, spec)),
-                );
+                config.workloads.extend(meta.and_then(|m| crate::kube::read_workload(&mut ctx, m, &kind, spec)));
             }
             ("", "ConfigMap") => {
                 let data = fields.get("data");
@@ -439,10 +371,7 @@ impl Loader {
                 }
             }
             ("install.istio.io", "IstioOperator") => {
-                let mesh = spec.and_then(|(s, p)| {
-                    s.get("meshConfig")
-                        .map(|m| (m.clone(), format!("{p}.meshConfig")))
-                });
+                let mesh = spec.and_then(|(s, p)| s.get("meshConfig").map(|m| (m.clone(), format!("{p}.meshConfig"))));
                 match mesh {
                     Some((node, path)) => {
                         drop(ctx);
@@ -452,8 +381,7 @@ impl Loader {
                         Severity::Info,
                         root.pos,
                         "",
-                        "IstioOperator has no spec.meshConfig; nothing in it is used by zmesh"
-                            .into(),
+                        "IstioOperator has no spec.meshConfig; nothing in it is used by zmesh".into(),
                         None,
                     ),
                 }
@@ -461,11 +389,7 @@ impl Loader {
             ("", "List") => {
                 let items = fields.get("items").map(|(n, _)| n.clone());
                 drop(ctx);
-                if let Some(Node {
-                    value: yaml::Value::Seq(items),
-                    ..
-                }) = items
-                {
+                if let Some(Node { value: yaml::Value::Seq(items), .. }) = items {
                     for item in &items {
                         self.add_document(origin_file(&meta), item);
                     }
@@ -475,10 +399,7 @@ impl Loader {
                 Severity::Info,
                 root.pos,
                 "",
-                format!(
-                    "{} {} is not used by zmesh; skipped",
-                    api_version.value, kind.value
-                ),
+                format!("{} {} is not used by zmesh; skipped", api_version.value, kind.value),
                 None,
             ),
         }

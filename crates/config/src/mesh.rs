@@ -1,21 +1,12 @@
 //! MeshConfig: the mesh-wide settings zmesh uses, read from `mesh.yaml`, from the `mesh` key of
 //! ConfigMap `istio`, or from IstioOperator `spec.meshConfig`.
 
+use zmesh_http::PathNormalization;
 use zmesh_id::TrustDomain;
 
 use crate::decode::{Ctx, Fields};
 use crate::diag::Origin;
 use crate::yaml::Node;
-
-/// meshConfig `pathNormalization.normalization`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PathNormalization {
-    None,
-    #[default]
-    Base,
-    MergeSlashes,
-    DecodeAndMergeSlashes,
-}
 
 /// Istio's `outboundTrafficPolicy.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,10 +57,7 @@ pub enum ProviderKind {
 
 impl ProviderKind {
     pub fn is_ext_authz(&self) -> bool {
-        matches!(
-            self,
-            ProviderKind::ExtAuthzHttp { .. } | ProviderKind::ExtAuthzGrpc { .. }
-        )
+        matches!(self, ProviderKind::ExtAuthzHttp { .. } | ProviderKind::ExtAuthzGrpc { .. })
     }
 }
 
@@ -197,17 +185,9 @@ const IGNORED_PROXY_CONFIG_FIELDS: &[&str] = &[
     "zipkinAddress",
 ];
 
-pub(crate) fn read_mesh_config(
-    ctx: &mut Ctx<'_>,
-    node: &Node,
-    path: &str,
-    origin: Origin,
-) -> Option<MeshConfig> {
+pub(crate) fn read_mesh_config(ctx: &mut Ctx<'_>, node: &Node, path: &str, origin: Origin) -> Option<MeshConfig> {
     let mark = ctx.diagnostics.len();
-    let mut mesh = MeshConfig {
-        origin: Some(origin),
-        ..MeshConfig::default()
-    };
+    let mut mesh = MeshConfig { origin: Some(origin), ..MeshConfig::default() };
     let mut fields = ctx.map(node, path)?;
     if let Some(root) = fields.string(ctx, "rootNamespace") {
         mesh.root_namespace = root.value;
@@ -219,20 +199,10 @@ pub(crate) fn read_mesh_config(
         }
     }
     let aliases_path = fields.path("trustDomainAliases");
-    for (i, alias) in fields
-        .strings(ctx, "trustDomainAliases")
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
+    for (i, alias) in fields.strings(ctx, "trustDomainAliases").unwrap_or_default().into_iter().enumerate() {
         match alias.value.parse() {
             Ok(td) => mesh.trust_domain_aliases.push(td),
-            Err(error) => ctx.error(
-                alias.pos,
-                &format!("{aliases_path}[{i}]"),
-                error.to_string(),
-                "",
-            ),
+            Err(error) => ctx.error(alias.pos, &format!("{aliases_path}[{i}]"), error.to_string(), ""),
         }
     }
     for (item, item_path) in fields.items(ctx, "extensionProviders").unwrap_or_default() {
@@ -298,10 +268,7 @@ pub(crate) fn read_mesh_config(
 
 fn read_tracing_defaults(ctx: &mut Ctx<'_>, defaults: &mut Fields<'_>) -> Option<TracingDefaults> {
     let mut tracing = defaults.map(ctx, "tracing")?;
-    let mut out = TracingDefaults {
-        zipkin_address: None,
-        sampling_percent: None,
-    };
+    let mut out = TracingDefaults { zipkin_address: None, sampling_percent: None };
     if let Some(mut zipkin) = tracing.map(ctx, "zipkin") {
         out.zipkin_address = zipkin.string(ctx, "address").map(|a| a.value);
         zipkin.finish(ctx);
@@ -334,9 +301,7 @@ fn read_tracing_defaults(ctx: &mut Ctx<'_>, defaults: &mut Fields<'_>) -> Option
 
 fn service_and_port(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> Option<(String, u16)> {
     let service = fields.string(ctx, "service");
-    let port = fields
-        .get("port")
-        .and_then(|(node, path)| ctx.port(node, &path));
+    let port = fields.get("port").and_then(|(node, path)| ctx.port(node, &path));
     match (service, port) {
         (Some(service), Some(port)) if !service.is_empty() => Some((service.value, port)),
         _ => {
@@ -354,14 +319,8 @@ fn service_and_port(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> Option<(Strin
 fn read_provider(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ExtensionProvider> {
     let mut fields = ctx.map(node, path)?;
     let name = fields.string(ctx, "name");
-    let kinds = [
-        "envoyExtAuthzHttp",
-        "envoyExtAuthzGrpc",
-        "zipkin",
-        "opentelemetry",
-        "prometheus",
-        "envoyFileAccessLog",
-    ];
+    let kinds =
+        ["envoyExtAuthzHttp", "envoyExtAuthzGrpc", "zipkin", "opentelemetry", "prometheus", "envoyFileAccessLog"];
     let others = [
         "stackdriver",
         "skywalking",
@@ -410,20 +369,9 @@ fn read_provider(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Extension
                 ]);
                 target.map(|(service, port)| {
                     if key == "envoyExtAuthzHttp" {
-                        ProviderKind::ExtAuthzHttp {
-                            service,
-                            port,
-                            timeout,
-                            fail_open,
-                            path_prefix,
-                        }
+                        ProviderKind::ExtAuthzHttp { service, port, timeout, fail_open, path_prefix }
                     } else {
-                        ProviderKind::ExtAuthzGrpc {
-                            service,
-                            port,
-                            timeout,
-                            fail_open,
-                        }
+                        ProviderKind::ExtAuthzGrpc { service, port, timeout, fail_open }
                     }
                 })
             }
@@ -450,10 +398,7 @@ fn read_provider(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Extension
             }
             "prometheus" => Some(ProviderKind::Prometheus),
             _ => {
-                let file = inner
-                    .string(ctx, "path")
-                    .map(|p| p.value)
-                    .unwrap_or_else(|| "/dev/stdout".to_owned());
+                let file = inner.string(ctx, "path").map(|p| p.value).unwrap_or_else(|| "/dev/stdout".to_owned());
                 inner.ignore(&["logFormat"]);
                 Some(ProviderKind::FileAccessLog { path: file })
             }
@@ -480,16 +425,10 @@ fn read_provider(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Extension
         ctx.error(
             node.pos,
             path,
-            format!(
-                "extension provider `{}` must set exactly one provider type, found {count}",
-                name.value
-            ),
+            format!("extension provider `{}` must set exactly one provider type, found {count}", name.value),
             format!("set one of: {}", kinds.join(", ")),
         );
         return None;
     }
-    kind.map(|kind| ExtensionProvider {
-        name: name.value,
-        kind,
-    })
+    kind.map(|kind| ExtensionProvider { name: name.value, kind })
 }

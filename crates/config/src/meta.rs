@@ -67,12 +67,7 @@ pub(crate) fn read_meta(
     let field = fields.path("name");
     fields.finish(ctx);
     let Some(name) = name else {
-        ctx.error(
-            pos,
-            &field,
-            "metadata.name is required",
-            "give the object a name",
-        );
+        ctx.error(pos, &field, "metadata.name is required", "give the object a name");
         return None;
     };
     check_dns_name(ctx, &name, &field, 253);
@@ -85,21 +80,13 @@ pub(crate) fn read_meta(
         }
         _ => "default".to_owned(),
     };
-    Some(Meta {
-        name: name.value,
-        namespace,
-        labels,
-        annotations,
-        creation_timestamp,
-        origin,
-        order,
-    })
+    Some(Meta { name: name.value, namespace, labels, annotations, creation_timestamp, origin, order })
 }
 
 fn check_dns_name(ctx: &mut Ctx<'_>, name: &Spanned<String>, field: &str, max: usize) {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-    let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let edges_ok =
+        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if name.is_empty() || name.len() > max || !name.chars().all(ok_char) || !edges_ok {
         ctx.error(
             name.pos,
@@ -120,18 +107,12 @@ pub struct Selector {
 impl Selector {
     /// Subset match, as Istio does it: every selector label is on the workload with that value.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 
 /// A `selector` (Istio WorkloadSelector); reports label keys or values Istio refuses.
-pub(crate) fn read_selector(
-    ctx: &mut Ctx<'_>,
-    fields: &mut Fields<'_>,
-    key: &'static str,
-) -> Option<Selector> {
+pub(crate) fn read_selector(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &'static str) -> Option<Selector> {
     let mut selector = fields.map(ctx, key)?;
     let pos = selector.pos;
     let labels_path = selector.path("matchLabels");
@@ -139,12 +120,7 @@ pub(crate) fn read_selector(
     selector.finish(ctx);
     for (k, v) in &match_labels {
         if k.is_empty() {
-            ctx.error(
-                pos,
-                &labels_path,
-                "a label key is empty",
-                "remove the empty key",
-            );
+            ctx.error(pos, &labels_path, "a label key is empty", "remove the empty key");
         }
         if k.contains('*') || v.contains('*') {
             ctx.error(
@@ -189,10 +165,7 @@ pub(crate) fn read_target_refs(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> Ve
         let Some(mut reference) = ctx.map(node, &path) else {
             continue;
         };
-        let group = reference
-            .string(ctx, "group")
-            .map(|g| g.value)
-            .unwrap_or_default();
+        let group = reference.string(ctx, "group").map(|g| g.value).unwrap_or_default();
         let kind = reference.string(ctx, "kind");
         let name = reference.string(ctx, "name");
         if let Some(namespace) = reference.string(ctx, "namespace") {
@@ -236,12 +209,7 @@ pub(crate) fn read_target_refs(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> Ve
                 "target a Gateway or GatewayClass (gateway.networking.k8s.io), a Service (group \"\") or a ServiceEntry (networking.istio.io)",
             );
         }
-        refs.push(TargetRef {
-            group,
-            kind: kind.value,
-            name: name.value,
-            pos: node.pos,
-        });
+        refs.push(TargetRef { group, kind: kind.value, name: name.value, pos: node.pos });
     }
     refs
 }

@@ -34,26 +34,19 @@ impl WorkloadSpec {
     }
 }
 
-fn read_workload_spec(
-    ctx: &mut Ctx<'_>,
-    fields: &mut Fields<'_>,
-    require_address: bool,
-) -> WorkloadSpec {
+fn read_workload_spec(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, require_address: bool) -> WorkloadSpec {
     let address = fields.string(ctx, "address");
     let mut spec = WorkloadSpec {
         labels: fields.string_map(ctx, "labels"),
         service_account: fields.string(ctx, "serviceAccount").map(|s| s.value),
         network: fields.string(ctx, "network").map(|s| s.value),
         locality: fields.string(ctx, "locality").map(|s| s.value),
-        weight: fields
-            .int(ctx, "weight")
-            .and_then(|w| u32::try_from(w).ok()),
+        weight: fields.int(ctx, "weight").and_then(|w| u32::try_from(w).ok()),
         ..WorkloadSpec::default()
     };
     for (key, value, path) in fields.entries(ctx, "ports").unwrap_or_default() {
         if let Some(port) = ctx.port(value, &path) {
-            spec.ports
-                .insert(key.scalar_text().unwrap_or_default().to_owned(), port);
+            spec.ports.insert(key.scalar_text().unwrap_or_default().to_owned(), port);
         }
     }
     match address {
@@ -81,12 +74,7 @@ fn read_workload_spec(
     if let Some(sa) = &spec.service_account
         && let Err(error) = sa.parse::<zmesh_id::ServiceAccount>()
     {
-        ctx.error(
-            fields.pos,
-            &fields.path("serviceAccount"),
-            error.to_string(),
-            "",
-        );
+        ctx.error(fields.pos, &fields.path("serviceAccount"), error.to_string(), "");
     }
     spec
 }
@@ -98,19 +86,9 @@ fn check_address(address: &str) -> Result<(), String> {
     let host_ok = !address.is_empty()
         && address.len() <= 253
         && address.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
-    if host_ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{address}` is neither an IP address nor a host name"
-        ))
-    }
+    if host_ok { Ok(()) } else { Err(format!("`{address}` is neither an IP address nor a host name")) }
 }
 
 pub(crate) fn read_workload_entry(
@@ -186,21 +164,12 @@ pub struct ServiceEntry {
     pub subject_alt_names: Vec<String>,
 }
 
-pub(crate) fn read_service_entry(
-    ctx: &mut Ctx<'_>,
-    meta: Meta,
-    spec: Option<(&Node, String)>,
-) -> Option<ServiceEntry> {
+pub(crate) fn read_service_entry(ctx: &mut Ctx<'_>, meta: Meta, spec: Option<(&Node, String)>) -> Option<ServiceEntry> {
     let mark = ctx.diagnostics.len();
     let (node, path) = spec?;
     let mut fields = ctx.map(node, &path)?;
     let hosts_path = fields.path("hosts");
-    let hosts: Vec<String> = fields
-        .strings(ctx, "hosts")
-        .unwrap_or_default()
-        .into_iter()
-        .map(|h| h.value)
-        .collect();
+    let hosts: Vec<String> = fields.strings(ctx, "hosts").unwrap_or_default().into_iter().map(|h| h.value).collect();
     if hosts.is_empty() {
         ctx.error(
             node.pos,
@@ -209,12 +178,7 @@ pub(crate) fn read_service_entry(
             "list the host names clients use for the service",
         );
     }
-    let addresses = fields
-        .strings(ctx, "addresses")
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| a.value)
-        .collect();
+    let addresses = fields.strings(ctx, "addresses").unwrap_or_default().into_iter().map(|a| a.value).collect();
     let mut ports = Vec::new();
     for (item, item_path) in fields.items(ctx, "ports").unwrap_or_default() {
         let Some(mut port) = ctx.map(item, &item_path) else {
@@ -234,25 +198,12 @@ pub(crate) fn read_service_entry(
             }
             parsed
         });
-        let name = port
-            .string(ctx, "name")
-            .map(|n| n.value)
-            .unwrap_or_default();
+        let name = port.string(ctx, "name").map(|n| n.value).unwrap_or_default();
         let target_port = port.get("targetPort").and_then(|(n, p)| ctx.port(n, &p));
         port.finish(ctx);
         match number {
-            Some(number) => ports.push(ServicePort {
-                number,
-                protocol,
-                name,
-                target_port,
-            }),
-            None => ctx.error(
-                item.pos,
-                &format!("{item_path}.number"),
-                "port number is required",
-                "set `number`",
-            ),
+            Some(number) => ports.push(ServicePort { number, protocol, name, target_port }),
+            None => ctx.error(item.pos, &format!("{item_path}.number"), "port number is required", "set `number`"),
         }
     }
     let location_path = fields.path("location");
@@ -273,12 +224,7 @@ pub(crate) fn read_service_entry(
     let resolution_path = fields.path("resolution");
     let resolution = match fields.string(ctx, "resolution") {
         None => "NONE".to_owned(),
-        Some(r)
-            if ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"]
-                .contains(&r.as_str()) =>
-        {
-            r.value
-        }
+        Some(r) if ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"].contains(&r.as_str()) => r.value,
         Some(r) => {
             ctx.error(
                 r.pos,
@@ -294,11 +240,7 @@ pub(crate) fn read_service_entry(
         let Some(mut endpoint) = ctx.map(item, &item_path) else {
             continue;
         };
-        endpoints.push(read_workload_spec(
-            ctx,
-            &mut endpoint,
-            resolution == "STATIC",
-        ));
+        endpoints.push(read_workload_spec(ctx, &mut endpoint, resolution == "STATIC"));
         endpoint.finish(ctx);
     }
     let workload_selector = read_selector(ctx, &mut fields, "workloadSelector");
@@ -318,12 +260,8 @@ pub(crate) fn read_service_entry(
             "list the endpoints' addresses",
         );
     }
-    let subject_alt_names = fields
-        .strings(ctx, "subjectAltNames")
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| s.value)
-        .collect();
+    let subject_alt_names =
+        fields.strings(ctx, "subjectAltNames").unwrap_or_default().into_iter().map(|s| s.value).collect();
     fields.ignore(&["exportTo"]);
     fields.finish(ctx);
     (!ctx.has_errors_since(mark)).then_some(ServiceEntry {
@@ -375,12 +313,7 @@ pub(crate) fn read_envoy_filter(
         );
     };
     let [(patch_node, patch_path)] = patches.as_slice() else {
-        unsupported(
-            ctx,
-            node.pos,
-            &format!("{path}.configPatches"),
-            "expected exactly one config patch",
-        );
+        unsupported(ctx, node.pos, &format!("{path}.configPatches"), "expected exactly one config patch");
         return None;
     };
     let mut patch = ctx.map(patch_node, patch_path)?;
@@ -393,25 +326,12 @@ pub(crate) fn read_envoy_filter(
         value
     });
     patch.finish(ctx);
-    if apply_to
-        .as_ref()
-        .is_none_or(|a| a.as_str() != "HTTP_FILTER")
-    {
-        unsupported(
-            ctx,
-            patch_node.pos,
-            &format!("{patch_path}.applyTo"),
-            "only applyTo: HTTP_FILTER is supported",
-        );
+    if apply_to.as_ref().is_none_or(|a| a.as_str() != "HTTP_FILTER") {
+        unsupported(ctx, patch_node.pos, &format!("{patch_path}.applyTo"), "only applyTo: HTTP_FILTER is supported");
         return None;
     }
     let Some((value_node, value_path)) = value else {
-        unsupported(
-            ctx,
-            patch_node.pos,
-            &format!("{patch_path}.patch.value"),
-            "the patch has no value",
-        );
+        unsupported(ctx, patch_node.pos, &format!("{patch_path}.patch.value"), "the patch has no value");
         return None;
     };
     let mut filter = ctx.map(value_node, &value_path)?;
@@ -421,21 +341,11 @@ pub(crate) fn read_envoy_filter(
     match &name {
         Some(n) if n.as_str() == LOCAL_RATE_LIMIT_FILTER => {}
         Some(n) => {
-            unsupported(
-                ctx,
-                n.pos,
-                &format!("{value_path}.name"),
-                &format!("filter `{}`", n.value),
-            );
+            unsupported(ctx, n.pos, &format!("{value_path}.name"), &format!("filter `{}`", n.value));
             return None;
         }
         None => {
-            unsupported(
-                ctx,
-                value_node.pos,
-                &format!("{value_path}.name"),
-                "the filter has no name",
-            );
+            unsupported(ctx, value_node.pos, &format!("{value_path}.name"), "the filter has no name");
             return None;
         }
     }
@@ -479,12 +389,7 @@ pub(crate) fn read_envoy_filter(
     ]);
     settings.finish(ctx);
     let Some(mut bucket) = bucket else {
-        ctx.error(
-            value_node.pos,
-            &bucket_path,
-            "the local rate limit filter has no token_bucket",
-            bucket_hint,
-        );
+        ctx.error(value_node.pos, &bucket_path, "the local rate limit filter has no token_bucket", bucket_hint);
         return None;
     };
     let max_tokens = bucket.int(ctx, "max_tokens");
@@ -492,17 +397,10 @@ pub(crate) fn read_envoy_filter(
     let interval = bucket.string(ctx, "fill_interval");
     let interval_path = bucket.path("fill_interval");
     bucket.finish(ctx);
-    let fill_interval = interval
-        .as_ref()
-        .and_then(|i| crate::authn::parse_duration(i))
-        .filter(|d| !d.is_zero());
+    let fill_interval = interval.as_ref().and_then(|i| crate::authn::parse_duration(i)).filter(|d| !d.is_zero());
     let (Some(max_tokens), Some(tokens_per_fill), Some(fill_interval)) = (
-        max_tokens
-            .and_then(|v| u32::try_from(v).ok())
-            .filter(|&v| v > 0),
-        tokens_per_fill
-            .and_then(|v| u32::try_from(v).ok())
-            .filter(|&v| v > 0),
+        max_tokens.and_then(|v| u32::try_from(v).ok()).filter(|&v| v > 0),
+        tokens_per_fill.and_then(|v| u32::try_from(v).ok()).filter(|&v| v > 0),
         fill_interval,
     ) else {
         ctx.error(
@@ -530,21 +428,11 @@ pub(crate) fn read_ports_list(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> Vec
         let Some(mut port) = ctx.map(item, &item_path) else {
             continue;
         };
-        let number = port
-            .get("port")
-            .or_else(|| port.get("containerPort"))
-            .and_then(|(n, p)| ctx.port(n, &p));
-        let name = port
-            .string(ctx, "name")
-            .map(|n| n.value)
-            .unwrap_or_default();
+        let number = port.get("port").or_else(|| port.get("containerPort")).and_then(|(n, p)| ctx.port(n, &p));
+        let name = port.string(ctx, "name").map(|n| n.value).unwrap_or_default();
         let app_protocol = port.string(ctx, "appProtocol").map(|n| n.value);
         let target_port = port.get("targetPort").and_then(|(n, p)| {
-            if n.scalar_type() == Some(crate::yaml::ScalarType::Int) {
-                ctx.port(n, &p)
-            } else {
-                None
-            }
+            if n.scalar_type() == Some(crate::yaml::ScalarType::Int) { ctx.port(n, &p) } else { None }
         });
         port.ignore(&["protocol", "nodePort", "hostPort", "hostIP"]);
         port.finish(ctx);
@@ -555,12 +443,7 @@ pub(crate) fn read_ports_list(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> Vec
             .and_then(Protocol::parse)
             .or_else(|| Protocol::parse(name.split('-').next().unwrap_or_default()));
         if let Some(number) = number {
-            ports.push(ServicePort {
-                number,
-                protocol,
-                name,
-                target_port,
-            });
+            ports.push(ServicePort { number, protocol, name, target_port });
         }
     }
     ports

@@ -108,11 +108,7 @@ fn mode(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> String {
     }
 }
 
-pub(crate) fn read(
-    ctx: &mut Ctx<'_>,
-    meta: Meta,
-    spec: Option<(&Node, String)>,
-) -> Option<Telemetry> {
+pub(crate) fn read(ctx: &mut Ctx<'_>, meta: Meta, spec: Option<(&Node, String)>) -> Option<Telemetry> {
     let mark = ctx.diagnostics.len();
     let mut telemetry = Telemetry {
         meta,
@@ -138,8 +134,7 @@ pub(crate) fn read(
             let Some(mut entry) = ctx.map(item, &item_path) else {
                 continue;
             };
-            let (mut metric, mut match_mode) =
-                ("ALL_METRICS".to_owned(), "CLIENT_AND_SERVER".to_owned());
+            let (mut metric, mut match_mode) = ("ALL_METRICS".to_owned(), "CLIENT_AND_SERVER".to_owned());
             if let Some(mut selector) = entry.map(ctx, "match") {
                 let metric_path = selector.path("metric");
                 if let Some(name) = selector.string(ctx, "metric") {
@@ -148,10 +143,7 @@ pub(crate) fn read(
                             name.pos,
                             &metric_path,
                             format!("unknown metric `{}`", name.value),
-                            format!(
-                                "use one of {}, or `customMetric` for another name",
-                                STANDARD_METRICS.join(", ")
-                            ),
+                            format!("use one of {}, or `customMetric` for another name", STANDARD_METRICS.join(", ")),
                         );
                     }
                     metric = name.value;
@@ -164,9 +156,7 @@ pub(crate) fn read(
             }
             let disabled = entry.bool(ctx, "disabled").unwrap_or(false);
             let mut tag_overrides = BTreeMap::new();
-            for (tag_key, tag_value, tag_path) in
-                entry.entries(ctx, "tagOverrides").unwrap_or_default()
-            {
+            for (tag_key, tag_value, tag_path) in entry.entries(ctx, "tagOverrides").unwrap_or_default() {
                 let Some(mut tag) = ctx.map(tag_value, &tag_path) else {
                     continue;
                 };
@@ -201,19 +191,11 @@ pub(crate) fn read(
                 tag_overrides.extend(parsed.map(|p| (name, p)));
             }
             entry.finish(ctx);
-            overrides.push(MetricOverride {
-                metric,
-                mode: match_mode,
-                disabled,
-                tag_overrides,
-            });
+            overrides.push(MetricOverride { metric, mode: match_mode, disabled, tag_overrides });
         }
         fields.ignore(&["reportingInterval"]);
         fields.finish(ctx);
-        telemetry.metrics.push(MetricsConfig {
-            providers,
-            overrides,
-        });
+        telemetry.metrics.push(MetricsConfig { providers, overrides });
     }
     for (node, path) in spec.items(ctx, "accessLogging").unwrap_or_default() {
         let Some(mut fields) = ctx.map(node, &path) else {
@@ -241,12 +223,7 @@ pub(crate) fn read(
             selector.finish(ctx);
         }
         fields.finish(ctx);
-        telemetry.access_logging.push(AccessLogging {
-            providers,
-            disabled,
-            filter,
-            mode: match_mode,
-        });
+        telemetry.access_logging.push(AccessLogging { providers, disabled, filter, mode: match_mode });
     }
     for (node, path) in spec.items(ctx, "tracing").unwrap_or_default() {
         let Some(mut fields) = ctx.map(node, &path) else {
@@ -256,28 +233,14 @@ pub(crate) fn read(
         let sampling = fields.get("randomSamplingPercentage").and_then(|(n, p)| {
             let value = ctx.number(n, &p)?;
             if !(0.0..=100.0).contains(&value) {
-                ctx.error(
-                    n.pos,
-                    &p,
-                    format!("sampling {value} is out of range"),
-                    "give a percentage from 0 to 100",
-                );
+                ctx.error(n.pos, &p, format!("sampling {value} is out of range"), "give a percentage from 0 to 100");
             }
             Some(value)
         });
         let disable_span_reporting = fields.bool(ctx, "disableSpanReporting").unwrap_or(false);
-        fields.ignore(&[
-            "customTags",
-            "match",
-            "useRequestIdForTraceSampling",
-            "enableIstioTags",
-        ]);
+        fields.ignore(&["customTags", "match", "useRequestIdForTraceSampling", "enableIstioTags"]);
         fields.finish(ctx);
-        telemetry.tracing.push(Tracing {
-            providers,
-            random_sampling_percentage: sampling,
-            disable_span_reporting,
-        });
+        telemetry.tracing.push(Tracing { providers, random_sampling_percentage: sampling, disable_span_reporting });
     }
     spec.finish(ctx);
     (!ctx.has_errors_since(mark)).then_some(telemetry)

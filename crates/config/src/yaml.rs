@@ -27,10 +27,7 @@ impl fmt::Display for Pos {
 
 impl From<Span> for Pos {
     fn from(span: Span) -> Self {
-        Pos {
-            line: span.start.line(),
-            column: span.start.col() + 1,
-        }
+        Pos { line: span.start.line(), column: span.start.col() + 1 }
     }
 }
 
@@ -72,14 +69,8 @@ pub enum ScalarType {
 impl Node {
     pub fn scalar_type(&self) -> Option<ScalarType> {
         match &self.value {
-            Value::Scalar {
-                quoting: Quoting::Quoted,
-                ..
-            } => Some(ScalarType::String),
-            Value::Scalar {
-                text,
-                quoting: Quoting::Plain,
-            } => Some(plain_scalar_type(text)),
+            Value::Scalar { quoting: Quoting::Quoted, .. } => Some(ScalarType::String),
+            Value::Scalar { text, quoting: Quoting::Plain } => Some(plain_scalar_type(text)),
             _ => None,
         }
     }
@@ -112,10 +103,7 @@ impl Node {
     /// Look up a key of a map node.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.value {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.scalar_text() == Some(key))
-                .map(|(_, v)| v),
+            Value::Map(entries) => entries.iter().find(|(k, _)| k.scalar_text() == Some(key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -127,19 +115,12 @@ impl Node {
         match &self.value {
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
             Value::Map(entries) => J::Object(
-                entries
-                    .iter()
-                    .map(|(k, v)| (k.scalar_text().unwrap_or_default().to_owned(), v.to_json()))
-                    .collect(),
+                entries.iter().map(|(k, v)| (k.scalar_text().unwrap_or_default().to_owned(), v.to_json())).collect(),
             ),
             Value::Scalar { text, .. } => match self.scalar_type() {
                 Some(ScalarType::Null) => J::Null,
-                Some(ScalarType::Bool) => {
-                    J::Bool(matches!(text.as_str(), "true" | "True" | "TRUE"))
-                }
-                Some(ScalarType::Int) => {
-                    parse_int(text).map_or_else(|| J::String(text.clone()), J::from)
-                }
+                Some(ScalarType::Bool) => J::Bool(matches!(text.as_str(), "true" | "True" | "TRUE")),
+                Some(ScalarType::Int) => parse_int(text).map_or_else(|| J::String(text.clone()), J::from),
                 Some(ScalarType::Float) => text
                     .parse::<f64>()
                     .ok()
@@ -184,13 +165,8 @@ fn is_float(text: &str) -> bool {
     let body = text.strip_prefix(['-', '+']).unwrap_or(text);
     matches!(body, ".inf" | ".Inf" | ".INF")
         || matches!(text, ".nan" | ".NaN" | ".NAN")
-        || (body
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_digit() || b == b'.')
-            && body
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        || (body.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
+            && body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
             && text.parse::<f64>().is_ok())
 }
 
@@ -205,11 +181,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bytes: 16 << 20,
-            max_depth: 64,
-            max_nodes: 1_000_000,
-        }
+        Limits { max_bytes: 16 << 20, max_depth: 64, max_nodes: 1_000_000 }
     }
 }
 
@@ -229,11 +201,7 @@ pub enum YamlError {
     #[error(
         "{pos}: duplicate key `{key}` (first at line {first_line}); Kubernetes rejects duplicate keys, so remove one"
     )]
-    DuplicateKey {
-        pos: Pos,
-        key: String,
-        first_line: usize,
-    },
+    DuplicateKey { pos: Pos, key: String, first_line: usize },
     #[error("{pos}: map keys must be plain strings, found {found}")]
     ComplexKey { pos: Pos, found: &'static str },
     #[error("{pos}: merge keys (`<<`) are not supported; write the fields out in full")]
@@ -266,27 +234,15 @@ pub struct Document {
 }
 
 enum Frame {
-    Seq {
-        pos: Pos,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Map {
-        pos: Pos,
-        anchor: usize,
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
-    },
+    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
+    Map { pos: Pos, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 /// Parse a whole YAML stream into documents. On any error, no document is returned: a stream
 /// is used whole or not at all.
 pub fn parse_stream(input: &str, limits: &Limits) -> Result<Vec<Document>, YamlError> {
     if input.len() > limits.max_bytes {
-        return Err(YamlError::TooLarge {
-            size: input.len(),
-            max: limits.max_bytes,
-        });
+        return Err(YamlError::TooLarge { size: input.len(), max: limits.max_bytes });
     }
     let mut documents = Vec::new();
     let mut anchors: std::collections::HashMap<usize, (Node, usize)> = Default::default();
@@ -296,10 +252,7 @@ pub fn parse_stream(input: &str, limits: &Limits) -> Result<Vec<Document>, YamlE
 
     for event in Parser::new_from_str(input) {
         let (event, span) = event.map_err(|error| YamlError::Syntax {
-            pos: Pos {
-                line: error.marker().line(),
-                column: error.marker().col() + 1,
-            },
+            pos: Pos { line: error.marker().line(), column: error.marker().col() + 1 },
             message: error.info().to_owned(),
         })?;
         let pos = Pos::from(span);
@@ -316,91 +269,37 @@ pub fn parse_stream(input: &str, limits: &Limits) -> Result<Vec<Document>, YamlE
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if stack.len() >= limits.max_depth {
-                    return Err(YamlError::TooDeep {
-                        pos,
-                        max: limits.max_depth,
-                    });
+                    return Err(YamlError::TooDeep { pos, max: limits.max_depth });
                 }
                 stack.push(match event {
-                    Event::SequenceStart(..) => Frame::Seq {
-                        pos,
-                        anchor,
-                        items: Vec::new(),
-                    },
-                    _ => Frame::Map {
-                        pos,
-                        anchor,
-                        entries: Vec::new(),
-                        key: None,
-                    },
+                    Event::SequenceStart(..) => Frame::Seq { pos, anchor, items: Vec::new() },
+                    _ => Frame::Map { pos, anchor, entries: Vec::new(), key: None },
                 });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
                 Some(Frame::Seq { pos, anchor, items }) => {
                     let size = 1 + items.iter().map(count_nodes).sum::<usize>();
-                    Some((
-                        Node {
-                            pos,
-                            value: Value::Seq(items),
-                        },
-                        anchor,
-                        size,
-                    ))
+                    Some((Node { pos, value: Value::Seq(items) }, anchor, size))
                 }
-                Some(Frame::Map {
-                    pos,
-                    anchor,
-                    entries,
-                    ..
-                }) => {
-                    let size = 1 + entries
-                        .iter()
-                        .map(|(k, v)| count_nodes(k) + count_nodes(v))
-                        .sum::<usize>();
-                    Some((
-                        Node {
-                            pos,
-                            value: Value::Map(entries),
-                        },
-                        anchor,
-                        size,
-                    ))
+                Some(Frame::Map { pos, anchor, entries, .. }) => {
+                    let size = 1 + entries.iter().map(|(k, v)| count_nodes(k) + count_nodes(v)).sum::<usize>();
+                    Some((Node { pos, value: Value::Map(entries) }, anchor, size))
                 }
                 None => None,
             },
             Event::Scalar(text, style, anchor, _) => {
-                let quoting = if style == ScalarStyle::Plain {
-                    Quoting::Plain
-                } else {
-                    Quoting::Quoted
-                };
+                let quoting = if style == ScalarStyle::Plain { Quoting::Plain } else { Quoting::Quoted };
                 nodes += 1;
-                Some((
-                    Node {
-                        pos,
-                        value: Value::Scalar {
-                            text: text.into_owned(),
-                            quoting,
-                        },
-                    },
-                    anchor,
-                    0,
-                ))
+                Some((Node { pos, value: Value::Scalar { text: text.into_owned(), quoting } }, anchor, 0))
             }
             Event::Alias(anchor) => {
-                let (node, size) = anchors
-                    .get(&anchor)
-                    .cloned()
-                    .ok_or(YamlError::UnknownAnchor { pos })?;
+                let (node, size) = anchors.get(&anchor).cloned().ok_or(YamlError::UnknownAnchor { pos })?;
                 // An alias repeats the whole anchored subtree: count it again so nested aliases
                 // cannot multiply their way past the limit.
                 nodes = nodes.saturating_add(size.max(1));
                 if nodes > limits.max_nodes {
-                    return Err(YamlError::TooManyNodes {
-                        pos,
-                        max: limits.max_nodes,
-                    });
+                    return Err(YamlError::TooManyNodes { pos, max: limits.max_nodes });
                 }
                 Some((Node { pos, ..node }, 0, 0))
             }
@@ -412,10 +311,7 @@ pub fn parse_stream(input: &str, limits: &Limits) -> Result<Vec<Document>, YamlE
             nodes += 1;
         }
         if nodes > limits.max_nodes {
-            return Err(YamlError::TooManyNodes {
-                pos,
-                max: limits.max_nodes,
-            });
+            return Err(YamlError::TooManyNodes { pos, max: limits.max_nodes });
         }
         if anchor != 0 {
             let size = count_nodes(&node);
@@ -431,20 +327,11 @@ fn count_nodes(node: &Node) -> usize {
     match &node.value {
         Value::Scalar { .. } => 1,
         Value::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
-        Value::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| count_nodes(k) + count_nodes(v))
-                .sum::<usize>()
-        }
+        Value::Map(entries) => 1 + entries.iter().map(|(k, v)| count_nodes(k) + count_nodes(v)).sum::<usize>(),
     }
 }
 
-fn attach(
-    stack: &mut [Frame],
-    current: &mut Option<Document>,
-    node: Node,
-) -> Result<(), YamlError> {
+fn attach(stack: &mut [Frame], current: &mut Option<Document>, node: Node) -> Result<(), YamlError> {
     match stack.last_mut() {
         Some(Frame::Seq { items, .. }) => items.push(node),
         Some(Frame::Map { entries, key, .. }) => match key.take() {
@@ -452,18 +339,13 @@ fn attach(
                 let text = match &node.value {
                     Value::Scalar { text, .. } => text,
                     _ => {
-                        return Err(YamlError::ComplexKey {
-                            pos: node.pos,
-                            found: node.type_name(),
-                        });
+                        return Err(YamlError::ComplexKey { pos: node.pos, found: node.type_name() });
                     }
                 };
                 if text == "<<" && node.scalar_type() == Some(ScalarType::String) {
                     return Err(YamlError::MergeKey { pos: node.pos });
                 }
-                if let Some((first, _)) =
-                    entries.iter().find(|(k, _)| k.scalar_text() == Some(text))
-                {
+                if let Some((first, _)) = entries.iter().find(|(k, _)| k.scalar_text() == Some(text)) {
                     return Err(YamlError::DuplicateKey {
                         pos: node.pos,
                         key: text.clone(),

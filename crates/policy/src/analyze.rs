@@ -23,9 +23,19 @@ fn known_workloads(config: &Config) -> Vec<KnownWorkload> {
         .iter()
         .map(|w| KnownWorkload { namespace: w.meta.namespace.clone(), labels: w.pod_labels.clone() })
         .collect();
-    out.extend(config.workload_entries.iter().map(|w| KnownWorkload { namespace: w.meta.namespace.clone(), labels: w.spec.labels.clone() }));
+    out.extend(
+        config
+            .workload_entries
+            .iter()
+            .map(|w| KnownWorkload { namespace: w.meta.namespace.clone(), labels: w.spec.labels.clone() }),
+    );
     for entry in &config.service_entries {
-        out.extend(entry.endpoints.iter().map(|e| KnownWorkload { namespace: entry.meta.namespace.clone(), labels: e.labels.clone() }));
+        out.extend(
+            entry
+                .endpoints
+                .iter()
+                .map(|e| KnownWorkload { namespace: entry.meta.namespace.clone(), labels: e.labels.clone() }),
+        );
     }
     out
 }
@@ -35,12 +45,25 @@ struct Findings {
 }
 
 impl Findings {
-    fn add(&mut self, code: &'static str, kind: &str, meta: &Meta, pos: Pos, field: String, message: String, hint: String) {
+    fn add(
+        &mut self,
+        code: &'static str,
+        kind: &str,
+        meta: &Meta,
+        pos: Pos,
+        field: String,
+        message: String,
+        hint: String,
+    ) {
         self.out.push(Diagnostic {
             severity: Severity::Warning,
             code: Some(code),
             origin: Origin { file: meta.origin.file.clone(), pos },
-            object: Some(ObjectRef { kind: kind.to_owned(), namespace: Some(meta.namespace.clone()), name: Some(meta.name.clone()) }),
+            object: Some(ObjectRef {
+                kind: kind.to_owned(),
+                namespace: Some(meta.namespace.clone()),
+                name: Some(meta.name.clone()),
+            }),
             field,
             message,
             hint: Some(hint),
@@ -79,7 +102,9 @@ pub fn analyze(config: &Config) -> Vec<Diagnostic> {
             .filter(|p| p.target_refs.is_empty())
             .map(|p| ("AuthorizationPolicy", &p.meta, p.selector.as_ref()))
             .chain(config.peer_authentications.iter().map(|p| ("PeerAuthentication", &p.meta, p.selector.as_ref())))
-            .chain(config.request_authentications.iter().map(|p| ("RequestAuthentication", &p.meta, p.selector.as_ref())))
+            .chain(
+                config.request_authentications.iter().map(|p| ("RequestAuthentication", &p.meta, p.selector.as_ref())),
+            )
             .chain(config.telemetries.iter().map(|p| ("Telemetry", &p.meta, p.selector.as_ref())))
             .chain(config.rate_limits.iter().map(|p| ("EnvoyFilter", &p.meta, p.selector.as_ref())));
         for (kind, meta, selector) in selectors {
@@ -188,25 +213,40 @@ fn check_hosts(findings: &mut Findings, policy: &AuthorizationPolicy, field: &st
                 &policy.meta,
                 host.pos,
                 field.to_owned(),
-                format!("host `{0}` does not match a request whose Host header carries a port, such as `{0}:8080`", host.value),
+                format!(
+                    "host `{0}` does not match a request whose Host header carries a port, such as `{0}:8080`",
+                    host.value
+                ),
                 format!("add \"{}:*\" to the list", host.value),
             );
         }
     }
 }
 
-fn check_principals(findings: &mut Findings, policy: &AuthorizationPolicy, field: &str, principals: &[Spanned<String>], config: &Config) {
+fn check_principals(
+    findings: &mut Findings,
+    policy: &AuthorizationPolicy,
+    field: &str,
+    principals: &[Spanned<String>],
+    config: &Config,
+) {
     for principal in principals {
         let value = principal.value.as_str();
         let problem = if value.starts_with("spiffe://") {
-            Some(("written with `spiffe://`, which Istio adds itself, so it never matches", value.trim_start_matches("spiffe://").to_owned()))
+            Some((
+                "written with `spiffe://`, which Istio adds itself, so it never matches",
+                value.trim_start_matches("spiffe://").to_owned(),
+            ))
         } else if !value.contains('*') && zmesh_id::SpiffeId::from_principal(value).is_err() {
             let suggestion = if value.starts_with("ns/") {
                 format!("{}/{value}", config.mesh.trust_domain)
             } else {
                 format!("{}/ns/{}/sa/{value}", config.mesh.trust_domain, policy.meta.namespace)
             };
-            Some(("not of the form <trust-domain>/ns/<namespace>/sa/<service-account>, so it never matches a peer identity", suggestion))
+            Some((
+                "not of the form <trust-domain>/ns/<namespace>/sa/<service-account>, so it never matches a peer identity",
+                suggestion,
+            ))
         } else {
             None
         };
@@ -244,7 +284,9 @@ fn list_covers(outer: &[Spanned<String>], inner: &[Spanned<String>]) -> bool {
         return true;
     }
     !inner.is_empty()
-        && inner.iter().all(|v| !v.contains('*') && outer.iter().any(|pattern| crate::matcher::StringMatch::parse(pattern).matches(v)))
+        && inner.iter().all(|v| {
+            !v.contains('*') && outer.iter().any(|pattern| crate::matcher::StringMatch::parse(pattern).matches(v))
+        })
 }
 
 /// A DENY rule with only positive from/to fields and no conditions covers an ALLOW rule when
@@ -256,23 +298,45 @@ fn rule_covers(deny: &Rule, allow: &Rule) -> bool {
     let source_ok = match deny.from.first() {
         None => true,
         Some(d) => {
-            let only_positive = d.not_principals.is_empty() && d.not_namespaces.is_empty() && d.not_request_principals.is_empty() && d.not_ip_blocks.is_empty() && d.not_remote_ip_blocks.is_empty() && d.not_service_accounts.is_empty() && d.not_trust_domains.is_empty();
-            let unsupported = !d.ip_blocks.is_empty() || !d.remote_ip_blocks.is_empty() || !d.service_accounts.is_empty() || !d.trust_domains.is_empty();
+            let only_positive = d.not_principals.is_empty()
+                && d.not_namespaces.is_empty()
+                && d.not_request_principals.is_empty()
+                && d.not_ip_blocks.is_empty()
+                && d.not_remote_ip_blocks.is_empty()
+                && d.not_service_accounts.is_empty()
+                && d.not_trust_domains.is_empty();
+            let unsupported = !d.ip_blocks.is_empty()
+                || !d.remote_ip_blocks.is_empty()
+                || !d.service_accounts.is_empty()
+                || !d.trust_domains.is_empty();
             only_positive
                 && !unsupported
                 && !allow.from.is_empty()
-                && allow.from.iter().all(|a| list_covers(&d.principals, &a.principals) && list_covers(&d.namespaces, &a.namespaces) && list_covers(&d.request_principals, &a.request_principals))
+                && allow.from.iter().all(|a| {
+                    list_covers(&d.principals, &a.principals)
+                        && list_covers(&d.namespaces, &a.namespaces)
+                        && list_covers(&d.request_principals, &a.request_principals)
+                })
         }
     };
     let operation_ok = match deny.to.first() {
         None => true,
         Some(d) => {
-            let only_positive = d.not_hosts.is_empty() && d.not_methods.is_empty() && d.not_paths.is_empty() && d.not_ports.is_empty();
-            let ports_ok = d.ports.is_empty() || allow.to.iter().all(|a| !a.ports.is_empty() && a.ports.iter().all(|p| d.ports.iter().any(|q| q.value == p.value)));
+            let only_positive =
+                d.not_hosts.is_empty() && d.not_methods.is_empty() && d.not_paths.is_empty() && d.not_ports.is_empty();
+            let ports_ok = d.ports.is_empty()
+                || allow
+                    .to
+                    .iter()
+                    .all(|a| !a.ports.is_empty() && a.ports.iter().all(|p| d.ports.iter().any(|q| q.value == p.value)));
             only_positive
                 && ports_ok
                 && !allow.to.is_empty()
-                && allow.to.iter().all(|a| list_covers(&d.hosts, &a.hosts) && list_covers(&d.methods, &a.methods) && list_covers(&d.paths, &a.paths))
+                && allow.to.iter().all(|a| {
+                    list_covers(&d.hosts, &a.hosts)
+                        && list_covers(&d.methods, &a.methods)
+                        && list_covers(&d.paths, &a.paths)
+                })
         }
     };
     source_ok && operation_ok
@@ -281,10 +345,14 @@ fn rule_covers(deny: &Rule, allow: &Rule) -> bool {
 fn analyze_shadowing(findings: &mut Findings, config: &Config) {
     let root = config.mesh.root_namespace.as_str();
     let enforced = |p: &&AuthorizationPolicy| !p.dry_run && p.target_refs.is_empty();
-    let denies: Vec<&AuthorizationPolicy> = config.authorization_policies.iter().filter(enforced).filter(|p| p.action == Action::Deny).collect();
+    let denies: Vec<&AuthorizationPolicy> =
+        config.authorization_policies.iter().filter(enforced).filter(|p| p.action == Action::Deny).collect();
     for allow in config.authorization_policies.iter().filter(enforced).filter(|p| p.action == Action::Allow) {
         for (allow_index, allow_rule) in allow.rules.iter().enumerate() {
-            let shadow = denies.iter().filter(|d| covers_scope(d, allow, root)).find_map(|d| d.rules.iter().position(|r| rule_covers(r, allow_rule)).map(|i| (d, i)));
+            let shadow = denies
+                .iter()
+                .filter(|d| covers_scope(d, allow, root))
+                .find_map(|d| d.rules.iter().position(|r| rule_covers(r, allow_rule)).map(|i| (d, i)));
             if let Some((deny, deny_index)) = shadow {
                 findings.add(
                     codes::SHADOWED_BY_DENY,

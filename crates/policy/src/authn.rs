@@ -40,16 +40,9 @@ pub enum Token {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuthnOutcome {
     /// Go on to authorization, with the verified claims if a rule accepted the token.
-    Pass {
-        claims: Option<Claims>,
-        rule: Option<(PolicyId, usize)>,
-    },
+    Pass { claims: Option<Claims>, rule: Option<(PolicyId, usize)> },
     /// Refuse before authorization.
-    Reject {
-        status: u16,
-        reason: Reason,
-        detail: String,
-    },
+    Reject { status: u16, reason: Reason, detail: String },
 }
 
 fn rule_reads(rule: &zmesh_config::authn::JwtRule, location: &TokenLocation) -> bool {
@@ -61,13 +54,9 @@ fn rule_reads(rule: &zmesh_config::authn::JwtRule, location: &TokenLocation) -> 
                     .iter()
                     .any(|h| h.name.eq_ignore_ascii_case("authorization") && h.prefix == "Bearer ")
         }
-        TokenLocation::Header(name) => rule
-            .from_headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case(name)),
+        TokenLocation::Header(name) => rule.from_headers.iter().any(|h| h.name.eq_ignore_ascii_case(name)),
         TokenLocation::Param(name) => {
-            (rule.uses_default_locations() && name == "access_token")
-                || rule.from_params.contains(name)
+            (rule.uses_default_locations() && name == "access_token") || rule.from_params.contains(name)
         }
         TokenLocation::Cookie(name) => rule.from_cookies.contains(name),
     }
@@ -75,10 +64,7 @@ fn rule_reads(rule: &zmesh_config::authn::JwtRule, location: &TokenLocation) -> 
 
 /// Apply the RequestAuthentication rules of a workload to a request's token.
 pub fn authenticate(rules: &[Arc<JwtRules>], token: &Token) -> AuthnOutcome {
-    let pass_without_identity = AuthnOutcome::Pass {
-        claims: None,
-        rule: None,
-    };
+    let pass_without_identity = AuthnOutcome::Pass { claims: None, rule: None };
     let location = match token {
         Token::None => return pass_without_identity,
         Token::Invalid { location, .. } | Token::Valid { location, .. } => location,
@@ -86,12 +72,7 @@ pub fn authenticate(rules: &[Arc<JwtRules>], token: &Token) -> AuthnOutcome {
     // Without an applicable rule that reads this location, the token is not looked at.
     let reading: Vec<(&PolicyId, usize, &zmesh_config::authn::JwtRule)> = rules
         .iter()
-        .flat_map(|r| {
-            r.rules
-                .iter()
-                .enumerate()
-                .map(move |(i, rule)| (&r.policy, i, rule))
-        })
+        .flat_map(|r| r.rules.iter().enumerate().map(move |(i, rule)| (&r.policy, i, rule)))
         .filter(|(_, _, rule)| rule_reads(rule, location))
         .collect();
     if reading.is_empty() {
@@ -108,14 +89,8 @@ pub fn authenticate(rules: &[Arc<JwtRules>], token: &Token) -> AuthnOutcome {
         }
         Token::None => return pass_without_identity,
     };
-    let issuer = claims
-        .get("iss")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default();
-    let for_issuer: Vec<_> = reading
-        .iter()
-        .filter(|(_, _, rule)| rule.issuer == issuer)
-        .collect();
+    let issuer = claims.get("iss").and_then(serde_json::Value::as_str).unwrap_or_default();
+    let for_issuer: Vec<_> = reading.iter().filter(|(_, _, rule)| rule.issuer == issuer).collect();
     if for_issuer.is_empty() {
         return AuthnOutcome::Reject {
             status: 401,
@@ -123,14 +98,11 @@ pub fn authenticate(rules: &[Arc<JwtRules>], token: &Token) -> AuthnOutcome {
             detail: format!("Jwt issuer `{issuer}` is not configured"),
         };
     }
-    let token_audiences = Claims::new(claims.clone(), &[])
-        .audiences()
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-    let accepted = for_issuer.iter().find(|(_, _, rule)| {
-        rule.audiences.is_empty() || rule.audiences.iter().any(|a| token_audiences.contains(a))
-    });
+    let token_audiences =
+        Claims::new(claims.clone(), &[]).audiences().into_iter().map(str::to_owned).collect::<Vec<_>>();
+    let accepted = for_issuer
+        .iter()
+        .find(|(_, _, rule)| rule.audiences.is_empty() || rule.audiences.iter().any(|a| token_audiences.contains(a)));
     match accepted {
         Some((policy, index, rule)) => AuthnOutcome::Pass {
             claims: Some(Claims::new(claims.clone(), &rule.space_delimited_claims)),

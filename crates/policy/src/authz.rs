@@ -9,8 +9,8 @@ use std::sync::Arc;
 use zmesh_config::authz::{Action, ConditionKey};
 
 use crate::compile::{
-    AnyNone, CompiledOperation, CompiledPolicy, CompiledRule, CompiledSource, ConditionValues,
-    PolicyId, ServiceAccountMatch,
+    AnyNone, CompiledOperation, CompiledPolicy, CompiledRule, CompiledSource, ConditionValues, PolicyId,
+    ServiceAccountMatch,
 };
 use crate::request::Request;
 
@@ -46,14 +46,10 @@ pub enum Reason {
 impl Reason {
     pub fn describe(self) -> &'static str {
         match self {
-            Reason::NoAllowPolicies => {
-                "no ALLOW policy applies to the workload and no DENY policy matched"
-            }
+            Reason::NoAllowPolicies => "no ALLOW policy applies to the workload and no DENY policy matched",
             Reason::AllowMatched => "an ALLOW rule matched",
             Reason::DenyMatched => "a DENY rule matched",
-            Reason::NoAllowMatched => {
-                "ALLOW policies apply to the workload but none of their rules matched"
-            }
+            Reason::NoAllowMatched => "ALLOW policies apply to the workload but none of their rules matched",
             Reason::CustomProviderMissing => {
                 "a CUSTOM rule matched, but its provider is not defined in meshConfig.extensionProviders, so the request is denied (fail closed)"
             }
@@ -94,14 +90,7 @@ impl Decision {
     }
 
     pub(crate) fn deny(reason: Reason, status: u16, decided_by: Option<RuleRef>) -> Decision {
-        Decision {
-            verdict: Verdict::Deny,
-            status,
-            reason,
-            decided_by,
-            external: None,
-            audited: false,
-        }
+        Decision { verdict: Verdict::Deny, status, reason, decided_by, external: None, audited: false }
     }
 }
 
@@ -129,79 +118,48 @@ pub struct WorkloadPolicy {
 }
 
 #[inline]
-fn field(
-    part: &'static str,
-    index: usize,
-    name: &'static str,
-    result: Result<(), bool>,
-) -> Result<(), Miss> {
-    result.map_err(|positive| Miss {
-        part,
-        index,
-        field: name,
-        positive,
-    })
+fn field(part: &'static str, index: usize, name: &'static str, result: Result<(), bool>) -> Result<(), Miss> {
+    result.map_err(|positive| Miss { part, index, field: name, positive })
 }
 
-fn check_identity<M>(
-    values: &AnyNone<M>,
-    peer_present: bool,
-    matches: impl FnMut(&M) -> bool,
-) -> Result<(), bool> {
+fn check_identity<M>(values: &AnyNone<M>, peer_present: bool, matches: impl FnMut(&M) -> bool) -> Result<(), bool> {
     if !values.is_set() {
         return Ok(());
     }
     if !peer_present {
         // A plaintext peer has no identity: positive values cannot match, negative values
         // therefore pass.
-        return if values.any.is_empty() {
-            Ok(())
-        } else {
-            Err(true)
-        };
+        return if values.any.is_empty() { Ok(()) } else { Err(true) };
     }
     values.check(matches)
 }
 
 fn service_account_matches(m: &ServiceAccountMatch, request: &Request<'_>) -> bool {
-    request.peer.is_some_and(|id| {
-        id.namespace().as_str() == m.namespace && id.service_account().as_str() == m.name
-    })
+    request.peer.is_some_and(|id| id.namespace().as_str() == m.namespace && id.service_account().as_str() == m.name)
 }
 
 /// `tcp_lenient`: on a TCP connection, HTTP-only fields are dropped (treated as matching), the
 /// DENY and AUDIT reading. ALLOW and CUSTOM rules with such fields are skipped before this.
-fn check_source(
-    source: &CompiledSource,
-    index: usize,
-    request: &Request<'_>,
-    tcp_lenient: bool,
-) -> Result<(), Miss> {
+fn check_source(source: &CompiledSource, index: usize, request: &Request<'_>, tcp_lenient: bool) -> Result<(), Miss> {
     let peer = request.peer;
     let present = peer.is_some();
     field(
         "from",
         index,
         "principals",
-        check_identity(&source.principals, present, |m| {
-            peer.is_some_and(|id| m.matches(id.as_uri()))
-        }),
+        check_identity(&source.principals, present, |m| peer.is_some_and(|id| m.matches(id.as_uri()))),
     )?;
     field(
         "from",
         index,
         "namespaces",
-        check_identity(&source.namespaces, present, |m| {
-            peer.is_some_and(|id| m.matches(id.namespace().as_str()))
-        }),
+        check_identity(&source.namespaces, present, |m| peer.is_some_and(|id| m.matches(id.namespace().as_str()))),
     )?;
     field(
         "from",
         index,
         "serviceAccounts",
-        check_identity(&source.service_accounts, present, |m| {
-            service_account_matches(m, request)
-        }),
+        check_identity(&source.service_accounts, present, |m| service_account_matches(m, request)),
     )?;
     field(
         "from",
@@ -213,14 +171,7 @@ fn check_source(
     )?;
     if source.ip_blocks.is_set() {
         let ip = request.source_ip;
-        field(
-            "from",
-            index,
-            "ipBlocks",
-            source
-                .ip_blocks
-                .check(|net| ip.is_some_and(|ip| net.contains(&ip))),
-        )?;
+        field("from", index, "ipBlocks", source.ip_blocks.check(|net| ip.is_some_and(|ip| net.contains(&ip))))?;
     }
     if source.remote_ip_blocks.is_set() {
         let ip = request.remote_ip();
@@ -228,22 +179,16 @@ fn check_source(
             "from",
             index,
             "remoteIpBlocks",
-            source
-                .remote_ip_blocks
-                .check(|net| ip.is_some_and(|ip| net.contains(&ip))),
+            source.remote_ip_blocks.check(|net| ip.is_some_and(|ip| net.contains(&ip))),
         )?;
     }
     if source.request_principals.is_set() && !(tcp_lenient && !request.is_http()) {
-        let (issuer, subject) = request
-            .jwt
-            .map_or((None, None), |c| (c.issuer(), c.subject()));
+        let (issuer, subject) = request.jwt.map_or((None, None), |c| (c.issuer(), c.subject()));
         field(
             "from",
             index,
             "requestPrincipals",
-            source
-                .request_principals
-                .check(|m| request.jwt.is_some() && m.matches(issuer, subject)),
+            source.request_principals.check(|m| request.jwt.is_some() && m.matches(issuer, subject)),
         )?;
     }
     Ok(())
@@ -256,47 +201,24 @@ fn check_operation(
     tcp_lenient: bool,
 ) -> Result<(), Miss> {
     if operation.ports.is_set() {
-        field(
-            "to",
-            index,
-            "ports",
-            operation.ports.check(|p| *p == request.destination_port),
-        )?;
+        field("to", index, "ports", operation.ports.check(|p| *p == request.destination_port))?;
     }
     let Some(http) = &request.http else {
         // TCP: the HTTP fields were dropped (DENY, AUDIT) or the rule was skipped (ALLOW).
         debug_assert!(
-            tcp_lenient
-                || !(operation.hosts.is_set()
-                    || operation.methods.is_set()
-                    || operation.paths.is_set())
+            tcp_lenient || !(operation.hosts.is_set() || operation.methods.is_set() || operation.paths.is_set())
         );
         return Ok(());
     };
     if operation.hosts.is_set() {
-        field(
-            "to",
-            index,
-            "hosts",
-            operation.hosts.check(|m| m.matches_ignore_case(http.host)),
-        )?;
+        field("to", index, "hosts", operation.hosts.check(|m| m.matches_ignore_case(http.host)))?;
     }
     if operation.methods.is_set() {
-        field(
-            "to",
-            index,
-            "methods",
-            operation.methods.check(|m| m.matches(http.method)),
-        )?;
+        field("to", index, "methods", operation.methods.check(|m| m.matches(http.method)))?;
     }
     if operation.paths.is_set() {
         let path = http.path_only();
-        field(
-            "to",
-            index,
-            "paths",
-            operation.paths.check(|m| m.matches(path)),
-        )?;
+        field("to", index, "paths", operation.paths.check(|m| m.matches(path)))?;
     }
     Ok(())
 }
@@ -305,9 +227,7 @@ fn check_operation(
 fn claim_matches(value: Option<&serde_json::Value>, m: &crate::matcher::StringMatch) -> bool {
     match value {
         Some(serde_json::Value::String(s)) => m.matches(s),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .any(|i| i.as_str().is_some_and(|s| m.matches(s))),
+        Some(serde_json::Value::Array(items)) => items.iter().any(|i| i.as_str().is_some_and(|s| m.matches(s))),
         _ => false,
     }
 }
@@ -331,25 +251,17 @@ fn check_condition(
             let value = request.http.as_ref().and_then(|h| h.header(header));
             // A header that is present matches `*` even when empty (Envoy's present_match).
             values.check(|m| {
-                value.as_deref().is_some_and(|v| {
-                    matches!(m, crate::matcher::StringMatch::Present) || m.matches(v)
-                })
+                value.as_deref().is_some_and(|v| matches!(m, crate::matcher::StringMatch::Present) || m.matches(v))
             })
         }
         (ConditionValues::Strings(values), ConditionKey::SourceNamespace) => {
-            check_identity(values, present, |m| {
-                peer.is_some_and(|id| m.matches(id.namespace().as_str()))
-            })
+            check_identity(values, present, |m| peer.is_some_and(|id| m.matches(id.namespace().as_str())))
         }
         (ConditionValues::Strings(values), ConditionKey::SourcePrincipal) => {
-            check_identity(values, present, |m| {
-                peer.is_some_and(|id| m.matches(id.as_uri()))
-            })
+            check_identity(values, present, |m| peer.is_some_and(|id| m.matches(id.as_uri())))
         }
         (ConditionValues::Strings(values), ConditionKey::SourceTrustDomain) => {
-            check_identity(values, present, |m| {
-                peer.is_some_and(|id| m.matches(id.trust_domain().as_str()))
-            })
+            check_identity(values, present, |m| peer.is_some_and(|id| m.matches(id.trust_domain().as_str())))
         }
         (ConditionValues::ServiceAccounts(values), _) => {
             check_identity(values, present, |m| service_account_matches(m, request))
@@ -367,9 +279,7 @@ fn check_condition(
             values.check(|m| request.sni.is_some_and(|sni| m.matches(sni)))
         }
         (ConditionValues::RequestPrincipals(values), _) => {
-            let (issuer, subject) = request
-                .jwt
-                .map_or((None, None), |c| (c.issuer(), c.subject()));
+            let (issuer, subject) = request.jwt.map_or((None, None), |c| (c.issuer(), c.subject()));
             values.check(|m| request.jwt.is_some() && m.matches(issuer, subject))
         }
         (ConditionValues::Ips(values), ConditionKey::SourceIp) => {
@@ -416,41 +326,28 @@ pub fn check_rule(rule: &CompiledRule, action: Action, request: &Request<'_>) ->
     let tcp = !request.is_http();
     let lenient = matches!(action, Action::Deny | Action::Audit);
     if tcp && rule.uses_http_only && !lenient {
-        return Err(Miss {
-            part: "rule",
-            index: 0,
-            field: "http-only",
-            positive: true,
-        });
+        return Err(Miss { part: "rule", index: 0, field: "http-only", positive: true });
     }
     if !rule.from.is_empty() {
         let mut first_miss = None;
-        if !rule.from.iter().enumerate().any(|(i, s)| {
-            check_source(s, i, request, lenient)
-                .map_err(|m| first_miss.get_or_insert(m))
-                .is_ok()
-        }) {
-            return Err(first_miss.unwrap_or(Miss {
-                part: "from",
-                index: 0,
-                field: "source",
-                positive: true,
-            }));
+        if !rule
+            .from
+            .iter()
+            .enumerate()
+            .any(|(i, s)| check_source(s, i, request, lenient).map_err(|m| first_miss.get_or_insert(m)).is_ok())
+        {
+            return Err(first_miss.unwrap_or(Miss { part: "from", index: 0, field: "source", positive: true }));
         }
     }
     if !rule.to.is_empty() {
         let mut first_miss = None;
-        if !rule.to.iter().enumerate().any(|(i, o)| {
-            check_operation(o, i, request, lenient)
-                .map_err(|m| first_miss.get_or_insert(m))
-                .is_ok()
-        }) {
-            return Err(first_miss.unwrap_or(Miss {
-                part: "to",
-                index: 0,
-                field: "operation",
-                positive: true,
-            }));
+        if !rule
+            .to
+            .iter()
+            .enumerate()
+            .any(|(i, o)| check_operation(o, i, request, lenient).map_err(|m| first_miss.get_or_insert(m)).is_ok())
+        {
+            return Err(first_miss.unwrap_or(Miss { part: "to", index: 0, field: "operation", positive: true }));
         }
     }
     for (i, condition) in rule.when.iter().enumerate() {
@@ -461,20 +358,13 @@ pub fn check_rule(rule: &CompiledRule, action: Action, request: &Request<'_>) ->
 
 /// The index of the first matching rule of a policy.
 pub fn matching_rule(policy: &CompiledPolicy, request: &Request<'_>) -> Option<usize> {
-    policy
-        .rules
-        .iter()
-        .position(|rule| check_rule(rule, policy.action, request).is_ok())
+    policy.rules.iter().position(|rule| check_rule(rule, policy.action, request).is_ok())
 }
 
 fn first_match(policies: &[Arc<CompiledPolicy>], request: &Request<'_>) -> Option<RuleRef> {
-    policies.iter().find_map(|p| {
-        matching_rule(p, request).map(|rule| RuleRef {
-            policy: p.id.clone(),
-            action: p.action,
-            rule,
-        })
-    })
+    policies
+        .iter()
+        .find_map(|p| matching_rule(p, request).map(|rule| RuleRef { policy: p.id.clone(), action: p.action, rule }))
 }
 
 impl WorkloadPolicy {
@@ -483,15 +373,8 @@ impl WorkloadPolicy {
         let mut external = None;
         if !self.custom.is_empty() {
             if let Some(matched) = first_match(&self.custom, request) {
-                let conflict = self
-                    .custom
-                    .iter()
-                    .any(|p| p.provider != self.custom[0].provider);
-                let provider = self
-                    .custom
-                    .iter()
-                    .find(|p| p.id == matched.policy)
-                    .and_then(|p| p.provider.as_deref());
+                let conflict = self.custom.iter().any(|p| p.provider != self.custom[0].provider);
+                let provider = self.custom.iter().find(|p| p.id == matched.policy).and_then(|p| p.provider.as_deref());
                 if conflict {
                     return Decision::deny(Reason::CustomProvidersConflict, 403, Some(matched));
                 }
@@ -519,11 +402,7 @@ impl WorkloadPolicy {
             status,
             reason,
             decided_by,
-            external: if verdict == Verdict::Allow {
-                external
-            } else {
-                None
-            },
+            external: if verdict == Verdict::Allow { external } else { None },
             audited,
         }
     }
@@ -549,12 +428,7 @@ impl WorkloadPolicy {
 
     /// Every applicable policy, in evaluation order, with whether it is dry-run.
     pub fn all(&self) -> impl Iterator<Item = &Arc<CompiledPolicy>> {
-        self.custom
-            .iter()
-            .chain(&self.deny)
-            .chain(&self.allow)
-            .chain(&self.audit)
-            .chain(&self.dry_run)
+        self.custom.iter().chain(&self.deny).chain(&self.allow).chain(&self.audit).chain(&self.dry_run)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -26,10 +26,7 @@ pub struct AnyNone<M> {
 
 impl<M> Default for AnyNone<M> {
     fn default() -> Self {
-        AnyNone {
-            any: Vec::new(),
-            none: Vec::new(),
-        }
+        AnyNone { any: Vec::new(), none: Vec::new() }
     }
 }
 
@@ -38,11 +35,7 @@ impl<M> AnyNone<M> {
         !self.any.is_empty() || !self.none.is_empty()
     }
 
-    fn from_lists<T>(
-        values: &[T],
-        not_values: &[T],
-        mut compile: impl FnMut(&T) -> Vec<M>,
-    ) -> Self {
+    fn from_lists<T>(values: &[T], not_values: &[T], mut compile: impl FnMut(&T) -> Vec<M>) -> Self {
         AnyNone {
             any: values.iter().flat_map(&mut compile).collect(),
             none: not_values.iter().flat_map(compile).collect(),
@@ -81,38 +74,34 @@ pub struct RequestPrincipalMatch {
 impl RequestPrincipalMatch {
     /// Istio's reading of a request principal pattern (istio-semantics §5.5).
     pub fn parse(value: &str) -> RequestPrincipalMatch {
+        // The issuer may be a URL, so the subject is what follows the last `/`.
         let split = value.rfind('/').map(|i| (&value[..i], &value[i + 1..]));
-        let part = |p: &str| (p != "*").then(|| StringMatch::parse(p));
-        match split {
-            _ if value == "*" => RequestPrincipalMatch {
-                issuer: Some(StringMatch::Present),
-                subject: Some(StringMatch::Present),
-            },
-            Some((issuer, subject)) if value.starts_with('*') || value.ends_with('*') => {
-                RequestPrincipalMatch {
-                    issuer: part(issuer),
-                    subject: part(subject),
-                }
+        let unless_any = |p: &str| (p != "*").then(|| StringMatch::parse(p));
+        let (issuer, subject) = match split {
+            _ if value == "*" => (Some(StringMatch::Present), Some(StringMatch::Present)),
+            // A leading `*`: both parts are patterns; a bare `*` part is not checked.
+            Some((issuer, subject)) if value.starts_with('*') => {
+                (unless_any(issuer), Some(StringMatch::parse(subject)))
             }
-            Some((issuer, subject)) => RequestPrincipalMatch {
-                issuer: Some(StringMatch::Exact(issuer.to_owned())),
-                subject: Some(StringMatch::Exact(subject.to_owned())),
-            },
-            None if value.starts_with('*') => RequestPrincipalMatch {
-                issuer: None,
-                subject: Some(StringMatch::parse(value)),
-            },
-            None => RequestPrincipalMatch {
-                issuer: Some(StringMatch::parse(value)),
-                subject: Some(StringMatch::Exact(String::new())),
-            },
-        }
+            None if value.starts_with('*') => (None, Some(StringMatch::parse(value))),
+            // A trailing `*`: the issuer is literal, the subject a pattern.
+            Some((issuer, subject)) if value.ends_with('*') => {
+                (Some(StringMatch::Exact(issuer.to_owned())), unless_any(subject))
+            }
+            None if value.ends_with('*') => (Some(StringMatch::parse(value)), None),
+            Some((issuer, subject)) => {
+                (Some(StringMatch::Exact(issuer.to_owned())), Some(StringMatch::Exact(subject.to_owned())))
+            }
+            // No `/` and no `*`: the whole value is the issuer and the subject must be empty,
+            // which real tokens never have, so such a value never matches.
+            None => (Some(StringMatch::Exact(value.to_owned())), Some(StringMatch::Exact(String::new()))),
+        };
+        RequestPrincipalMatch { issuer, subject }
     }
 
     pub fn matches(&self, issuer: Option<&str>, subject: Option<&str>) -> bool {
-        let part = |m: &Option<StringMatch>, v: Option<&str>| {
-            m.as_ref().is_none_or(|m| v.is_some_and(|v| m.matches(v)))
-        };
+        let part =
+            |m: &Option<StringMatch>, v: Option<&str>| m.as_ref().is_none_or(|m| v.is_some_and(|v| m.matches(v)));
         part(&self.issuer, issuer) && part(&self.subject, subject)
     }
 }
@@ -187,12 +176,7 @@ pub struct TrustDomains {
 
 impl TrustDomains {
     pub fn from_mesh(mesh: &MeshConfig) -> Self {
-        TrustDomains {
-            local: mesh
-                .trust_domains()
-                .map(|td| td.as_str().to_owned())
-                .collect(),
-        }
+        TrustDomains { local: mesh.trust_domains().map(|td| td.as_str().to_owned()).collect() }
     }
 
     /// Istio rewrites principals of the form `td/ns/x/sa/y` whose trust domain is the mesh's,
@@ -213,71 +197,38 @@ impl TrustDomains {
     }
 
     fn expand_trust_domain(&self, value: &str) -> Vec<String> {
-        if self.local.iter().any(|td| td == value) {
-            self.local.clone()
-        } else {
-            vec![value.to_owned()]
-        }
+        if self.local.iter().any(|td| td == value) { self.local.clone() } else { vec![value.to_owned()] }
     }
 }
 
 fn principal_matches(trust: &TrustDomains) -> impl Fn(&Spanned<String>) -> Vec<StringMatch> + '_ {
-    |v| {
-        trust
-            .expand_principal(v)
-            .iter()
-            .map(|p| StringMatch::parse(p).with_prefix(SPIFFE_SCHEME))
-            .collect()
-    }
+    |v| trust.expand_principal(v).iter().map(|p| StringMatch::parse(p).with_prefix(SPIFFE_SCHEME)).collect()
 }
 
-fn trust_domain_matches(
-    trust: &TrustDomains,
-) -> impl Fn(&Spanned<String>) -> Vec<StringMatch> + '_ {
-    |v| {
-        trust
-            .expand_trust_domain(v)
-            .iter()
-            .map(|td| StringMatch::parse(td))
-            .collect()
-    }
+fn trust_domain_matches(trust: &TrustDomains) -> impl Fn(&Spanned<String>) -> Vec<StringMatch> + '_ {
+    |v| trust.expand_trust_domain(v).iter().map(|td| StringMatch::parse(td)).collect()
 }
 
-fn service_account_match(
-    policy_namespace: &str,
-) -> impl Fn(&Spanned<String>) -> Vec<ServiceAccountMatch> + '_ {
+fn service_account_match(policy_namespace: &str) -> impl Fn(&Spanned<String>) -> Vec<ServiceAccountMatch> + '_ {
     move |v| {
         let (namespace, name) = v.split_once('/').unwrap_or((policy_namespace, v.as_str()));
-        vec![ServiceAccountMatch {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }]
+        vec![ServiceAccountMatch { namespace: namespace.to_owned(), name: name.to_owned() }]
     }
 }
 
 fn ip_values(values: &[Spanned<String>], not_values: &[Spanned<String>]) -> AnyNone<IpNet> {
     // Values were validated at load time; a value that does not parse cannot occur here.
-    AnyNone::from_lists(values, not_values, |v| {
-        zmesh_config::authz::parse_ip_block(v).into_iter().collect()
-    })
+    AnyNone::from_lists(values, not_values, |v| zmesh_config::authz::parse_ip_block(v).into_iter().collect())
 }
 
 fn compile_source(source: &Source, trust: &TrustDomains, namespace: &str) -> CompiledSource {
     let nets = |v: &Spanned<IpNet>| vec![v.value];
     CompiledSource {
-        principals: AnyNone::from_lists(
-            &source.principals,
-            &source.not_principals,
-            principal_matches(trust),
-        ),
-        request_principals: AnyNone::from_lists(
-            &source.request_principals,
-            &source.not_request_principals,
-            |v| vec![RequestPrincipalMatch::parse(v)],
-        ),
-        namespaces: AnyNone::from_lists(&source.namespaces, &source.not_namespaces, |v| {
-            vec![StringMatch::parse(v)]
+        principals: AnyNone::from_lists(&source.principals, &source.not_principals, principal_matches(trust)),
+        request_principals: AnyNone::from_lists(&source.request_principals, &source.not_request_principals, |v| {
+            vec![RequestPrincipalMatch::parse(v)]
         }),
+        namespaces: AnyNone::from_lists(&source.namespaces, &source.not_namespaces, |v| vec![StringMatch::parse(v)]),
         service_accounts: AnyNone::from_lists(
             &source.service_accounts,
             &source.not_service_accounts,
@@ -289,11 +240,7 @@ fn compile_source(source: &Source, trust: &TrustDomains, namespace: &str) -> Com
             trust_domain_matches(trust),
         ),
         ip_blocks: AnyNone::from_lists(&source.ip_blocks, &source.not_ip_blocks, nets),
-        remote_ip_blocks: AnyNone::from_lists(
-            &source.remote_ip_blocks,
-            &source.not_remote_ip_blocks,
-            nets,
-        ),
+        remote_ip_blocks: AnyNone::from_lists(&source.remote_ip_blocks, &source.not_remote_ip_blocks, nets),
     }
 }
 
@@ -303,12 +250,8 @@ fn compile_operation(operation: &Operation) -> CompiledOperation {
             vec![StringMatch::parse(&v.to_ascii_lowercase())]
         }),
         ports: AnyNone::from_lists(&operation.ports, &operation.not_ports, |v| vec![v.value]),
-        methods: AnyNone::from_lists(&operation.methods, &operation.not_methods, |v| {
-            vec![StringMatch::parse(v)]
-        }),
-        paths: AnyNone::from_lists(&operation.paths, &operation.not_paths, |v| {
-            vec![PathMatch::parse(v)]
-        }),
+        methods: AnyNone::from_lists(&operation.methods, &operation.not_methods, |v| vec![StringMatch::parse(v)]),
+        paths: AnyNone::from_lists(&operation.paths, &operation.not_paths, |v| vec![PathMatch::parse(v)]),
     }
 }
 
@@ -322,52 +265,33 @@ fn compile_condition(
         ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp => {
             ConditionValues::Ips(ip_values(values, not_values))
         }
-        ConditionKey::DestinationPort => {
-            ConditionValues::Ports(AnyNone::from_lists(values, not_values, |v| {
-                zmesh_config::authz::parse_port(v).into_iter().collect()
-            }))
+        ConditionKey::DestinationPort => ConditionValues::Ports(AnyNone::from_lists(values, not_values, |v| {
+            zmesh_config::authz::parse_port(v).into_iter().collect()
+        })),
+        ConditionKey::SourcePrincipal => {
+            ConditionValues::Strings(AnyNone::from_lists(values, not_values, principal_matches(trust)))
         }
-        ConditionKey::SourcePrincipal => ConditionValues::Strings(AnyNone::from_lists(
-            values,
-            not_values,
-            principal_matches(trust),
-        )),
-        ConditionKey::SourceTrustDomain => ConditionValues::Strings(AnyNone::from_lists(
-            values,
-            not_values,
-            trust_domain_matches(trust),
-        )),
-        ConditionKey::SourceServiceAccount => ConditionValues::ServiceAccounts(
-            AnyNone::from_lists(values, not_values, service_account_match(namespace)),
-        ),
+        ConditionKey::SourceTrustDomain => {
+            ConditionValues::Strings(AnyNone::from_lists(values, not_values, trust_domain_matches(trust)))
+        }
+        ConditionKey::SourceServiceAccount => {
+            ConditionValues::ServiceAccounts(AnyNone::from_lists(values, not_values, service_account_match(namespace)))
+        }
         ConditionKey::RequestAuthPrincipal => {
             ConditionValues::RequestPrincipals(AnyNone::from_lists(values, not_values, |v| {
                 vec![RequestPrincipalMatch::parse(v)]
             }))
         }
-        _ => ConditionValues::Strings(AnyNone::from_lists(values, not_values, |v| {
-            vec![StringMatch::parse(v)]
-        })),
+        _ => ConditionValues::Strings(AnyNone::from_lists(values, not_values, |v| vec![StringMatch::parse(v)])),
     };
-    CompiledCondition {
-        key: condition.key.value.clone(),
-        values,
-    }
+    CompiledCondition { key: condition.key.value.clone(), values }
 }
 
 fn compile_rule(rule: &Rule, trust: &TrustDomains, namespace: &str) -> CompiledRule {
     CompiledRule {
-        from: rule
-            .from
-            .iter()
-            .map(|s| compile_source(s, trust, namespace))
-            .collect(),
+        from: rule.from.iter().map(|s| compile_source(s, trust, namespace)).collect(),
         to: rule.to.iter().map(compile_operation).collect(),
-        when: rule
-            .when
-            .iter()
-            .map(|c| compile_condition(c, trust, namespace))
-            .collect(),
+        when: rule.when.iter().map(|c| compile_condition(c, trust, namespace)).collect(),
         uses_http_only: rule.uses_http_only(),
     }
 }
@@ -381,11 +305,7 @@ pub fn compile_policy(policy: &Arc<AuthorizationPolicy>, trust: &TrustDomains) -
         action: policy.action,
         provider: policy.provider.as_ref().map(|p| p.value.clone()),
         dry_run: policy.dry_run,
-        rules: policy
-            .rules
-            .iter()
-            .map(|r| compile_rule(r, trust, namespace))
-            .collect(),
+        rules: policy.rules.iter().map(|r| compile_rule(r, trust, namespace)).collect(),
         source: policy.clone(),
     }
 }
@@ -420,21 +340,10 @@ mod tests {
 
     #[test]
     fn principals_in_the_local_trust_domain_are_expanded_to_aliases() {
-        let trust = TrustDomains {
-            local: vec!["new.td".into(), "old.td".into()],
-        };
-        assert_eq!(
-            trust.expand_principal("cluster.local/ns/a/sa/b"),
-            vec!["new.td/ns/a/sa/b", "old.td/ns/a/sa/b"]
-        );
-        assert_eq!(
-            trust.expand_principal("old.td/ns/a/sa/b"),
-            vec!["new.td/ns/a/sa/b", "old.td/ns/a/sa/b"]
-        );
-        assert_eq!(
-            trust.expand_principal("other.td/ns/a/sa/b"),
-            vec!["other.td/ns/a/sa/b"]
-        );
+        let trust = TrustDomains { local: vec!["new.td".into(), "old.td".into()] };
+        assert_eq!(trust.expand_principal("cluster.local/ns/a/sa/b"), vec!["new.td/ns/a/sa/b", "old.td/ns/a/sa/b"]);
+        assert_eq!(trust.expand_principal("old.td/ns/a/sa/b"), vec!["new.td/ns/a/sa/b", "old.td/ns/a/sa/b"]);
+        assert_eq!(trust.expand_principal("other.td/ns/a/sa/b"), vec!["other.td/ns/a/sa/b"]);
         assert_eq!(trust.expand_principal("*/ns/a/sa/b"), vec!["*/ns/a/sa/b"]);
     }
 }

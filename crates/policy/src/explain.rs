@@ -14,7 +14,10 @@ use crate::request::Request;
 pub enum RuleOutcome {
     Matched,
     /// The first field that did not match, and that said in words with the request's value.
-    Missed { miss: Miss, detail: String },
+    Missed {
+        miss: Miss,
+        detail: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -77,52 +80,34 @@ pub fn describe_miss(miss: &Miss, request: &Request<'_>) -> String {
         | "source.principal"
         | "source.namespace"
         | "source.serviceAccount"
-        | "source.trustDomain" => request.peer.map_or_else(
-            || "a plaintext peer with no identity".to_owned(),
-            |id| format!("peer {id}"),
-        ),
+        | "source.trustDomain" => {
+            request.peer.map_or_else(|| "a plaintext peer with no identity".to_owned(), |id| format!("peer {id}"))
+        }
         "requestPrincipals"
         | "request.auth.principal"
         | "request.auth.audiences"
         | "request.auth.presenter"
         | "request.auth.claims" => match request.jwt {
-            Some(claims) => format!(
-                "token of {}/{}",
-                claims.issuer().unwrap_or("?"),
-                claims.subject().unwrap_or("?")
-            ),
+            Some(claims) => format!("token of {}/{}", claims.issuer().unwrap_or("?"), claims.subject().unwrap_or("?")),
             None => "no verified token".to_owned(),
         },
-        "ipBlocks" | "source.ip" => format!(
-            "source IP {}",
-            request
-                .source_ip
-                .map_or("unknown".to_owned(), |ip| ip.to_string())
-        ),
-        "remoteIpBlocks" | "remote.ip" => format!(
-            "remote IP {}",
-            request
-                .remote_ip()
-                .map_or("unknown".to_owned(), |ip| ip.to_string())
-        ),
+        "ipBlocks" | "source.ip" => {
+            format!("source IP {}", request.source_ip.map_or("unknown".to_owned(), |ip| ip.to_string()))
+        }
+        "remoteIpBlocks" | "remote.ip" => {
+            format!("remote IP {}", request.remote_ip().map_or("unknown".to_owned(), |ip| ip.to_string()))
+        }
         "ports" | "destination.port" => format!("port {}", request.destination_port),
-        "destination.ip" => format!(
-            "destination IP {}",
-            request
-                .destination_ip
-                .map_or("unknown".to_owned(), |ip| ip.to_string())
-        ),
+        "destination.ip" => {
+            format!("destination IP {}", request.destination_ip.map_or("unknown".to_owned(), |ip| ip.to_string()))
+        }
         "hosts" => format!("host {:?}", http.map_or("", |h| h.host)),
         "methods" => format!("method {}", http.map_or("", |h| h.method)),
         "paths" => format!("path {}", http.map_or("", |h| h.path_only())),
         "connection.sni" => format!("SNI {:?}", request.sni.unwrap_or("")),
         _ => "the request".to_owned(),
     };
-    let verb = if miss.positive {
-        "matches none of the listed values"
-    } else {
-        "matches a `not` value"
-    };
+    let verb = if miss.positive { "matches none of the listed values" } else { "matches a `not` value" };
     format!("{location}: {actual} {verb}")
 }
 
@@ -134,37 +119,19 @@ pub fn explain(workload: &WorkloadPolicy, request: &Request<'_>) -> Explanation 
     match (&decision.reason, &decision.decided_by) {
         (Reason::NoAllowMatched, _) => {
             reason.push_str("no ALLOW rule matched");
-            for policy in policies
-                .iter()
-                .filter(|p| p.action == Action::Allow && !p.dry_run)
-            {
+            for policy in policies.iter().filter(|p| p.action == Action::Allow && !p.dry_run) {
                 if policy.rules.is_empty() {
-                    let _ = write!(
-                        reason,
-                        "; {} has no rules (it allows nothing)",
-                        policy.policy
-                    );
+                    let _ = write!(reason, "; {} has no rules (it allows nothing)", policy.policy);
                 }
                 for (index, outcome) in policy.rules.iter().enumerate() {
-                    if let RuleOutcome::Missed(miss) = outcome {
-                        let _ = write!(
-                            reason,
-                            "; {} rule {index}: {}",
-                            policy.policy,
-                            describe_miss(miss, request)
-                        );
+                    if let RuleOutcome::Missed { detail, .. } = outcome {
+                        let _ = write!(reason, "; {} rule {index}: {detail}", policy.policy);
                     }
                 }
             }
         }
         (other, Some(rule)) => {
-            let _ = write!(
-                reason,
-                "{} ({} rule {})",
-                other.describe(),
-                rule.policy,
-                rule.rule
-            );
+            let _ = write!(reason, "{} ({} rule {})", other.describe(), rule.policy, rule.rule);
         }
         (other, None) => reason.push_str(other.describe()),
     }
@@ -177,10 +144,5 @@ pub fn explain(workload: &WorkloadPolicy, request: &Request<'_>) -> Explanation 
             external.policy
         );
     }
-    Explanation {
-        shadow: workload.shadow_decision(request),
-        decision,
-        policies,
-        reason,
-    }
+    Explanation { shadow: workload.shadow_decision(request), decision, policies, reason }
 }

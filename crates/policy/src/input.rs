@@ -12,10 +12,10 @@ use serde::Deserialize;
 use zmesh_config::mesh::MeshConfig;
 use zmesh_id::SpiffeId;
 
-use crate::authn::{authenticate, AuthnOutcome, Token, TokenLocation};
+use crate::authn::{AuthnOutcome, Token, TokenLocation, authenticate};
 use crate::authz::{Decision, Reason};
-use crate::explain::{explain, Explanation};
-use crate::request::{remote_ip_from_forwarded_for, HttpRequest, Request};
+use crate::explain::{Explanation, explain};
+use crate::request::{HttpRequest, Request, remote_ip_from_forwarded_for};
 use crate::set::{PolicySet, Workload};
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -34,7 +34,11 @@ fn default_service_account() -> String {
 
 impl From<&WorkloadInput> for Workload {
     fn from(input: &WorkloadInput) -> Workload {
-        Workload { namespace: input.namespace.clone(), labels: input.labels.clone(), service_account: input.service_account.clone() }
+        Workload {
+            namespace: input.namespace.clone(),
+            labels: input.labels.clone(),
+            service_account: input.service_account.clone(),
+        }
     }
 }
 
@@ -127,7 +131,11 @@ pub struct Checked {
 impl RequestInput {
     fn peer(&self) -> Result<Option<SpiffeId>, InputError> {
         let Some(principal) = &self.source.principal else { return Ok(None) };
-        let parsed = if principal.starts_with(zmesh_id::SPIFFE_SCHEME) { principal.parse() } else { SpiffeId::from_principal(principal) };
+        let parsed = if principal.starts_with(zmesh_id::SPIFFE_SCHEME) {
+            principal.parse()
+        } else {
+            SpiffeId::from_principal(principal)
+        };
         parsed.map(Some).map_err(|error| InputError(format!("request.source.principal: {error}")))
     }
 
@@ -137,7 +145,11 @@ impl RequestInput {
         }
         let Some(jwt) = &self.jwt else { return Token::None };
         let mut claims = jwt.claims.clone();
-        for (name, value) in [("iss", jwt.iss.clone().map(serde_json::Value::String)), ("sub", jwt.sub.clone().map(serde_json::Value::String)), ("aud", jwt.aud.clone())] {
+        for (name, value) in [
+            ("iss", jwt.iss.clone().map(serde_json::Value::String)),
+            ("sub", jwt.sub.clone().map(serde_json::Value::String)),
+            ("aud", jwt.aud.clone()),
+        ] {
             if let Some(value) = value {
                 claims.insert(name.to_owned(), value);
             }
@@ -147,24 +159,40 @@ impl RequestInput {
 }
 
 /// Decide a request the way the workload's sidecar would.
-pub fn check_authz(set: &PolicySet, mesh: &MeshConfig, workload: &WorkloadInput, request: &RequestInput) -> Result<Checked, InputError> {
+pub fn check_authz(
+    set: &PolicySet,
+    mesh: &MeshConfig,
+    workload: &WorkloadInput,
+    request: &RequestInput,
+) -> Result<Checked, InputError> {
     let workload = Workload::from(workload);
     let peer = request.peer()?;
     let is_http = request.protocol == Protocol::Http;
-    let refuse = |decision: Decision, why: String, path: Option<String>| Checked { decision, explanation: None, normalized_path: path, refused: Some(why) };
+    let refuse = |decision: Decision, why: String, path: Option<String>| Checked {
+        decision,
+        explanation: None,
+        normalized_path: path,
+        refused: Some(why),
+    };
 
     let mut claims = None;
     if is_http {
         match authenticate(&set.jwt_rules(&workload), &request.token()) {
             AuthnOutcome::Pass { claims: verified, .. } => claims = verified,
-            AuthnOutcome::Reject { status, reason, detail } => return Ok(refuse(Decision::deny(reason, status, None), detail, None)),
+            AuthnOutcome::Reject { status, reason, detail } => {
+                return Ok(refuse(Decision::deny(reason, status, None), detail, None));
+            }
         }
     }
     let normalized = match (&request.path, is_http) {
         (Some(path), true) => match zmesh_http::normalize_path(path, mesh.path_normalization) {
             Ok(normalized) => Some(normalized.into_owned()),
             Err(error) => {
-                return Ok(refuse(Decision::deny(Reason::NoAllowMatched, 400, None), format!("the path is refused before authorization: {error}"), None));
+                return Ok(refuse(
+                    Decision::deny(Reason::NoAllowMatched, 400, None),
+                    format!("the path is refused before authorization: {error}"),
+                    None,
+                ));
             }
         },
         _ => None,
@@ -180,7 +208,11 @@ pub fn check_authz(set: &PolicySet, mesh: &MeshConfig, workload: &WorkloadInput,
     let attributes = Request {
         peer: peer.as_ref(),
         source_ip: request.source.ip,
-        remote_ip: if is_http { remote_ip_from_forwarded_for(forwarded_for.as_deref(), request.source.ip) } else { request.source.ip },
+        remote_ip: if is_http {
+            remote_ip_from_forwarded_for(forwarded_for.as_deref(), request.source.ip)
+        } else {
+            request.source.ip
+        },
         destination_ip: request.destination.ip,
         destination_port: request.destination.port,
         sni: request.sni.as_deref(),
@@ -188,5 +220,10 @@ pub fn check_authz(set: &PolicySet, mesh: &MeshConfig, workload: &WorkloadInput,
         jwt: claims.as_ref(),
     };
     let explanation = explain(&set.for_workload(&workload), &attributes);
-    Ok(Checked { decision: explanation.decision.clone(), explanation: Some(explanation), normalized_path: normalized, refused: None })
+    Ok(Checked {
+        decision: explanation.decision.clone(),
+        explanation: Some(explanation),
+        normalized_path: normalized,
+        refused: None,
+    })
 }

@@ -42,12 +42,8 @@ impl StringMatch {
         let v = value.as_bytes();
         match self {
             StringMatch::Exact(s) => value.eq_ignore_ascii_case(s),
-            StringMatch::Prefix(s) => {
-                v.len() >= s.len() && v[..s.len()].eq_ignore_ascii_case(s.as_bytes())
-            }
-            StringMatch::Suffix(s) => {
-                v.len() >= s.len() && v[v.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
-            }
+            StringMatch::Prefix(s) => v.len() >= s.len() && v[..s.len()].eq_ignore_ascii_case(s.as_bytes()),
+            StringMatch::Suffix(s) => v.len() >= s.len() && v[v.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()),
             StringMatch::Present => !value.is_empty(),
         }
     }
@@ -130,20 +126,18 @@ fn template_matches(parts: &[TemplatePart], path: &str) -> bool {
         return path.is_empty();
     };
     match first {
-        TemplatePart::Literal(literal) => path
-            .strip_prefix(literal.as_str())
-            .is_some_and(|tail| template_matches(rest, tail)),
+        TemplatePart::Literal(literal) => {
+            path.strip_prefix(literal.as_str()).is_some_and(|tail| template_matches(rest, tail))
+        }
         TemplatePart::OneSegment => {
             let end = path.find('/').unwrap_or(path.len());
             end > 0 && template_matches(rest, &path[end..])
         }
         // At most one `{**}` per template (validation), so trying each split point stays
         // linear in practice.
-        TemplatePart::AnyRest => path
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain([path.len()])
-            .any(|i| template_matches(rest, &path[i..])),
+        TemplatePart::AnyRest => {
+            path.char_indices().map(|(i, _)| i).chain([path.len()]).any(|i| template_matches(rest, &path[i..]))
+        }
     }
 }
 

@@ -54,11 +54,7 @@ impl HttpRequest<'_> {
 
     /// A header's value, with repeated headers joined by `,` as Envoy does for matching.
     pub fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        let mut values = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v);
+        let mut values = self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
         let first = values.next()?;
         match values.next() {
             None => Some(std::borrow::Cow::Borrowed(first)),
@@ -76,14 +72,8 @@ impl HttpRequest<'_> {
 
 /// The original client address the way an Istio sidecar (Envoy with `use_remote_address:
 /// false` and no trusted hops) sees it: the last `X-Forwarded-For` entry, else the peer.
-pub fn remote_ip_from_forwarded_for(
-    forwarded_for: Option<&str>,
-    source_ip: Option<IpAddr>,
-) -> Option<IpAddr> {
-    forwarded_for
-        .and_then(|xff| xff.rsplit(',').next())
-        .and_then(|last| last.trim().parse().ok())
-        .or(source_ip)
+pub fn remote_ip_from_forwarded_for(forwarded_for: Option<&str>, source_ip: Option<IpAddr>) -> Option<IpAddr> {
+    forwarded_for.and_then(|xff| xff.rsplit(',').next()).and_then(|last| last.trim().parse().ok()).or(source_ip)
 }
 
 /// The verified claims of a JWT, with Istio's space-delimited claims already split.
@@ -98,15 +88,8 @@ pub const SPACE_DELIMITED_CLAIMS: [&str; 2] = ["scope", "permission"];
 impl Claims {
     /// Build from a JSON object of claims, splitting `scope`, `permission` and `extra_split`
     /// string claims into lists.
-    pub fn new(
-        mut claims: serde_json::Map<String, serde_json::Value>,
-        extra_split: &[String],
-    ) -> Claims {
-        for name in SPACE_DELIMITED_CLAIMS
-            .iter()
-            .copied()
-            .chain(extra_split.iter().map(String::as_str))
-        {
+    pub fn new(mut claims: serde_json::Map<String, serde_json::Value>, extra_split: &[String]) -> Claims {
+        for name in SPACE_DELIMITED_CLAIMS.iter().copied().chain(extra_split.iter().map(String::as_str)) {
             if let Some(serde_json::Value::String(text)) = claims.get(name) {
                 let list = text
                     .split(' ')
@@ -126,10 +109,7 @@ impl Claims {
     /// A nested claim: `path = ["a", "b"]` reads `claims.a.b`.
     pub fn get_path(&self, path: &[String]) -> Option<&serde_json::Value> {
         let (first, rest) = path.split_first()?;
-        rest.iter()
-            .try_fold(self.claims.get(first.as_str())?, |value, key| {
-                value.get(key.as_str())
-            })
+        rest.iter().try_fold(self.claims.get(first.as_str())?, |value, key| value.get(key.as_str()))
     }
 
     pub fn string(&self, name: &str) -> Option<&str> {
@@ -148,9 +128,7 @@ impl Claims {
     pub fn audiences(&self) -> Vec<&str> {
         match self.get("aud") {
             Some(serde_json::Value::String(s)) => vec![s.as_str()],
-            Some(serde_json::Value::Array(items)) => {
-                items.iter().filter_map(serde_json::Value::as_str).collect()
-            }
+            Some(serde_json::Value::Array(items)) => items.iter().filter_map(serde_json::Value::as_str).collect(),
             _ => Vec::new(),
         }
     }

@@ -30,29 +30,21 @@ struct Bucket<T> {
 
 impl<T> Default for Bucket<T> {
     fn default() -> Self {
-        Bucket {
-            namespace_wide: Vec::new(),
-            by_label: HashMap::new(),
-        }
+        Bucket { namespace_wide: Vec::new(), by_label: HashMap::new() }
     }
 }
 
 impl<T> Bucket<T> {
     fn insert(&mut self, item: Arc<T>, selector: Option<&Selector>) {
         match selector.and_then(|s| s.match_labels.iter().next().map(|kv| (s, kv))) {
-            Some((selector, (k, v))) => self
-                .by_label
-                .entry((k.clone(), v.clone()))
-                .or_default()
-                .push((item, selector.clone())),
+            Some((selector, (k, v))) => {
+                self.by_label.entry((k.clone(), v.clone())).or_default().push((item, selector.clone()))
+            }
             None => self.namespace_wide.push(item),
         }
     }
 
-    fn selecting<'a>(
-        &'a self,
-        labels: &'a BTreeMap<String, String>,
-    ) -> impl Iterator<Item = &'a Arc<T>> + 'a {
+    fn selecting<'a>(&'a self, labels: &'a BTreeMap<String, String>) -> impl Iterator<Item = &'a Arc<T>> + 'a {
         let selected = labels
             .iter()
             .filter_map(|(k, v)| self.by_label.get(&(k.clone(), v.clone())))
@@ -71,34 +63,20 @@ struct Index<T> {
 
 impl<T> Default for Index<T> {
     fn default() -> Self {
-        Index {
-            namespaces: HashMap::new(),
-        }
+        Index { namespaces: HashMap::new() }
     }
 }
 
 impl<T> Index<T> {
     fn insert(&mut self, namespace: &str, item: Arc<T>, selector: Option<&Selector>) {
-        self.namespaces
-            .entry(namespace.to_owned())
-            .or_default()
-            .insert(item, selector);
+        self.namespaces.entry(namespace.to_owned()).or_default().insert(item, selector);
     }
 
     /// Root-namespace items (selectors apply mesh-wide) and the workload's namespace items.
-    fn applying<'a>(
-        &'a self,
-        root: &'a str,
-        workload: &'a Workload,
-    ) -> impl Iterator<Item = &'a Arc<T>> + 'a {
+    fn applying<'a>(&'a self, root: &'a str, workload: &'a Workload) -> impl Iterator<Item = &'a Arc<T>> + 'a {
         let root_bucket = self.namespaces.get(root);
-        let own = (workload.namespace != root)
-            .then(|| self.namespaces.get(&workload.namespace))
-            .flatten();
-        root_bucket
-            .into_iter()
-            .chain(own)
-            .flat_map(|bucket| bucket.selecting(&workload.labels))
+        let own = (workload.namespace != root).then(|| self.namespaces.get(&workload.namespace)).flatten();
+        root_bucket.into_iter().chain(own).flat_map(|bucket| bucket.selecting(&workload.labels))
     }
 }
 
@@ -140,9 +118,7 @@ impl MtlsDecision {
     }
 }
 
-fn oldest<'a>(
-    candidates: impl Iterator<Item = &'a Arc<PeerAuthentication>>,
-) -> Option<&'a Arc<PeerAuthentication>> {
+fn oldest<'a>(candidates: impl Iterator<Item = &'a Arc<PeerAuthentication>>) -> Option<&'a Arc<PeerAuthentication>> {
     candidates.min_by(|a, b| age(&a.meta).cmp(&age(&b.meta)))
 }
 
@@ -166,18 +142,12 @@ impl PolicySet {
                 .collect(),
             authz: Index::default(),
             request_authn: Index::default(),
-            peer_authn: config
-                .peer_authentications
-                .iter()
-                .cloned()
-                .map(Arc::new)
-                .collect(),
+            peer_authn: config.peer_authentications.iter().cloned().map(Arc::new).collect(),
             policy_count: 0,
         };
         // A later document with the same namespace/name replaces an earlier one, as a second
         // `kubectl apply` would.
-        let mut latest: BTreeMap<String, &zmesh_config::authz::AuthorizationPolicy> =
-            BTreeMap::new();
+        let mut latest: BTreeMap<String, &zmesh_config::authz::AuthorizationPolicy> = BTreeMap::new();
         for policy in &config.authorization_policies {
             latest.insert(policy.meta.key(), policy);
         }
@@ -187,20 +157,15 @@ impl PolicySet {
                 continue;
             }
             let compiled = Arc::new(compile_policy(&Arc::new(policy.clone()), &trust));
-            set.authz
-                .insert(&policy.meta.namespace, compiled, policy.selector.as_ref());
+            set.authz.insert(&policy.meta.namespace, compiled, policy.selector.as_ref());
             set.policy_count += 1;
         }
         for policy in &config.request_authentications {
             if !policy.target_refs.is_empty() {
                 continue;
             }
-            let rules = Arc::new(JwtRules {
-                policy: policy.meta.key().into(),
-                rules: policy.jwt_rules.clone(),
-            });
-            set.request_authn
-                .insert(&policy.meta.namespace, rules, policy.selector.as_ref());
+            let rules = Arc::new(JwtRules { policy: policy.meta.key().into(), rules: policy.jwt_rules.clone() });
+            set.request_authn.insert(&policy.meta.namespace, rules, policy.selector.as_ref());
         }
         set
     }
@@ -220,10 +185,7 @@ impl PolicySet {
 
     /// The AuthorizationPolicies that apply to a workload, ready to decide its requests.
     pub fn for_workload(&self, workload: &Workload) -> WorkloadPolicy {
-        let mut policy = WorkloadPolicy {
-            known_providers: self.known_providers.clone(),
-            ..WorkloadPolicy::default()
-        };
+        let mut policy = WorkloadPolicy { known_providers: self.known_providers.clone(), ..WorkloadPolicy::default() };
         for compiled in self.authz.applying(&self.root_namespace, workload) {
             let list = match (compiled.dry_run, compiled.action) {
                 (true, _) => &mut policy.dry_run,
@@ -235,13 +197,7 @@ impl PolicySet {
             list.push(compiled.clone());
         }
         // Stable order, so the deciding policy never depends on document order.
-        for list in [
-            &mut policy.custom,
-            &mut policy.deny,
-            &mut policy.allow,
-            &mut policy.audit,
-            &mut policy.dry_run,
-        ] {
+        for list in [&mut policy.custom, &mut policy.deny, &mut policy.allow, &mut policy.audit, &mut policy.dry_run] {
             list.sort_by(|a, b| a.id.cmp(&b.id));
         }
         policy
@@ -249,11 +205,8 @@ impl PolicySet {
 
     /// The RequestAuthentication rules that apply to a workload (pooled across policies).
     pub fn jwt_rules(&self, workload: &Workload) -> Vec<Arc<JwtRules>> {
-        let mut rules: Vec<Arc<JwtRules>> = self
-            .request_authn
-            .applying(&self.root_namespace, workload)
-            .cloned()
-            .collect();
+        let mut rules: Vec<Arc<JwtRules>> =
+            self.request_authn.applying(&self.root_namespace, workload).cloned().collect();
         rules.sort_by(|a, b| a.policy.cmp(&b.policy));
         rules
     }
@@ -261,48 +214,29 @@ impl PolicySet {
     /// The effective PeerAuthentication mode for a workload port (istio-semantics §7).
     pub fn mtls_mode(&self, workload: &Workload, port: u16) -> MtlsDecision {
         let root = self.root_namespace.as_str();
-        let in_namespace = |ns: String| {
-            self.peer_authn
-                .iter()
-                .filter(move |p| p.meta.namespace == ns)
-        };
+        let in_namespace = |ns: String| self.peer_authn.iter().filter(move |p| p.meta.namespace == ns);
         let mesh = oldest(in_namespace(root.to_owned()).filter(|p| !p.has_selector()));
-        let namespace =
-            oldest(in_namespace(workload.namespace.clone()).filter(|p| !p.has_selector()));
+        let namespace = oldest(in_namespace(workload.namespace.clone()).filter(|p| !p.has_selector()));
         // Selector policies in the root namespace are ignored, even for root-namespace workloads.
-        let selected = (workload.namespace != root)
-            .then(|| {
-                oldest(in_namespace(workload.namespace.clone()).filter(|p| {
-                    p.has_selector()
-                        && p.selector
-                            .as_ref()
-                            .is_some_and(|s| s.matches(&workload.labels))
-                }))
-            })
-            .flatten();
-        let mut decision = MtlsDecision {
-            mode: MtlsMode::Permissive,
-            policy: None,
-            port_level: false,
-        };
+        let selected =
+            (workload.namespace != root)
+                .then(|| {
+                    oldest(in_namespace(workload.namespace.clone()).filter(|p| {
+                        p.has_selector() && p.selector.as_ref().is_some_and(|s| s.matches(&workload.labels))
+                    }))
+                })
+                .flatten();
+        let mut decision = MtlsDecision { mode: MtlsMode::Permissive, policy: None, port_level: false };
         for level in [mesh, namespace, selected].into_iter().flatten() {
             if level.mode != MtlsMode::Unset {
-                decision = MtlsDecision {
-                    mode: level.mode,
-                    policy: Some(level.meta.key().into()),
-                    port_level: false,
-                };
+                decision = MtlsDecision { mode: level.mode, policy: Some(level.meta.key().into()), port_level: false };
             }
         }
         if let Some(workload_policy) = selected
             && let Some(&mode) = workload_policy.port_level_mtls.get(&port)
             && mode != MtlsMode::Unset
         {
-            decision = MtlsDecision {
-                mode,
-                policy: Some(workload_policy.meta.key().into()),
-                port_level: true,
-            };
+            decision = MtlsDecision { mode, policy: Some(workload_policy.meta.key().into()), port_level: true };
         }
         decision
     }

@@ -1,9 +1,9 @@
 //! Istio's semantics as decision tables (`testdata/conformance/`), run through the engine.
 //! Every case must pass; a failure names the case, why it exists, and what the engine said.
 
-use zmesh_policy::input::{check_authz, RequestInput, WorkloadInput};
+use zmesh_policy::input::{RequestInput, WorkloadInput, check_authz};
 use zmesh_policy::{PolicySet, Verdict, Workload};
-use zmesh_testkit::{load_cases, load_config, AuthzCase, PeerAuthCase};
+use zmesh_testkit::{AuthzCase, PeerAuthCase, load_cases, load_config};
 
 #[test]
 fn every_authorization_case_gets_istios_decision() {
@@ -13,20 +13,32 @@ fn every_authorization_case_gets_istios_decision() {
     for case in &cases {
         let config = load_config(&case.name, &case.policies, &case.mesh);
         let set = PolicySet::compile(&config);
-        let workload: WorkloadInput = serde_json::from_value(case.workload.clone()).unwrap_or_else(|e| panic!("{}: workload: {e}", case.name));
-        let request: RequestInput = serde_json::from_value(case.request.clone()).unwrap_or_else(|e| panic!("{}: request: {e}", case.name));
-        let checked = check_authz(&set, &config.mesh, &workload, &request).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let workload: WorkloadInput =
+            serde_json::from_value(case.workload.clone()).unwrap_or_else(|e| panic!("{}: workload: {e}", case.name));
+        let request: RequestInput =
+            serde_json::from_value(case.request.clone()).unwrap_or_else(|e| panic!("{}: request: {e}", case.name));
+        let checked =
+            check_authz(&set, &config.mesh, &workload, &request).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let got = if checked.decision.verdict == Verdict::Allow { "allow" } else { "deny" };
         let status_ok = case.expect_status.is_none_or(|s| s == checked.decision.status);
         if got != case.expect || !status_ok {
-            let why = checked.explanation.as_ref().map_or_else(|| checked.refused.clone().unwrap_or_default(), |e| e.reason.clone());
+            let why = checked
+                .explanation
+                .as_ref()
+                .map_or_else(|| checked.refused.clone().unwrap_or_default(), |e| e.reason.clone());
             failures.push(format!(
                 "{}: expected {} {:?}, got {got} {} — {}\n    engine: {why}",
                 case.name, case.expect, case.expect_status, checked.decision.status, case.why
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ from Istio:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ from Istio:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -37,7 +49,8 @@ fn every_peer_authentication_case_gets_istios_mode() {
     for case in &cases {
         let config = load_config(&case.name, &case.policies, &case.mesh);
         let set = PolicySet::compile(&config);
-        let workload: WorkloadInput = serde_json::from_value(case.workload.clone()).unwrap_or_else(|e| panic!("{}: workload: {e}", case.name));
+        let workload: WorkloadInput =
+            serde_json::from_value(case.workload.clone()).unwrap_or_else(|e| panic!("{}: workload: {e}", case.name));
         let decision = set.mtls_mode(&Workload::from(&workload), case.port);
         let mode_ok = decision.mode.as_str() == case.expect.mode;
         let plaintext_ok = decision.accepts_plaintext() == case.expect.accepts.plaintext;
@@ -46,5 +59,11 @@ fn every_peer_authentication_case_gets_istios_mode() {
             failures.push(format!("{}: expected {:?}, got {:?} — {}", case.name, case.expect, decision, case.why));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ from Istio:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ from Istio:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

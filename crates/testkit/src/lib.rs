@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 /// `testdata/` at the workspace root.
 pub fn testdata() -> PathBuf {
@@ -100,7 +100,13 @@ pub struct HttpAttackCase {
 impl HttpAttackCase {
     /// The exact bytes sent on the wire.
     pub fn bytes(&self) -> Vec<u8> {
-        self.raw.chars().map(|c| u8::try_from(u32::from(c)).unwrap_or_else(|_| panic!("case {}: character {c:?} is not a byte", self.name))).collect()
+        self.raw
+            .chars()
+            .map(|c| {
+                u8::try_from(u32::from(c))
+                    .unwrap_or_else(|_| panic!("case {}: character {c:?} is not a byte", self.name))
+            })
+            .collect()
     }
 }
 
@@ -120,4 +126,37 @@ pub fn load_config(name: &str, policies: &str, mesh: &Option<serde_json::Value>)
     let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
     assert!(errors.is_empty(), "case {name}: the policies do not load:\n{}", errors.join("\n"));
     loaded.config
+}
+
+/// A directory under the system temp dir, removed when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("zmesh-test-{label}-{}-{unique}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Write a file below the directory and return its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }

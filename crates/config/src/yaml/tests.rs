@@ -10,9 +10,7 @@ fn documents_and_positions_are_kept() {
     assert_eq!(docs.len(), 3);
     assert!(docs[1].root.is_none());
     let b = docs[2].root.as_ref().unwrap().get("b").unwrap();
-    let Value::Seq(items) = &b.value else {
-        panic!("expected a list")
-    };
+    let Value::Seq(items) = &b.value else { panic!("expected a list") };
     assert_eq!(items[1].pos, Pos { line: 7, column: 5 });
     assert_eq!(items[1].scalar_type(), Some(ScalarType::String));
 }
@@ -52,10 +50,7 @@ fn syntax_errors_carry_a_position() {
 fn aliases_expand_to_copies_of_the_anchor() {
     let docs = parse("a: &x {k: v}\nb: *x\n").unwrap();
     let root = docs[0].root.as_ref().unwrap();
-    assert_eq!(
-        root.get("b").unwrap().get("k").unwrap().scalar_text(),
-        Some("v")
-    );
+    assert_eq!(root.get("b").unwrap().get("k").unwrap().scalar_text(), Some("v"));
 }
 
 #[test]
@@ -74,22 +69,13 @@ fn an_alias_bomb_is_refused() {
 #[test]
 fn deep_nesting_is_refused() {
     let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
-    assert!(matches!(
-        parse(&deep).unwrap_err(),
-        YamlError::TooDeep { .. }
-    ));
+    assert!(matches!(parse(&deep).unwrap_err(), YamlError::TooDeep { .. }));
 }
 
 #[test]
 fn oversized_input_is_refused_before_parsing() {
-    let limits = Limits {
-        max_bytes: 10,
-        ..Limits::default()
-    };
-    assert!(matches!(
-        parse_stream("a: 12345678901", &limits),
-        Err(YamlError::TooLarge { .. })
-    ));
+    let limits = Limits { max_bytes: 10, ..Limits::default() };
+    assert!(matches!(parse_stream("a: 12345678901", &limits), Err(YamlError::TooLarge { .. })));
 }
 
 #[test]
