@@ -13,24 +13,12 @@ pub enum IdError {
     #[error("{what} must not be empty")]
     Empty { what: &'static str },
     #[error("{what} `{value}` is longer than {max} characters")]
-    TooLong {
-        what: &'static str,
-        value: String,
-        max: usize,
-    },
+    TooLong { what: &'static str, value: String, max: usize },
     #[error("{what} `{value}` has the character {ch:?} at position {position}; {allowed}")]
-    BadCharacter {
-        what: &'static str,
-        value: String,
-        ch: char,
-        position: usize,
-        allowed: &'static str,
-    },
+    BadCharacter { what: &'static str, value: String, ch: char, position: usize, allowed: &'static str },
     #[error("{what} `{value}` must start and end with a lowercase letter or digit")]
     BadEdge { what: &'static str, value: String },
-    #[error(
-        "`{value}` is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
-    )]
+    #[error("`{value}` is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
     NotSpiffeId { value: String },
 }
 
@@ -45,20 +33,10 @@ fn check_chars(
         return Err(IdError::Empty { what });
     }
     if value.len() > max {
-        return Err(IdError::TooLong {
-            what,
-            value: value.to_owned(),
-            max,
-        });
+        return Err(IdError::TooLong { what, value: value.to_owned(), max });
     }
     if let Some((position, ch)) = value.char_indices().find(|&(_, c)| !ok(c)) {
-        return Err(IdError::BadCharacter {
-            what,
-            value: value.to_owned(),
-            ch,
-            position,
-            allowed,
-        });
+        return Err(IdError::BadCharacter { what, value: value.to_owned(), ch, position, allowed });
     }
     Ok(())
 }
@@ -68,10 +46,7 @@ fn check_alnum_edges(what: &'static str, value: &str) -> Result<(), IdError> {
     if edge_ok(value.chars().next()) && edge_ok(value.chars().last()) {
         Ok(())
     } else {
-        Err(IdError::BadEdge {
-            what,
-            value: value.to_owned(),
-        })
+        Err(IdError::BadEdge { what, value: value.to_owned() })
     }
 }
 
@@ -193,18 +168,9 @@ pub struct SpiffeId {
 pub const SPIFFE_SCHEME: &str = "spiffe://";
 
 impl SpiffeId {
-    pub fn new(
-        trust_domain: TrustDomain,
-        namespace: Namespace,
-        service_account: ServiceAccount,
-    ) -> Self {
+    pub fn new(trust_domain: TrustDomain, namespace: Namespace, service_account: ServiceAccount) -> Self {
         let uri = format!("{SPIFFE_SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}");
-        Self {
-            uri,
-            trust_domain,
-            namespace,
-            service_account,
-        }
+        Self { uri, trust_domain, namespace, service_account }
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -231,27 +197,16 @@ impl SpiffeId {
 
     /// The same workload identity under another trust domain (used for trust-domain aliases).
     pub fn with_trust_domain(&self, trust_domain: TrustDomain) -> Self {
-        Self::new(
-            trust_domain,
-            self.namespace.clone(),
-            self.service_account.clone(),
-        )
+        Self::new(trust_domain, self.namespace.clone(), self.service_account.clone())
     }
 
     /// Parse the scheme-less principal form `td/ns/x/sa/y`.
     pub fn from_principal(principal: &str) -> Result<Self, IdError> {
-        let not_spiffe = || IdError::NotSpiffeId {
-            value: principal.to_owned(),
-        };
+        let not_spiffe = || IdError::NotSpiffeId { value: principal.to_owned() };
         let mut parts = principal.split('/');
-        let (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some(td), Some("ns"), Some(ns), Some("sa"), Some(sa), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(not_spiffe());
         };
         Ok(Self::new(td.parse()?, ns.parse()?, sa.parse()?))
@@ -263,15 +218,9 @@ impl FromStr for SpiffeId {
 
     /// The only parser of full SPIFFE URIs.
     fn from_str(value: &str) -> Result<Self, IdError> {
-        let rest = value
-            .strip_prefix(SPIFFE_SCHEME)
-            .ok_or_else(|| IdError::NotSpiffeId {
-                value: value.to_owned(),
-            })?;
+        let rest = value.strip_prefix(SPIFFE_SCHEME).ok_or_else(|| IdError::NotSpiffeId { value: value.to_owned() })?;
         Self::from_principal(rest).map_err(|error| match error {
-            IdError::NotSpiffeId { .. } => IdError::NotSpiffeId {
-                value: value.to_owned(),
-            },
+            IdError::NotSpiffeId { .. } => IdError::NotSpiffeId { value: value.to_owned() },
             other => other,
         })
     }

@@ -3,24 +3,16 @@ use proptest::prelude::*;
 
 #[test]
 fn spiffe_id_parts_are_read_from_the_uri() {
-    let id: SpiffeId = "spiffe://cluster.local/ns/fintech-core/sa/order-service"
-        .parse()
-        .unwrap();
+    let id: SpiffeId = "spiffe://cluster.local/ns/fintech-core/sa/order-service".parse().unwrap();
     assert_eq!(id.trust_domain().as_str(), "cluster.local");
     assert_eq!(id.namespace().as_str(), "fintech-core");
     assert_eq!(id.service_account().as_str(), "order-service");
-    assert_eq!(
-        id.principal(),
-        "cluster.local/ns/fintech-core/sa/order-service"
-    );
+    assert_eq!(id.principal(), "cluster.local/ns/fintech-core/sa/order-service");
 }
 
 #[test]
 fn spiffe_id_without_scheme_is_refused_by_from_str_but_read_as_a_principal() {
-    assert!(matches!(
-        "cluster.local/ns/a/sa/b".parse::<SpiffeId>(),
-        Err(IdError::NotSpiffeId { .. })
-    ));
+    assert!(matches!("cluster.local/ns/a/sa/b".parse::<SpiffeId>(), Err(IdError::NotSpiffeId { .. })));
     assert!(SpiffeId::from_principal("cluster.local/ns/a/sa/b").is_ok());
 }
 
@@ -49,18 +41,12 @@ fn bad_characters_are_named_with_their_position() {
 
 #[test]
 fn namespace_must_not_end_with_a_dash() {
-    assert!(matches!(
-        "prod-".parse::<Namespace>(),
-        Err(IdError::BadEdge { .. })
-    ));
+    assert!(matches!("prod-".parse::<Namespace>(), Err(IdError::BadEdge { .. })));
 }
 
 #[test]
 fn overlong_namespace_is_refused() {
-    assert!(matches!(
-        "a".repeat(64).parse::<Namespace>(),
-        Err(IdError::TooLong { .. })
-    ));
+    assert!(matches!("a".repeat(64).parse::<Namespace>(), Err(IdError::TooLong { .. })));
 }
 
 fn arb_label() -> impl Strategy<Value = String> {
@@ -68,18 +54,8 @@ fn arb_label() -> impl Strategy<Value = String> {
 }
 
 fn arb_spiffe_id() -> impl Strategy<Value = SpiffeId> {
-    (
-        "[a-z0-9._-]{1,30}",
-        arb_label(),
-        "[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?",
-    )
-        .prop_map(|(td, ns, sa)| {
-            SpiffeId::new(
-                td.parse().unwrap(),
-                ns.parse().unwrap(),
-                sa.parse().unwrap(),
-            )
-        })
+    ("[a-z0-9._-]{1,30}", arb_label(), "[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?")
+        .prop_map(|(td, ns, sa)| SpiffeId::new(td.parse().unwrap(), ns.parse().unwrap(), sa.parse().unwrap()))
 }
 
 proptest! {

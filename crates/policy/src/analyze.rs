@@ -93,9 +93,9 @@ pub fn analyze(config: &Config) -> Vec<Diagnostic> {
         }
     }
     let root = config.mesh.root_namespace.as_str();
-    if workloads.is_empty() {
-        // Without any workload in the files, every selector would be reported; say so once.
-    } else {
+    // Without any workload in the files every selector would be reported, so selectors are
+    // only checked against the workloads the files define.
+    if !workloads.is_empty() {
         let selectors = config
             .authorization_policies
             .iter()
@@ -124,7 +124,26 @@ pub fn analyze(config: &Config) -> Vec<Diagnostic> {
             }
         }
     }
-    for policy in config.peer_authentications.iter().filter(|p| p.meta.namespace == root && p.has_selector()) {
+    if !workloads.is_empty() {
+        for policy in &config.network_policies {
+            let selector = &policy.pod_selector;
+            let empty = selector.match_labels.is_empty() && selector.match_expressions.is_empty();
+            let selected = workloads.iter().any(|w| w.namespace == policy.meta.namespace && selector.matches(&w.labels));
+            if !empty && !selected {
+                let labels: Vec<String> = selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                findings.add(
+                    codes::NO_MATCHING_WORKLOADS,
+                    "NetworkPolicy",
+                    &policy.meta,
+                    policy.meta.origin.pos,
+                    "spec.podSelector".into(),
+                    format!("No matching workloads for this resource with the following labels: {}", labels.join(",")),
+                    "check the labels against the workloads' pod labels, and the namespace".into(),
+                );
+            }
+        }
+    }
+        for policy in config.peer_authentications.iter().filter(|p| p.meta.namespace == root && p.has_selector()) {
         let pos = policy.selector.as_ref().map_or(policy.meta.origin.pos, |s| s.pos);
         findings.add(
             codes::ROOT_SELECTOR_IGNORED,
