@@ -243,10 +243,10 @@ fn read_jwt_rule(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtRule> 
         }
     }
     rule.audiences = audiences.into_iter().map(|a| a.value).collect();
-    if let Some(uri) = &jwks_uri {
-        if let Err(message) = check_http_uri(uri) {
-            ctx.error(uri.pos, &fields.path("jwksUri"), message, "use an http:// or https:// URL with a host");
-        }
+    if let Some(uri) = &jwks_uri
+        && let Err(message) = check_http_uri(uri)
+    {
+        ctx.error(uri.pos, &fields.path("jwksUri"), message, "use an http:// or https:// URL with a host");
     }
     if let (Some(_), Some(inline)) = (&jwks_uri, &jwks) {
         ctx.error(

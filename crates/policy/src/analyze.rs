@@ -40,21 +40,20 @@ fn known_workloads(config: &Config) -> Vec<KnownWorkload> {
     out
 }
 
+/// What a finding is about: the object, and where in its document.
+struct Subject<'a> {
+    kind: &'a str,
+    meta: &'a Meta,
+    pos: Pos,
+}
+
 struct Findings {
     out: Vec<Diagnostic>,
 }
 
 impl Findings {
-    fn add(
-        &mut self,
-        code: &'static str,
-        kind: &str,
-        meta: &Meta,
-        pos: Pos,
-        field: String,
-        message: String,
-        hint: String,
-    ) {
+    fn add(&mut self, code: &'static str, subject: Subject<'_>, field: String, message: String, hint: String) {
+        let Subject { kind, meta, pos } = subject;
         self.out.push(Diagnostic {
             severity: Severity::Warning,
             code: Some(code),
@@ -82,10 +81,8 @@ pub fn analyze(config: &Config) -> Vec<Diagnostic> {
             && !config.mesh.provider(provider).is_some_and(|p| p.kind.is_ext_authz())
         {
             findings.add(
-                codes::CUSTOM_PROVIDER_UNKNOWN,
-                "AuthorizationPolicy",
-                &policy.meta,
-                provider.pos,
+codes::CUSTOM_PROVIDER_UNKNOWN,
+Subject { kind: "AuthorizationPolicy", meta: &policy.meta, pos: provider.pos },
                 "spec.provider.name".into(),
                 format!("provider `{}` is not an ext_authz provider in meshConfig.extensionProviders, so every request these rules match is denied", provider.value),
                 "define it under meshConfig.extensionProviders (envoyExtAuthzHttp or envoyExtAuthzGrpc), or fix the name".into(),
@@ -114,9 +111,7 @@ pub fn analyze(config: &Config) -> Vec<Diagnostic> {
                 let labels: Vec<String> = selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 findings.add(
                     codes::NO_MATCHING_WORKLOADS,
-                    kind,
-                    meta,
-                    selector.pos,
+                    Subject { kind, meta, pos: selector.pos },
                     "spec.selector".into(),
                     format!("No matching workloads for this resource with the following labels: {}", labels.join(",")),
                     "check the labels against the workloads' pod labels, and the namespace".into(),
@@ -128,14 +123,13 @@ pub fn analyze(config: &Config) -> Vec<Diagnostic> {
         for policy in &config.network_policies {
             let selector = &policy.pod_selector;
             let empty = selector.match_labels.is_empty() && selector.match_expressions.is_empty();
-            let selected = workloads.iter().any(|w| w.namespace == policy.meta.namespace && selector.matches(&w.labels));
+            let selected =
+                workloads.iter().any(|w| w.namespace == policy.meta.namespace && selector.matches(&w.labels));
             if !empty && !selected {
                 let labels: Vec<String> = selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 findings.add(
                     codes::NO_MATCHING_WORKLOADS,
-                    "NetworkPolicy",
-                    &policy.meta,
-                    policy.meta.origin.pos,
+                    Subject { kind: "NetworkPolicy", meta: &policy.meta, pos: policy.meta.origin.pos },
                     "spec.podSelector".into(),
                     format!("No matching workloads for this resource with the following labels: {}", labels.join(",")),
                     "check the labels against the workloads' pod labels, and the namespace".into(),
@@ -143,13 +137,11 @@ pub fn analyze(config: &Config) -> Vec<Diagnostic> {
             }
         }
     }
-        for policy in config.peer_authentications.iter().filter(|p| p.meta.namespace == root && p.has_selector()) {
+    for policy in config.peer_authentications.iter().filter(|p| p.meta.namespace == root && p.has_selector()) {
         let pos = policy.selector.as_ref().map_or(policy.meta.origin.pos, |s| s.pos);
         findings.add(
             codes::ROOT_SELECTOR_IGNORED,
-            "PeerAuthentication",
-            &policy.meta,
-            pos,
+            Subject { kind: "PeerAuthentication", meta: &policy.meta, pos },
             "spec.selector".into(),
             format!("a PeerAuthentication with a selector in the root namespace `{root}` is ignored"),
             "move it to the workloads' namespace, or remove the selector to make it mesh-wide".into(),
@@ -186,10 +178,8 @@ fn analyze_patterns(findings: &mut Findings, policy: &AuthorizationPolicy, confi
             for value in values.iter().filter(|v| v.len() > 2 && v.starts_with('*') && v.ends_with('*')) {
                 let inner = &value[1..value.len() - 1];
                 findings.add(
-                    codes::WILDCARD_BOTH_ENDS,
-                    "AuthorizationPolicy",
-                    &policy.meta,
-                    value.pos,
+codes::WILDCARD_BOTH_ENDS,
+Subject { kind: "AuthorizationPolicy", meta: &policy.meta, pos: value.pos },
                     field.clone(),
                     format!("`{}` is not a \"contains\" match: Istio reads it as a suffix match on the literal `{inner}*`, so a value like `{inner}/1.0` does not match", value.value),
                     format!("Istio has no \"contains\" match; list the exact prefixes (`{inner}*`) or suffixes (`*{inner}`) you mean"),
@@ -228,9 +218,7 @@ fn check_hosts(findings: &mut Findings, policy: &AuthorizationPolicy, field: &st
         if exact && !has_port_variant {
             findings.add(
                 codes::HOST_WITHOUT_PORT,
-                "AuthorizationPolicy",
-                &policy.meta,
-                host.pos,
+                Subject { kind: "AuthorizationPolicy", meta: &policy.meta, pos: host.pos },
                 field.to_owned(),
                 format!(
                     "host `{0}` does not match a request whose Host header carries a port, such as `{0}:8080`",
@@ -272,9 +260,7 @@ fn check_principals(
         if let Some((what, suggestion)) = problem {
             findings.add(
                 codes::PRINCIPAL_NEVER_MATCHES,
-                "AuthorizationPolicy",
-                &policy.meta,
-                principal.pos,
+                Subject { kind: "AuthorizationPolicy", meta: &policy.meta, pos: principal.pos },
                 field.to_owned(),
                 format!("principal `{value}` is {what}"),
                 format!("write \"{suggestion}\""),
@@ -374,10 +360,8 @@ fn analyze_shadowing(findings: &mut Findings, config: &Config) {
                 .find_map(|d| d.rules.iter().position(|r| rule_covers(r, allow_rule)).map(|i| (d, i)));
             if let Some((deny, deny_index)) = shadow {
                 findings.add(
-                    codes::SHADOWED_BY_DENY,
-                    "AuthorizationPolicy",
-                    &allow.meta,
-                    allow_rule.pos,
+codes::SHADOWED_BY_DENY,
+Subject { kind: "AuthorizationPolicy", meta: &allow.meta, pos: allow_rule.pos },
                     format!("spec.rules[{allow_index}]"),
                     format!("this ALLOW rule never allows anything: every request it matches is denied by DENY policy {} rule {deny_index}, and DENY is evaluated first", deny.meta.key()),
                     "narrow the DENY rule, or remove this ALLOW rule".into(),

@@ -182,7 +182,7 @@ fn check_source(source: &CompiledSource, index: usize, request: &Request<'_>, tc
             source.remote_ip_blocks.check(|net| ip.is_some_and(|ip| net.contains(&ip))),
         )?;
     }
-    if source.request_principals.is_set() && !(tcp_lenient && !request.is_http()) {
+    if source.request_principals.is_set() && (request.is_http() || !tcp_lenient) {
         let (issuer, subject) = request.jwt.map_or((None, None), |c| (c.issuer(), c.subject()));
         field(
             "from",
@@ -371,18 +371,16 @@ impl WorkloadPolicy {
     /// Decide one request or connection (token verification has already happened).
     pub fn authorize(&self, request: &Request<'_>) -> Decision {
         let mut external = None;
-        if !self.custom.is_empty() {
-            if let Some(matched) = first_match(&self.custom, request) {
-                let conflict = self.custom.iter().any(|p| p.provider != self.custom[0].provider);
-                let provider = self.custom.iter().find(|p| p.id == matched.policy).and_then(|p| p.provider.as_deref());
-                if conflict {
-                    return Decision::deny(Reason::CustomProvidersConflict, 403, Some(matched));
-                }
-                if !provider.is_some_and(|name| self.known_providers.iter().any(|k| k == name)) {
-                    return Decision::deny(Reason::CustomProviderMissing, 403, Some(matched));
-                }
-                external = Some(matched);
+        if let Some(matched) = first_match(&self.custom, request) {
+            let conflict = self.custom.iter().any(|p| p.provider != self.custom[0].provider);
+            let provider = self.custom.iter().find(|p| p.id == matched.policy).and_then(|p| p.provider.as_deref());
+            if conflict {
+                return Decision::deny(Reason::CustomProvidersConflict, 403, Some(matched));
             }
+            if !provider.is_some_and(|name| self.known_providers.iter().any(|k| k == name)) {
+                return Decision::deny(Reason::CustomProviderMissing, 403, Some(matched));
+            }
+            external = Some(matched);
         }
         if let Some(matched) = first_match(&self.deny, request) {
             return Decision::deny(Reason::DenyMatched, 403, Some(matched));

@@ -22,10 +22,13 @@ pub struct Workload {
 
 /// Policies of one namespace: those without a selector, and those with one, keyed by one of
 /// their labels (the smallest) so a workload only looks at selectors that could match it.
+/// Items with a selector, filed under one of its labels.
+type Selected<T> = Vec<(Arc<T>, Selector)>;
+
 #[derive(Debug)]
 struct Bucket<T> {
     namespace_wide: Vec<Arc<T>>,
-    by_label: HashMap<(String, String), Vec<(Arc<T>, Selector)>>,
+    by_label: HashMap<(String, String), Selected<T>>,
 }
 
 impl<T> Default for Bucket<T> {

@@ -106,13 +106,16 @@ fn arb_policies() -> impl Strategy<Value = Vec<AuthorizationPolicy>> {
     proptest::collection::vec(action.prop_flat_map(arb_policy), 0..6)
 }
 
+/// Method, path and headers of a generated HTTP request.
+type OwnedHttp = (String, String, Vec<(String, String)>);
+
 /// An owned request, borrowed into the engine's `Request` for each decision.
 #[derive(Debug, Clone)]
 struct OwnedRequest {
     peer: Option<SpiffeId>,
     source_ip: IpAddr,
     port: u16,
-    http: Option<(String, String, Vec<(String, String)>)>,
+    http: Option<OwnedHttp>,
     claims: Option<Claims>,
 }
 
