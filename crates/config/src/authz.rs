@@ -466,6 +466,7 @@ fn ports(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &'static str) -> Vec<S
 }
 
 fn read_source(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Option<Source> {
+    let mark = ctx.diagnostics.len();
     let mut fields = ctx.map(node, path)?;
     let mut source = Source {
         pos: node.pos,
@@ -485,10 +486,12 @@ fn read_source(ctx: &mut Ctx<'_>, node: &Node, path: &str, action: Action) -> Op
     source.not_ip_blocks = ip_blocks(ctx, &mut fields, "notIpBlocks");
     source.remote_ip_blocks = ip_blocks(ctx, &mut fields, "remoteIpBlocks");
     source.not_remote_ip_blocks = ip_blocks(ctx, &mut fields, "notRemoteIpBlocks");
-    let empty = fields.is_empty() || (!source.uses_l4() && !source.uses_http_only());
+    // A source whose only fields were invalid has been reported already; only a source written
+    // with nothing in it is "empty".
     let sa_path = fields.path("serviceAccounts");
     let td_path = fields.path("trustDomains");
     fields.finish(ctx);
+    let empty = !source.uses_l4() && !source.uses_http_only() && !ctx.has_errors_since(mark);
     if empty {
         ctx.error(
             node.pos,
@@ -608,6 +611,7 @@ pub fn check_trust_domain_value(value: &str) -> Result<(), String> {
 }
 
 fn read_operation(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Operation> {
+    let mark = ctx.diagnostics.len();
     let mut fields = ctx.map(node, path)?;
     let mut operation = Operation {
         pos: node.pos,
@@ -630,8 +634,8 @@ fn read_operation(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<Operatio
             }
         }
     }
-    let empty = fields.is_empty() || (!operation.uses_l4() && !operation.uses_http_only());
     fields.finish(ctx);
+    let empty = !operation.uses_l4() && !operation.uses_http_only() && !ctx.has_errors_since(mark);
     if empty {
         ctx.error(
             node.pos,

@@ -217,10 +217,6 @@ impl<'n> Fields<'n> {
         if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The value of `key`; a null value counts as absent, as it does in Kubernetes.
     pub fn get(&mut self, key: &'static str) -> Option<(&'n Node, String)> {
         self.known.push(key);

@@ -414,12 +414,15 @@ impl Loader {
                 if let Some(root) = documents.into_iter().find_map(|d| d.root) {
                     self.add_mesh(file, &root, "data.mesh");
                 }
+                // `at` is where the scalar's content starts: inner line 1 is outer line
+                // `at.line`, indented by `at.column - 1`.
                 for diagnostic in &mut self.loaded.diagnostics[mark..] {
-                    diagnostic.origin.pos.line += at.line;
+                    diagnostic.origin.pos.line += at.line - 1;
+                    diagnostic.origin.pos.column += at.column - 1;
                 }
             }
             Err(error) => {
-                let line = at.line + error.pos().map_or(0, |p| p.line);
+                let line = at.line - 1 + error.pos().map_or(1, |p| p.line);
                 self.push(
                     file.as_ref(),
                     Pos { line, column: 1 },
