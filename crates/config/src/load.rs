@@ -302,46 +302,65 @@ impl Loader {
             }
         };
         let config = &mut self.loaded.config;
-        fields.ignore(&["status"]);
+        let data = (group, kind.as_str()).eq(&("", "ConfigMap")).then(|| fields.get("data")).flatten();
+        let items =
+            (group, kind.as_str()).eq(&("", "List")).then(|| fields.get("items").map(|(n, _)| n.clone())).flatten();
+        let handled = matches!(
+            (group, kind.as_str()),
+            ("security.istio.io", "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication")
+                | ("telemetry.istio.io", "Telemetry")
+                | ("networking.istio.io", "WorkloadEntry" | "ServiceEntry" | "EnvoyFilter")
+                | ("networking.k8s.io", "NetworkPolicy")
+                | ("", "Namespace" | "ServiceAccount" | "Service" | "Pod" | "ConfigMap" | "List")
+                | ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+                | ("install.istio.io", "IstioOperator")
+        );
+        if handled {
+            // Top-level fields of the kinds zmesh reads; Istio kinds have only spec and status.
+            let kubernetes = matches!(group, "" | "apps");
+            fields.ignore(&["status"]);
+            if kubernetes {
+                fields.ignore(&[
+                    "binaryData",
+                    "immutable",
+                    "secrets",
+                    "imagePullSecrets",
+                    "automountServiceAccountToken",
+                ]);
+            }
+            fields.finish(&mut ctx);
+        }
         match (group, kind.as_str()) {
             ("security.istio.io", "AuthorizationPolicy") => {
-                fields.finish(&mut ctx);
                 config.authorization_policies.extend(meta.and_then(|m| crate::authz::read(&mut ctx, m, spec)));
             }
             ("security.istio.io", "PeerAuthentication") => {
-                fields.finish(&mut ctx);
                 config
                     .peer_authentications
                     .extend(meta.and_then(|m| crate::authn::read_peer_authentication(&mut ctx, m, spec)));
             }
             ("security.istio.io", "RequestAuthentication") => {
-                fields.finish(&mut ctx);
                 config
                     .request_authentications
                     .extend(meta.and_then(|m| crate::authn::read_request_authentication(&mut ctx, m, spec)));
             }
             ("telemetry.istio.io", "Telemetry") => {
-                fields.finish(&mut ctx);
                 config.telemetries.extend(meta.and_then(|m| crate::telemetry::read(&mut ctx, m, spec)));
             }
             ("networking.istio.io", "WorkloadEntry") => {
-                fields.finish(&mut ctx);
                 config
                     .workload_entries
                     .extend(meta.and_then(|m| crate::networking::read_workload_entry(&mut ctx, m, spec)));
             }
             ("networking.istio.io", "ServiceEntry") => {
-                fields.finish(&mut ctx);
                 config
                     .service_entries
                     .extend(meta.and_then(|m| crate::networking::read_service_entry(&mut ctx, m, spec)));
             }
             ("networking.istio.io", "EnvoyFilter") => {
-                fields.finish(&mut ctx);
                 config.rate_limits.extend(meta.and_then(|m| crate::networking::read_envoy_filter(&mut ctx, m, spec)));
             }
             ("networking.k8s.io", "NetworkPolicy") => {
-                fields.finish(&mut ctx);
                 config.network_policies.extend(meta.and_then(|m| crate::kube::read_network_policy(&mut ctx, m, spec)));
             }
             ("", "Namespace") => config.namespaces.extend(meta.map(|meta| Namespace { meta })),
@@ -351,7 +370,6 @@ impl Loader {
                 config.workloads.extend(meta.and_then(|m| crate::kube::read_workload(&mut ctx, m, &kind, spec)));
             }
             ("", "ConfigMap") => {
-                let data = fields.get("data");
                 let Some(meta) = meta else { return };
                 let mesh_text = data.and_then(|(d, _)| d.get("mesh"));
                 match mesh_text {
@@ -387,7 +405,6 @@ impl Loader {
                 }
             }
             ("", "List") => {
-                let items = fields.get("items").map(|(n, _)| n.clone());
                 drop(ctx);
                 if let Some(Node { value: yaml::Value::Seq(items), .. }) = items {
                     for item in &items {

@@ -186,3 +186,17 @@ data:
     assert_eq!(loaded.config.mesh.trust_domain.as_str(), "example.org");
     assert_eq!(loaded.config.mesh.path_normalization, zmesh_config::PathNormalization::MergeSlashes);
 }
+
+#[test]
+fn unknown_top_level_fields_are_errors_for_the_kinds_zmesh_reads() {
+    let found = messages(
+        "apiVersion: v1\nkind: Pod\nmetdata: {name: a}\nmetadata: {name: b}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: foo}\ndata: {}\n",
+    );
+    assert_eq!(
+        found,
+        [
+            "policy.yaml:3:1: error: Pod default/b: metdata: unknown field `metdata`; did you mean `metadata`?",
+            "policy.yaml:9:1: error: PeerAuthentication foo/p: data: unknown field `data`; known fields here: apiVersion, kind, metadata, spec, status",
+        ]
+    );
+}
