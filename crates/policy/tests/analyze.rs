@@ -6,7 +6,19 @@ use zmesh_policy::analyze::analyze;
 fn findings(yaml: &str) -> Vec<String> {
     let loaded = load_str(yaml);
     assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
-    analyze(&loaded.config).iter().map(|d| format!("{} {}:{} {}: {}", d.code.unwrap_or("-"), d.origin.pos.line, d.origin.pos.column, d.field, d.message)).collect()
+    analyze(&loaded.config)
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}:{} {}: {}",
+                d.code.unwrap_or("-"),
+                d.origin.pos.line,
+                d.origin.pos.column,
+                d.field,
+                d.message
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -22,7 +34,12 @@ spec:
         hosts: [\"httpbin.foo\", \"api.foo\", \"api.foo:*\", \"*.bar\"]
 ",
     );
-    assert_eq!(found, ["ZM1002 8:17 spec.rules[0].to[0].operation.hosts: host `httpbin.foo` does not match a request whose Host header carries a port, such as `httpbin.foo:8080`"]);
+    assert_eq!(
+        found,
+        [
+            "ZM1002 8:17 spec.rules[0].to[0].operation.hosts: host `httpbin.foo` does not match a request whose Host header carries a port, such as `httpbin.foo:8080`"
+        ]
+    );
 }
 
 #[test]
@@ -40,7 +57,14 @@ spec:
     );
     let found = analyze(&loaded.config);
     let hints: Vec<&str> = found.iter().map(|d| d.hint.as_deref().unwrap_or_default()).collect();
-    assert_eq!(hints, ["write \"cluster.local/ns/foo/sa/a\"", "write \"cluster.local/ns/foo/sa/sleep\"", "write \"cluster.local/ns/bar/sa/b\""]);
+    assert_eq!(
+        hints,
+        [
+            "write \"cluster.local/ns/foo/sa/a\"",
+            "write \"cluster.local/ns/foo/sa/sleep\"",
+            "write \"cluster.local/ns/bar/sa/b\""
+        ]
+    );
     assert!(found.iter().all(|d| d.code == Some("ZM1003")));
 }
 
@@ -71,7 +95,12 @@ spec:
         paths: [\"/admin/users\", \"/public\"]
 ",
     );
-    assert_eq!(found, ["ZM1005 17:5 spec.rules[0]: this ALLOW rule never allows anything: every request it matches is denied by DENY policy istio-system/deny-admin rule 0, and DENY is evaluated first"]);
+    assert_eq!(
+        found,
+        [
+            "ZM1005 17:5 spec.rules[0]: this ALLOW rule never allows anything: every request it matches is denied by DENY policy istio-system/deny-admin rule 0, and DENY is evaluated first"
+        ]
+    );
 }
 
 #[test]
@@ -104,7 +133,10 @@ spec:
 ",
     );
     assert_eq!(found.len(), 1);
-    assert!(found[0].starts_with("ZM1008 6:20 spec.provider.name: provider `my-authz` is not an ext_authz provider"), "{found:?}");
+    assert!(
+        found[0].starts_with("ZM1008 6:20 spec.provider.name: provider `my-authz` is not an ext_authz provider"),
+        "{found:?}"
+    );
 }
 
 #[test]
