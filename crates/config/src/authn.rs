@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::decode::Ctx;
-use crate::meta::{Meta, Selector, TargetRef, read_selector, read_target_refs};
+use crate::meta::{Meta, Selector, TargetRef, read_attachment};
 use crate::yaml::{Node, Pos, ScalarType};
 
 /// A PeerAuthentication mTLS mode. `Unset` inherits from the level above.
@@ -188,19 +188,7 @@ pub(crate) fn read_request_authentication(
         return Some(policy);
     };
     let mut spec = ctx.map(spec_node, &spec_path)?;
-    policy.selector = read_selector(ctx, &mut spec, "selector");
-    policy.target_refs = read_target_refs(ctx, &mut spec);
-    let selector_kinds = usize::from(policy.selector.is_some())
-        + usize::from(spec.get("targetRef").is_some())
-        + usize::from(spec.get("targetRefs").is_some());
-    if selector_kinds > 1 {
-        ctx.error(
-            spec.pos,
-            &spec.path("selector"),
-            "only one of selector, targetRef and targetRefs may be set",
-            "keep selector for sidecars, or targetRefs for gateways and waypoints",
-        );
-    }
+    (policy.selector, policy.target_refs) = read_attachment(ctx, &mut spec);
     for (node, path) in spec.items(ctx, "jwtRules").unwrap_or_default() {
         policy.jwt_rules.extend(read_jwt_rule(ctx, node, &path));
     }

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 use crate::decode::{Ctx, Fields, Spanned};
-use crate::meta::{DRY_RUN_ANNOTATION, Meta, Selector, TargetRef, read_selector, read_target_refs};
+use crate::meta::{DRY_RUN_ANNOTATION, Meta, Selector, TargetRef, read_attachment};
 use crate::yaml::{Node, Pos};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -241,19 +241,7 @@ pub(crate) fn read(ctx: &mut Ctx<'_>, meta: Meta, spec: Option<(&Node, String)>)
         return Some(policy);
     };
     let mut spec = ctx.map(spec_node, &spec_path)?;
-    policy.selector = read_selector(ctx, &mut spec, "selector");
-    policy.target_refs = read_target_refs(ctx, &mut spec);
-    let selector_kinds = usize::from(policy.selector.is_some())
-        + usize::from(spec.get("targetRef").is_some())
-        + usize::from(spec.get("targetRefs").is_some());
-    if selector_kinds > 1 {
-        ctx.error(
-            spec.pos,
-            &spec.path("selector"),
-            "only one of selector, targetRef and targetRefs may be set",
-            "keep selector for sidecars, or targetRefs for gateways and waypoints",
-        );
-    }
+    (policy.selector, policy.target_refs) = read_attachment(ctx, &mut spec);
     if let Some(selector) = &policy.selector
         && selector.match_labels.is_empty()
     {

@@ -213,3 +213,22 @@ pub(crate) fn read_target_refs(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> Ve
     }
     refs
 }
+
+/// How a policy attaches: `selector` for sidecars, or `targetRef(s)` for gateways and waypoints.
+/// Istio allows only one of the three fields.
+pub(crate) fn read_attachment(ctx: &mut Ctx<'_>, spec: &mut Fields<'_>) -> (Option<Selector>, Vec<TargetRef>) {
+    let selector = read_selector(ctx, spec, "selector");
+    let target_refs = read_target_refs(ctx, spec);
+    let given = usize::from(selector.is_some())
+        + usize::from(spec.get("targetRef").is_some())
+        + usize::from(spec.get("targetRefs").is_some());
+    if given > 1 {
+        ctx.error(
+            spec.pos,
+            &spec.path("selector"),
+            "only one of selector, targetRef and targetRefs may be set",
+            "keep selector for sidecars, or targetRefs for gateways and waypoints",
+        );
+    }
+    (selector, target_refs)
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::decode::{Ctx, Fields, Spanned};
-use crate::meta::{Meta, Selector, TargetRef, read_selector, read_target_refs};
+use crate::meta::{Meta, Selector, TargetRef, read_attachment};
 use crate::yaml::Node;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,8 +122,7 @@ pub(crate) fn read(ctx: &mut Ctx<'_>, meta: Meta, spec: Option<(&Node, String)>)
         return Some(telemetry);
     };
     let mut spec = ctx.map(spec_node, &spec_path)?;
-    telemetry.selector = read_selector(ctx, &mut spec, "selector");
-    telemetry.target_refs = read_target_refs(ctx, &mut spec);
+    (telemetry.selector, telemetry.target_refs) = read_attachment(ctx, &mut spec);
     for (node, path) in spec.items(ctx, "metrics").unwrap_or_default() {
         let Some(mut fields) = ctx.map(node, &path) else {
             continue;
