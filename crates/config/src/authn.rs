@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::decode::Ctx;
-use crate::meta::{Meta, Selector, TargetRef, read_attachment};
+use crate::meta::{Meta, Selector, TargetRef, read_attachment, read_selector};
 use crate::yaml::{Node, Pos, ScalarType};
 
 /// A PeerAuthentication mTLS mode. `Unset` inherits from the level above.
