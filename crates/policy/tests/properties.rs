@@ -217,11 +217,15 @@ proptest! {
     }
 
     #[test]
-    fn adding_an_allow_to_a_workload_that_has_one_never_allows_less(mut policies in arb_policies(), allow in arb_policy(Action::Allow), request in arb_request()) {
+    fn adding_an_allow_to_a_workload_that_has_one_never_allows_less(mut policies in arb_policies(), existing in arb_policy(Action::Allow), allow in arb_policy(Action::Allow), request in arb_request()) {
+        // Make sure the workload already has an ALLOW policy: one in its own namespace, no selector.
+        let mut existing = existing;
+        existing.meta.namespace = "foo".into();
+        existing.selector = None;
+        policies.push(existing);
         unique_names(&mut policies);
         let workload = workload();
-        let has_allow = !set_of(&policies).for_workload(&workload).allow.is_empty();
-        prop_assume!(has_allow);
+        prop_assert!(!set_of(&policies).for_workload(&workload).allow.is_empty());
         let before = request.decide(&set_of(&policies), &workload);
         policies.push(AuthorizationPolicy { meta: Meta { name: "added-allow".into(), ..allow.meta.clone() }, ..allow });
         prop_assert!(request.decide(&set_of(&policies), &workload) || !before);
