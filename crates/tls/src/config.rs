@@ -1,0 +1,72 @@
+//! rustls configs for proxy-to-proxy mTLS, both built around one [`CertStore`].
+//!
+//! Both sides are TLS 1.3 only, use the ring provider, present the store's SVID and verify the
+//! peer with this crate's SPIFFE verifiers. Session resumption is off on both sides: a resumed
+//! session skips certificate verification and presentation, so it would outlive an SVID or a
+//! root that the store has since replaced.
+
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::NoServerSessionStorage;
+use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::store::{CertStore, StoreResolver};
+use crate::verify::{ExpectedPeers, MeshClientVerifier, MeshServerVerifier};
+
+/// The ALPN protocol of mesh connections: HTTP/2 between proxies.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// What varies between deployments and tests.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    /// ALPN protocols in preference order; `[h2]` by default.
+    pub alpn_protocols: Vec<Vec<u8>>,
+    /// The clock certificate validity is checked against; the system clock by default. Tests pass
+    /// a fixed one so that validity windows and error messages are deterministic.
+    pub time_provider: Arc<dyn TimeProvider>,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self { alpn_protocols: vec![ALPN_H2.to_vec()], time_provider: Arc::new(DefaultTimeProvider) }
+    }
+}
+
+/// The config for accepting mesh connections: requires a client SVID from the store's current
+/// bundle and presents the store's current SVID.
+pub fn server_config(store: Arc<CertStore>, options: &TlsOptions) -> Arc<ServerConfig> {
+    let provider = provider();
+    let algorithms = provider.signature_verification_algorithms;
+    let mut config = ServerConfig::builder_with_details(provider, Arc::clone(&options.time_provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("the ring provider supports TLS 1.3")
+        .with_client_cert_verifier(Arc::new(MeshClientVerifier::new(Arc::clone(&store), algorithms)))
+        .with_cert_resolver(Arc::new(StoreResolver(store)));
+    config.alpn_protocols.clone_from(&options.alpn_protocols);
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
+/// The config for dialing one destination: presents the store's current SVID and accepts only a
+/// server whose SPIFFE ID is in `expected` (the server name passed to `connect` is ignored).
+pub fn client_config(store: Arc<CertStore>, expected: ExpectedPeers, options: &TlsOptions) -> Arc<ClientConfig> {
+    let provider = provider();
+    let algorithms = provider.signature_verification_algorithms;
+    let mut config = ClientConfig::builder_with_details(provider, Arc::clone(&options.time_provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("the ring provider supports TLS 1.3")
+        .dangerous() // a custom verifier is "dangerous" to rustls; it is the point of this crate
+        .with_custom_certificate_verifier(Arc::new(MeshServerVerifier::new(Arc::clone(&store), expected, algorithms)))
+        .with_client_cert_resolver(Arc::new(StoreResolver(store)));
+    config.alpn_protocols.clone_from(&options.alpn_protocols);
+    config.resumption = Resumption::disabled();
+    Arc::new(config)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
