@@ -3,6 +3,7 @@
 //! Today: the certificate-signing service (workloads prove who they are and get SVIDs).
 //! The config store, registry and push come with the control-plane work.
 
+pub mod ca_service;
 pub mod ratelimit;
 pub mod tokens;
 

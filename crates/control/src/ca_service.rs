@@ -1,0 +1,142 @@
+//! The certificate-signing service: a workload proves who it is with a bearer token and gets
+//! an SVID for exactly that identity.
+//!
+//! Flow per request: token → proven identity → per-caller rate limit → CA signs the CSR (which
+//! must ask for the proven identity) → audit record → chain and trust bundle back.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ring::rand::SystemRandom;
+use tonic::{Request, Response, Status};
+use zmesh_ca::{CaErrorKind, CertificateAuthority};
+use zmesh_xds::ca::certificate_service_server::{CertificateService, CertificateServiceServer};
+use zmesh_xds::ca::{CertificateRequest, CertificateResponse};
+
+use crate::ratelimit::PerCallerLimit;
+use crate::tokens::CallerAuthenticator;
+
+/// Requests per second each identity may make, and the burst it may start with. A workload
+/// renews once per half-lifetime, so this only bites a caller stuck in a loop.
+pub const DEFAULT_RATE_PER_SECOND: f64 = 1.0;
+pub const DEFAULT_BURST: u32 = 10;
+
+/// The CA behind the service, swappable after a root rotation without a restart.
+#[derive(Debug, Clone)]
+pub struct SharedCa(Arc<RwLock<Arc<CertificateAuthority>>>);
+
+impl SharedCa {
+    pub fn new(ca: CertificateAuthority) -> Self {
+        SharedCa(Arc::new(RwLock::new(Arc::new(ca))))
+    }
+
+    pub fn current(&self) -> Arc<CertificateAuthority> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn replace(&self, ca: CertificateAuthority) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(ca);
+    }
+}
+
+pub struct Signer {
+    ca: SharedCa,
+    authenticator: Arc<dyn CallerAuthenticator>,
+    limit: PerCallerLimit,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("ca", &self.ca).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    pub fn new(ca: SharedCa, authenticator: Arc<dyn CallerAuthenticator>, limit: PerCallerLimit) -> Self {
+        Signer { ca, authenticator, limit, rng: SystemRandom::new() }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_service(self) -> CertificateServiceServer<Signer> {
+        CertificateServiceServer::new(self)
+    }
+}
+
+fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
+    let value = request
+        .metadata()
+        .get(zmesh_xds::AUTHORIZATION)
+        .ok_or_else(|| Status::unauthenticated("no `authorization` metadata; send `Bearer <token>`"))?;
+    let value = value.to_str().map_err(|_| Status::unauthenticated("the authorization metadata is not text"))?;
+    value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| Status::unauthenticated("the authorization metadata must be `Bearer <token>`"))
+}
+
+fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[tonic::async_trait]
+impl CertificateService for Signer {
+    async fn create_certificate(
+        &self,
+        request: Request<CertificateRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        let peer: Option<SocketAddr> = request.remote_addr();
+        let now = SystemTime::now();
+        let caller = self.authenticator.authenticate(bearer_token(&request)?, now).map_err(|e| {
+            tracing::warn!(target: "zmesh::audit", peer = ?peer, error = %e, "certificate request refused");
+            Status::unauthenticated(e.to_string())
+        })?;
+        if let Err(retry_after) = self.limit.check(&caller, Instant::now()) {
+            tracing::warn!(target: "zmesh::audit", identity = %caller, peer = ?peer, "certificate request rate-limited");
+            return Err(Status::resource_exhausted(format!(
+                "too many certificate requests from {caller}; retry in {retry_after:?}"
+            )));
+        }
+        let message = request.into_inner();
+        let ttl = u64::try_from(message.validity_seconds).ok().filter(|&s| s > 0).map(Duration::from_secs);
+        let ca = self.ca.current();
+        let issued = ca.sign_csr(message.csr.as_bytes(), &caller, ttl, now, &self.rng).map_err(|error| {
+            tracing::warn!(target: "zmesh::audit", identity = %caller, peer = ?peer, error = %error, "certificate request refused");
+            match error.kind() {
+                CaErrorKind::Denied => Status::permission_denied(error.to_string()),
+                CaErrorKind::BadRequest => Status::invalid_argument(error.to_string()),
+                CaErrorKind::Operator => Status::failed_precondition(error.to_string()),
+                CaErrorKind::Internal => Status::internal(error.to_string()),
+            }
+        })?;
+        tracing::info!(
+            target: "zmesh::audit",
+            identity = %issued.id,
+            serial = %issued.serial_hex,
+            not_after = unix_seconds(issued.not_after),
+            ttl_capped = issued.ttl_capped,
+            caller = %caller,
+            peer = ?peer,
+            "certificate issued"
+        );
+        Ok(Response::new(CertificateResponse {
+            cert_chain: vec![issued.chain_pem],
+            trust_bundle: vec![ca.trust_bundle_pem().to_owned()],
+            serial: issued.serial_hex,
+            not_before: unix_seconds(issued.not_before),
+            not_after: unix_seconds(issued.not_after),
+        }))
+    }
+}
+
+/// Serve the signing service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    signer: Signer,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(signer.into_service())
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+}

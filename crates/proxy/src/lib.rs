@@ -1,0 +1,8 @@
+//! zmesh-proxy: the data plane.
+//!
+//! Today: the workload's identity — fetching its SVID from the control plane's signing
+//! service and rotating it, driven by time, so a CA outage shorter than half the certificate
+//! lifetime never causes a failure. The listeners, HBONE and authorization come with the proxy
+//! work.
+
+pub mod identity;
