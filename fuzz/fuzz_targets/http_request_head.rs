@@ -4,7 +4,7 @@
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(Some((head, _))) = zmesh_http::parse_request_head(data, &zmesh_http::Limits::default())
-        && let Some(path) = head.target.path()
+        && let Some(path) = head.path_and_query()
         && let Ok(normalized) = zmesh_http::normalize_path(path, zmesh_http::PathNormalization::Base)
     {
         let again = zmesh_http::normalize_path(&normalized, zmesh_http::PathNormalization::Base).expect("a normalized path normalizes");

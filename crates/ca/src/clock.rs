@@ -67,3 +67,27 @@ mod tests {
         assert!(matches!(to_offset("not before", early), Err(CaError::TimeOutOfRange { .. })));
     }
 }
+
+/// A time shown as RFC 3339 UTC with whole seconds (`2026-11-23T11:26:36Z`), the form error
+/// messages and `zmesh cert inspect` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339(pub SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seconds = unix_seconds(self.0);
+        match OffsetDateTime::from_unix_timestamp(seconds) {
+            Ok(t) => write!(
+                f,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            Err(_) => write!(f, "{seconds} seconds after the Unix epoch"),
+        }
+    }
+}

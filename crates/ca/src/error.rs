@@ -71,9 +71,9 @@ pub enum CaError {
          add the issuing root to root-cert.pem"
     )]
     ChainNotAnchored { chain_path: PathBuf, bundle_path: PathBuf, subject: String },
-    #[error("{subject} in {path} expired at {not_after:?}; plug in a renewed CA certificate")]
+    #[error("{subject} in {path} expired at {}; plug in a renewed CA certificate", crate::clock::Rfc3339(*.not_after))]
     CertExpired { path: PathBuf, subject: String, not_after: SystemTime },
-    #[error("{subject} in {path} is not valid until {not_before:?}; check the clock, or wait")]
+    #[error("{subject} in {path} is not valid until {}; check the clock, or wait", crate::clock::Rfc3339(*.not_before))]
     CertNotYetValid { path: PathBuf, subject: String, not_before: SystemTime },
     #[error(
         "leaves signed with {path} would not chain to it: its subject `{subject}` cannot be reproduced byte for byte; \
@@ -111,9 +111,9 @@ pub enum CaError {
     ForeignTrustDomain { id: Box<SpiffeId>, accepted: String },
     #[error("a requested certificate lifetime must be longer than zero; omit it to get the default")]
     ZeroTtl,
-    #[error("the CA's signing certificate expired at {not_after:?}; rotate the root or plug in a renewed CA")]
+    #[error("the CA's signing certificate expired at {}; rotate the root or plug in a renewed CA", crate::clock::Rfc3339(*.not_after))]
     SigningCertExpired { not_after: SystemTime },
-    #[error("{what} {time:?} cannot be written into a certificate; pass a time between 1970 and 9999")]
+    #[error("{what} {} cannot be written into a certificate; pass a time between 1970 and 9999", crate::clock::Rfc3339(*.time))]
     TimeOutOfRange { what: &'static str, time: SystemTime },
     #[error("the system random number generator failed; check /dev/urandom and retry")]
     Random,
@@ -133,8 +133,8 @@ pub enum CaError {
     )]
     RetireWhileOldRootSigns,
     #[error(
-        "cannot retire the old root yet: leaves it signed may be valid until {until:?}; retire after that \
-         (every workload renews well before), or force it knowing those leaves will stop verifying"
+        "cannot retire the old root yet: leaves it signed may be valid until {}; retire after that \
+         (every workload renews well before), or force it knowing those leaves will stop verifying", crate::clock::Rfc3339(*.until)
     )]
     OldLeavesStillValid { until: SystemTime },
     #[error(

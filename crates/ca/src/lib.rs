@@ -29,6 +29,7 @@ mod store;
 mod test_support;
 
 pub use authority::{CaConfig, CertificateAuthority, DEFAULT_MAX_SVID_TTL, DEFAULT_SVID_TTL, Opened};
+pub use clock::Rfc3339;
 pub use csr::{Csr, generate_csr};
 pub use error::{CaError, CaErrorKind};
 pub use inspect::{CertInfo, inspect_der, inspect_pem};

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use serde_json::json;
 use zmesh_config::Loaded;
 use zmesh_config::authn::MtlsMode;
@@ -11,7 +10,7 @@ use zmesh_policy::explain::RuleOutcome;
 use zmesh_policy::input::{Checked, RequestInput, WorkloadInput, check_authz};
 use zmesh_policy::{PolicySet, Verdict, Workload};
 
-use crate::{EXIT_FINDINGS, EXIT_USAGE};
+use crate::{EXIT_FINDINGS, EXIT_USAGE, UsageError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Output {
@@ -60,11 +59,14 @@ pub(crate) enum AuthnCommand {
 
 fn read_json<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow::Result<T> {
     let text = match value.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {path}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| UsageError(format!("{flag}: cannot read {path}: {e}")))?
+        }
         None => value.to_owned(),
     };
-    serde_json::from_str(&text)
-        .with_context(|| format!("{flag} is not valid: fix the JSON (see `zmesh authz check --help`)"))
+    serde_json::from_str(&text).map_err(|e| {
+        UsageError(format!("{flag} is not valid: {e}; fix the JSON (see `zmesh authz check --help`)")).into()
+    })
 }
 
 /// Load the configuration; on errors print them and return `None`.

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod ca;
 mod check;
 mod validate;
 
@@ -28,12 +29,31 @@ enum Command {
     /// Peer authentication: which mTLS mode applies to a workload port?
     #[command(subcommand)]
     Authn(check::AuthnCommand),
+    /// The certificate authority, offline: create, issue, rotate roots in stages.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Certificates: inspect identity, issuer, serial and validity.
+    #[command(subcommand)]
+    Cert(ca::CertCommand),
 }
 
 /// Exit codes shared by every subcommand: 0 success, 1 findings or invalid input files,
 /// 2 usage errors (clap uses 2 as well).
 pub(crate) const EXIT_FINDINGS: u8 = 1;
 pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// An error in how the command was called (bad flags or input), as opposed to a failure while
+/// doing the work: it exits with [`EXIT_USAGE`].
+#[derive(Debug)]
+pub(crate) struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,12 +62,15 @@ fn main() -> ExitCode {
         Command::Analyze(args) => validate::analyze(&args),
         Command::Authz(command) => check::authz(command),
         Command::Authn(command) => check::authn(command),
+        Command::Ca(command) => ca::ca(command),
+        Command::Cert(command) => ca::cert(command),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(EXIT_USAGE)
+            let usage = error.downcast_ref::<UsageError>().is_some();
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FINDINGS })
         }
     }
 }

@@ -230,3 +230,46 @@ async fn a_ca_outage_shorter_than_half_the_lifetime_causes_no_failure() {
     let generations = generations(&result.serials);
     assert!(generations.len() >= 2, "the certificate was never renewed after the outage: {generations:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotated_in_stages_under_traffic_fails_no_handshake() {
+    let mesh = mesh("root");
+    let dir = mesh._dir.0.clone();
+    let config = || CaConfig { default_ttl: TTL, max_ttl: TTL, ..CaConfig::default() };
+    let reload = |mesh: &Mesh| {
+        mesh.ca.replace(CertificateAuthority::load(&dir, config(), SystemTime::now()).expect("reload CA"))
+    };
+    let initial_root = mesh.ca.current().roots_der().to_vec();
+    let (ca_addr, _stop, _ca) = start_ca(&mesh, "127.0.0.1:0".parse().expect("addr")).await;
+    let (connector, addr, rotations) = setup(&mesh, ca_addr).await;
+    // Each stage waits one lifetime plus a second, so every workload has renewed (and picked
+    // up the new bundle or the new root's leaf) before the next stage.
+    let stage_wait = TTL + Duration::from_secs(1);
+    let traffic_task = tokio::spawn(traffic(connector, addr, stage_wait * 3 + Duration::from_secs(2)));
+    let rng = ring::rand::SystemRandom::new();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    zmesh_ca::rotation::prepare(&dir, SystemTime::now(), &rng).expect("prepare");
+    reload(&mesh);
+    assert_eq!(mesh.ca.current().roots_der().len(), 2);
+
+    tokio::time::sleep(stage_wait).await;
+    zmesh_ca::rotation::activate(&dir, &config(), SystemTime::now()).expect("activate");
+    reload(&mesh);
+
+    tokio::time::sleep(stage_wait).await;
+    zmesh_ca::rotation::retire(&dir, SystemTime::now(), zmesh_ca::RetireCheck::WaitForOldLeaves)
+        .expect("retire once no old leaf can be valid");
+    reload(&mesh);
+    let final_roots = mesh.ca.current().roots_der().to_vec();
+    assert_eq!(final_roots.len(), 1);
+    assert_ne!(final_roots, initial_root, "the root must have changed");
+
+    let result = traffic_task.await.expect("traffic");
+    rotations.iter().for_each(|r| r.abort());
+    assert!(result.failures.is_empty(), "failed handshakes during root rotation: {:?}", result.failures);
+    assert!(
+        generations(&result.serials).len() >= 4,
+        "the server certificate should have been renewed through every stage"
+    );
+}
