@@ -5,4 +5,6 @@
 //! lifetime never causes a failure. The listeners, HBONE and authorization come with the proxy
 //! work.
 
+pub mod hbone;
 pub mod identity;
+pub mod l7;

@@ -1,0 +1,1 @@
+//! HBONE: HTTP/2 CONNECT tunnels over mutual TLS (in progress).
