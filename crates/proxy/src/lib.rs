@@ -5,6 +5,8 @@
 //! lifetime never causes a failure. The listeners, HBONE and authorization come with the proxy
 //! work.
 
+pub mod capture;
 pub mod hbone;
 pub mod identity;
 pub mod l7;
+pub mod workload;
