@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod ca;
+mod capture;
 mod check;
 mod validate;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Certificates: inspect identity, issuer, serial and validity.
     #[command(subcommand)]
     Cert(ca::CertCommand),
+    /// Transparent capture: the iptables rules of a pod's network namespace (like istio-init).
+    #[command(subcommand)]
+    Capture(capture::CaptureCommand),
 }
 
 /// Exit codes shared by every subcommand: 0 success, 1 findings or invalid input files,
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Authn(command) => check::authn(command),
         Command::Ca(command) => ca::ca(command),
         Command::Cert(command) => ca::cert(command),
+        Command::Capture(command) => capture::capture(command),
     };
     match result {
         Ok(code) => ExitCode::from(code),
