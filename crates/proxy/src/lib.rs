@@ -5,8 +5,10 @@
 //! lifetime never causes a failure. The listeners, HBONE and authorization come with the proxy
 //! work.
 
+pub mod admin;
 pub mod capture;
 pub mod hbone;
 pub mod identity;
 pub mod l7;
+pub mod metrics;
 pub mod workload;
