@@ -10,5 +10,7 @@ pub mod capture;
 pub mod hbone;
 pub mod identity;
 pub mod l7;
+pub mod local;
 pub mod metrics;
+pub mod net;
 pub mod workload;

@@ -56,6 +56,10 @@ impl Metrics {
             }
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, value) in series {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                    continue;
+                }
                 let rendered: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
                 let _ = writeln!(out, "{name}{{{}}} {value}", rendered.join(","));
             }
@@ -89,6 +93,6 @@ mod tests {
             text.contains("istio_requests_total{reporter=\"destination\",response_code=\"403\",note=\"a\\\"b\"} 3\n"),
             "{text}"
         );
-        assert!(text.contains("zmesh_certificate_expiry_seconds{} 42\n"), "{text}");
+        assert!(text.contains("zmesh_certificate_expiry_seconds 42\n"), "{text}");
     }
 }

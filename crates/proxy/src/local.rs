@@ -1,0 +1,121 @@
+//! The proxy fed from local files (`zmesh proxy --config DIR --ca-dir DIR --workload NS/NAME`):
+//! configuration from a directory of YAML, and an SVID issued directly from a CA directory.
+//! Used for tests and single-host meshes; the control plane replaces both sources later.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ring::rand::SystemRandom;
+use zmesh_ca::{CaConfig, CertificateAuthority};
+use zmesh_config::Config;
+use zmesh_policy::{PolicySet, WorkloadPolicy};
+use zmesh_tls::{CertStore, Identity, TrustBundle, TrustDomains};
+
+use crate::workload::{MeshWorkload, Registry};
+
+/// Why the proxy cannot start from local files.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("the configuration is invalid:\n{0}")]
+    Config(String),
+    #[error("--workload must be NAMESPACE/NAME, got `{0}`")]
+    WorkloadFlag(String),
+    #[error(transparent)]
+    Workload(#[from] crate::workload::WorkloadError),
+    #[error("cannot issue the workload's certificate: {0}")]
+    Identity(String),
+}
+
+/// Everything the proxy needs, read once at start.
+#[derive(Debug)]
+pub struct Local {
+    pub config: Config,
+    pub registry: Registry,
+    pub workload: Arc<MeshWorkload>,
+    pub policies: PolicySet,
+    pub workload_policy: Arc<WorkloadPolicy>,
+    pub store: Arc<CertStore>,
+    pub trust_domains: TrustDomains,
+    ca: CertificateAuthority,
+}
+
+pub fn trust_domains(config: &Config) -> TrustDomains {
+    TrustDomains::new(config.mesh.trust_domain.clone()).with_aliases(config.mesh.trust_domain_aliases.iter().cloned())
+}
+
+fn issue(
+    ca: &CertificateAuthority,
+    workload: &MeshWorkload,
+    domains: &TrustDomains,
+) -> Result<(Identity, TrustBundle), LocalError> {
+    let now = SystemTime::now();
+    let (svid, key) = ca
+        .issue_with_new_key(&workload.identity, None, now, &SystemRandom::new())
+        .map_err(|e| LocalError::Identity(e.to_string()))?;
+    let identity =
+        Identity::from_pem(&svid.chain_pem, key.expose()).map_err(|e| LocalError::Identity(e.to_string()))?;
+    let bundle = TrustBundle::from_pem(ca.trust_bundle_pem(), domains.clone())
+        .map_err(|e| LocalError::Identity(e.to_string()))?;
+    Ok((identity, bundle))
+}
+
+impl Local {
+    pub fn load(config_dir: &Path, ca_dir: &Path, workload: &str) -> Result<Local, LocalError> {
+        let (namespace, name) = workload
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .ok_or_else(|| LocalError::WorkloadFlag(workload.to_owned()))?;
+        let loaded = zmesh_config::load_paths(&[config_dir.to_path_buf()], None);
+        if loaded.has_errors() {
+            return Err(LocalError::Config(loaded.errors().map(ToString::to_string).collect::<Vec<_>>().join("\n")));
+        }
+        let config = loaded.config;
+        let registry = Registry::from_config(&config);
+        let workload = registry.workload(&config, namespace, name)?;
+        let policies = PolicySet::compile(&config);
+        let workload_policy = Arc::new(policies.for_workload(&workload.policy_workload()));
+        let domains = trust_domains(&config);
+        let ca_config = CaConfig {
+            trust_domain: config.mesh.trust_domain.clone(),
+            trust_domain_aliases: config.mesh.trust_domain_aliases.clone(),
+            ..CaConfig::default()
+        };
+        let ca = CertificateAuthority::load(ca_dir, ca_config, SystemTime::now())
+            .map_err(|e| LocalError::Identity(e.to_string()))?;
+        let (identity, bundle) = issue(&ca, &workload, &domains)?;
+        Ok(Local {
+            store: Arc::new(CertStore::new(identity, bundle)),
+            config,
+            registry,
+            workload,
+            policies,
+            workload_policy,
+            trust_domains: domains,
+            ca,
+        })
+    }
+
+    /// Re-issue the SVID at half of its lifetime, forever.
+    pub async fn rotate(&self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let current = self.store.identity();
+            let now = SystemTime::now();
+            let renew = zmesh_ca::renew_at(now.min(current.not_after()), current.not_after(), 0.5);
+            let wait = renew.duration_since(now).unwrap_or(Duration::from_secs(1)).max(Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+            match issue(&self.ca, &self.workload, &self.trust_domains) {
+                Ok((identity, bundle)) => {
+                    self.store.set_bundle(bundle);
+                    self.store.set_identity(identity);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "renewal from the local CA failed; keeping the current certificate")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Socket details of transparent capture: the original destination of a redirected
+//! connection, and marking the proxy's own connections so capture lets them pass.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::TcpStream;
+
+use crate::capture::PROXY_MARK;
+
+/// Where a connection redirected by iptables was going (`SO_ORIGINAL_DST`). For a connection
+/// that was not redirected this is its own local address.
+pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let socket = SockRef::from(stream);
+    let original = match stream.local_addr()? {
+        SocketAddr::V4(_) => socket.original_dst_v4()?,
+        SocketAddr::V6(_) => socket.original_dst_v6()?,
+    };
+    original
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the original destination is not an IP address"))
+}
+
+/// Connect to `target` with the proxy's mark when `marked`, so capture does not send the
+/// connection back into the proxy. Setting a mark needs CAP_NET_ADMIN; without capture
+/// (explicit mode) no mark is needed, so a refusal is only an error when `marked` is set.
+pub async fn connect(target: SocketAddr, marked: bool) -> io::Result<TcpStream> {
+    if !marked {
+        return TcpStream::connect(target).await;
+    }
+    let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_mark(PROXY_MARK)?;
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    socket.connect(target).await
+}
