@@ -7,6 +7,7 @@ use clap::Parser;
 mod ca;
 mod capture;
 mod check;
+mod echo;
 mod validate;
 
 /// The zero-trust service mesh: mTLS with SPIFFE identities, Istio-compatible policy, and
@@ -39,6 +40,8 @@ enum Command {
     /// Transparent capture: the iptables rules of a pod's network namespace (like istio-init).
     #[command(subcommand)]
     Capture(capture::CaptureCommand),
+    /// A small echo app (HTTP/1.1, h2c or raw TCP) that shows what reached it.
+    Echo(echo::EchoArgs),
 }
 
 /// Exit codes shared by every subcommand: 0 success, 1 findings or invalid input files,
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Ca(command) => ca::ca(command),
         Command::Cert(command) => ca::cert(command),
         Command::Capture(command) => capture::capture(command),
+        Command::Echo(args) => echo::echo(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
