@@ -8,6 +8,7 @@ mod ca;
 mod capture;
 mod check;
 mod echo;
+mod proxy;
 mod validate;
 
 /// The zero-trust service mesh: mTLS with SPIFFE identities, Istio-compatible policy, and
@@ -42,6 +43,8 @@ enum Command {
     Capture(capture::CaptureCommand),
     /// A small echo app (HTTP/1.1, h2c or raw TCP) that shows what reached it.
     Echo(echo::EchoArgs),
+    /// Run the sidecar proxy of one workload.
+    Proxy(proxy::ProxyArgs),
 }
 
 /// Exit codes shared by every subcommand: 0 success, 1 findings or invalid input files,
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Cert(command) => ca::cert(command),
         Command::Capture(command) => capture::capture(command),
         Command::Echo(args) => echo::echo(args),
+        Command::Proxy(args) => proxy::proxy(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -51,6 +51,8 @@ pub fn install_rules(spec: &CaptureSpec) -> String {
     // The proxy's own connections (to peers and to the local app) must not loop back into it.
     rules.push_str(&format!("-A ZMESH_OUTPUT -m mark --mark {PROXY_MARK} -j RETURN\n"));
     rules.push_str("-A ZMESH_OUTPUT -d 127.0.0.1/32 -j RETURN\n");
+    // HBONE between proxies is already mTLS: never capture it, whoever dials it.
+    rules.push_str(&format!("-A ZMESH_OUTPUT -p tcp --dport {HBONE_PORT} -j RETURN\n"));
     for cidr in &spec.exclude_outbound_cidrs {
         rules.push_str(&format!("-A ZMESH_OUTPUT -d {cidr} -j RETURN\n"));
     }
@@ -131,6 +133,7 @@ mod tests {
             assert!(rules.contains(&format!("-A ZMESH_INBOUND -p tcp --dport {port} -j RETURN\n")), "{port}");
         }
         assert!(rules.contains("-A ZMESH_OUTPUT -m mark --mark 1337 -j RETURN\n"));
+        assert!(rules.contains("-A ZMESH_OUTPUT -p tcp --dport 15008 -j RETURN\n"));
         assert!(rules.contains("-A ZMESH_OUTPUT -p tcp --dport 53 -j RETURN\n"));
         assert!(rules.contains("-A ZMESH_OUTPUT -d 169.254.169.254/32 -j RETURN\n"));
         // The catch-all redirect comes after every exemption.

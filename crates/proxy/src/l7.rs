@@ -1,1 +1,276 @@
-//! HTTP/1.1 at L7: parse, authorize, forward (in progress).
+//! Inbound HTTP/1.1: parse each request as Envoy (an Istio sidecar) does, authorize it, forward
+//! it to the local app.
+//!
+//! Flow, per request on one downstream connection: wait for a head (`head`) → decide, purely
+//! (`decide`: refuse, deny or forward) → answer locally (`reply`), or rewrite the head
+//! (`rewrite`) and exchange it with the app (`exchange`: the request body and the response move
+//! at once) → the next request, in order, so pipelined requests are each authorized.
+//!
+//! A downstream connection pairs with at most one app connection, opened at the first allowed
+//! request and reused while both sides keep alive; when either side closes, so does the other.
+
+mod body;
+mod chunked;
+mod decide;
+mod error;
+mod exchange;
+mod head;
+mod io;
+mod reply;
+mod response;
+mod rewrite;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, Span, field};
+use zmesh_http::{BodyFraming, Limits, Method, PathNormalization, RequestHead, Version};
+use zmesh_id::SpiffeId;
+use zmesh_policy::{RuleRef, WorkloadPolicy};
+
+pub use error::{ChunkError, L7Error, ResponseError, Side};
+
+use decide::{Verdict, decide};
+use exchange::{After, Scratch, exchange};
+use head::{HeadEvent, next_head};
+use io::Peer;
+use reply::{LocalReply, Persistence, encode_denial};
+use response::RequestFacts;
+
+/// Everything [`serve_http1`] needs to know about one downstream connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionContext {
+    /// The policies that apply to the destination workload, at one snapshot.
+    pub policy: Arc<WorkloadPolicy>,
+    /// The peer's verified mTLS identity; `None` for a plaintext peer.
+    pub peer: Option<SpiffeId>,
+    /// This workload's own identity, for the `By=` of `x-forwarded-client-cert`.
+    pub local_identity: Option<SpiffeId>,
+    /// The directly connected peer.
+    pub source: SocketAddr,
+    /// The workload address and port the requests are for.
+    pub destination: SocketAddr,
+    /// meshConfig `pathNormalization`.
+    pub path_normalization: PathNormalization,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// Cancelled when the proxy drains: the connection ends before its next request.
+    pub shutdown: CancellationToken,
+}
+
+/// How long each wait may last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the first byte of a request head to its end (Envoy's `request_headers_timeout`);
+    /// past it the client gets 408 and the connection closes. Bounds slow-header clients.
+    pub header_read: Duration,
+    /// How long nothing may arrive: between requests (then the connection closes quietly, like
+    /// Envoy's `idle_timeout`), and within an exchange, from the client's body or the app's
+    /// response (then 408, like Envoy's `stream_idle_timeout`). WebSocket tunnels have none.
+    pub idle: Duration,
+    /// For connecting to the app; past it the client gets 503.
+    pub upstream_connect: Duration,
+}
+
+impl Default for Timeouts {
+    /// Envoy's HCM idle timeout (1 h) and Istio's default cluster `connectTimeout` (10 s).
+    /// Envoy has no header timeout by default; 10 s is zmesh's, to bound slowloris clients.
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(3600),
+            upstream_connect: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What happened on one downstream connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Requests that began: forwarded, denied or rejected.
+    pub requests: u64,
+    /// Refused by authorization (the RBAC 403).
+    pub denied: u64,
+    /// Refused before authorization: heads or paths that do not parse, refused upgrades and
+    /// CONNECT, header-read timeouts.
+    pub rejected: u64,
+    pub bytes_from_downstream: u64,
+    pub bytes_to_downstream: u64,
+}
+
+/// Serves the HTTP/1.1 requests of one downstream connection until the client or the app
+/// closes, an error, or `ctx.shutdown` between requests.
+///
+/// `connect_upstream` opens a connection to the app; it is called at the first allowed request
+/// (a connection that only carries denied requests never reaches the app).
+///
+/// Refused and denied requests are answered and counted, not errors. `Err` means the connection
+/// ended abnormally (see [`L7Error::side`]); the client has been sent whatever reply Envoy would
+/// have sent (503 when the app is unreachable, 502 for a malformed response, ...) when the
+/// response had not started yet.
+pub async fn serve_http1<D, U, F, Fut>(
+    downstream: D,
+    ctx: &ConnectionContext,
+    connect_upstream: F,
+) -> Result<ConnectionStats, L7Error>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send,
+    U: AsyncRead + AsyncWrite + Unpin + Send,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<U>>,
+{
+    let mut connection = Connection {
+        ctx,
+        client: Peer::new(downstream),
+        app: None,
+        connect_upstream,
+        xfcc: rewrite::xfcc_value(ctx),
+        upstream_head: Vec::new(),
+        scratch: Scratch::default(),
+        stats: ConnectionStats::default(),
+    };
+    let outcome = loop {
+        let span = tracing::debug_span!("request", method = field::Empty, path = field::Empty, status = field::Empty);
+        match connection.serve_request().instrument(span).await {
+            Ok(Next::Continue) => {}
+            Ok(Next::Close) => break Ok(()),
+            Err(error) => break Err(error),
+        }
+    };
+    // The app first: it must not wait on a client that lingers.
+    connection.app = None;
+    connection.client.close_gracefully().await;
+    let mut stats = connection.stats;
+    stats.bytes_from_downstream = connection.client.reader.total;
+    stats.bytes_to_downstream = connection.client.writer.total;
+    outcome.map(|()| stats)
+}
+
+/// Whether the connection carries on after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Close,
+}
+
+struct Connection<'c, D, U, F> {
+    ctx: &'c ConnectionContext,
+    client: Peer<D>,
+    app: Option<Peer<U>>,
+    connect_upstream: F,
+    /// This connection's `x-forwarded-client-cert`, fixed by its peer.
+    xfcc: Option<String>,
+    upstream_head: Vec<u8>,
+    scratch: Scratch,
+    stats: ConnectionStats,
+}
+
+impl<D, U, F, Fut> Connection<'_, D, U, F>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send,
+    U: AsyncRead + AsyncWrite + Unpin + Send,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<U>>,
+{
+    async fn serve_request(&mut self) -> Result<Next, L7Error> {
+        let ctx = self.ctx;
+        let event = next_head(&mut self.client.reader, self.app.as_mut(), ctx).await?;
+        let head = match event {
+            HeadEvent::Done => return Ok(Next::Close),
+            HeadEvent::Invalid(error) => return self.reject(LocalReply::BadHead(error)).await,
+            HeadEvent::TimedOut => return self.reject(LocalReply::HeaderTimeout).await,
+            HeadEvent::Head(head) => head,
+        };
+        self.stats.requests += 1;
+        let span = Span::current();
+        span.record("method", head.method.as_str());
+        span.record("path", head.path_and_query().unwrap_or_default());
+
+        match decide(&head, ctx, self.xfcc.as_deref()) {
+            Verdict::Refuse(refusal) => self.reject(LocalReply::Refused(refusal)).await,
+            Verdict::Deny(decided_by) => self.deny(&head, decided_by.as_ref()).await,
+            Verdict::Forward { path, websocket } => self.forward(&head, &path, websocket).await,
+        }
+    }
+
+    /// Answers a request refused before authorization and closes, as Envoy does after a codec
+    /// or connection-manager error.
+    async fn reject(&mut self, reply: LocalReply) -> Result<Next, L7Error> {
+        if !matches!(reply, LocalReply::Refused(_)) {
+            // A refused head never became a request above; count it here.
+            self.stats.requests += 1;
+        }
+        self.stats.rejected += 1;
+        Span::current().record("status", reply.status());
+        tracing::debug!(detail = reply.detail(), "request rejected");
+        reply.encode(&mut self.scratch.to_client);
+        self.client.writer.send(&self.scratch.to_client).await.map_err(L7Error::ClientWrite)?;
+        Ok(Next::Close)
+    }
+
+    async fn deny(&mut self, head: &RequestHead, decided_by: Option<&RuleRef>) -> Result<Next, L7Error> {
+        self.stats.denied += 1;
+        Span::current().record("status", 403);
+        tracing::debug!(policy = decided_by.map(|rule| &*rule.policy), "request denied");
+        // The body is not read: it would be taken for the next request, and draining an
+        // unauthorized client's bytes is not worth it. Close instead.
+        let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::ContentLength(0));
+        let close = has_body || !head.keep_alive() || self.ctx.shutdown.is_cancelled();
+        let persistence = Persistence::new(close, head.version == Version::Http10);
+        encode_denial(decided_by, persistence, &mut self.scratch.to_client);
+        self.client.writer.send(&self.scratch.to_client).await.map_err(L7Error::ClientWrite)?;
+        Ok(if close { Next::Close } else { Next::Continue })
+    }
+
+    async fn forward(&mut self, head: &RequestHead, path: &str, websocket: bool) -> Result<Next, L7Error> {
+        Span::current().record("path", path);
+        let ctx = self.ctx;
+        let app = match self.app {
+            Some(ref mut app) => app,
+            None => {
+                let stream = match self.connect().await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        if let Some(reply) = LocalReply::for_error(&error) {
+                            Span::current().record("status", reply.status());
+                            reply.encode(&mut self.scratch.to_client);
+                            // The client may be gone too; the connect error is the one to report.
+                            let _ = self.client.writer.send(&self.scratch.to_client).await;
+                        }
+                        return Err(error);
+                    }
+                };
+                self.app.insert(Peer::new(stream))
+            }
+        };
+        rewrite::encode_upstream_head(head, path, websocket, self.xfcc.as_deref(), &mut self.upstream_head);
+        let request = RequestFacts {
+            body: head.body,
+            keep_alive: head.keep_alive(),
+            http10: head.version == Version::Http10,
+            is_head: head.method == Method::Head,
+            websocket,
+        };
+        match exchange(&mut self.client, app, &self.upstream_head, request, ctx, &mut self.scratch).await? {
+            After::KeepAlive => Ok(Next::Continue),
+            After::Close | After::Tunnelled => Ok(Next::Close),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<U, L7Error> {
+        let destination = self.ctx.destination;
+        let timeout = self.ctx.timeouts.upstream_connect;
+        match tokio::time::timeout(timeout, (self.connect_upstream)()).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(source)) => Err(L7Error::Connect { destination, source }),
+            Err(_) => Err(L7Error::ConnectTimeout { destination, timeout }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -13,4 +13,5 @@ pub mod l7;
 pub mod local;
 pub mod metrics;
 pub mod net;
+pub mod run;
 pub mod workload;

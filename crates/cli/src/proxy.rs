@@ -1,0 +1,98 @@
+//! `zmesh proxy`: run the sidecar proxy of one workload.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use zmesh_proxy::capture::{HBONE_PORT, HEALTH_PORT, INBOUND_CAPTURE_PORT, METRICS_PORT, OUTBOUND_CAPTURE_PORT};
+use zmesh_proxy::local::Local;
+use zmesh_proxy::run::{Listeners, Proxy};
+
+use crate::UsageError;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// Configuration directory (WorkloadEntries, policies, MeshConfig).
+    #[arg(long, value_name = "DIR")]
+    config: PathBuf,
+    /// The CA directory to issue this workload's certificate from (local-files mode).
+    #[arg(long, value_name = "DIR")]
+    ca_dir: PathBuf,
+    /// The workload this proxy serves, as NAMESPACE/NAME of its WorkloadEntry.
+    #[arg(long, value_name = "NS/NAME")]
+    workload: String,
+    /// No transparent capture: listen on the workload's address only, and route outbound
+    /// traffic through `--outbound LISTEN=TARGET` ports.
+    #[arg(long)]
+    explicit: bool,
+    /// An explicit outbound port: connections to LISTEN go to TARGET through the mesh.
+    #[arg(long, value_name = "LISTEN=TARGET", value_parser = parse_mapping)]
+    outbound: Vec<(SocketAddr, SocketAddr)>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Log filter (RUST_LOG syntax).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn parse_mapping(text: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let (listen, target) = text.split_once('=').ok_or("expected LISTEN=TARGET, such as 127.0.0.1:9000=10.0.0.9:8080")?;
+    let parse = |s: &str| s.parse::<SocketAddr>().map_err(|e| format!("`{s}`: {e}"));
+    Ok((parse(listen)?, parse(target)?))
+}
+
+pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| UsageError(format!("--log-level: {e}")))?)
+        .with_writer(std::io::stderr)
+        .init();
+    let local = Local::load(&args.config, &args.ca_dir, &args.workload)?;
+    let address = local.workload.address;
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
+    let (own, admin_ip) = if args.explicit { (address, address) } else { (any, IpAddr::V4(Ipv4Addr::LOCALHOST)) };
+    let listeners = Listeners {
+        hbone: at(own, HBONE_PORT),
+        health: at(own, HEALTH_PORT),
+        metrics: at(own, METRICS_PORT),
+        admin: at(admin_ip, 15000),
+        capture: (!args.explicit).then(|| (at(any, INBOUND_CAPTURE_PORT), at(any, OUTBOUND_CAPTURE_PORT))),
+        explicit: args.outbound,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.concurrency.max(1)).enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let local = std::sync::Arc::new(local);
+        let proxy = Proxy::new(
+            local.workload.clone(),
+            local.registry.clone(),
+            zmesh_policy::PolicySet::compile(&local.config),
+            local.store.clone(),
+            local.config.mesh.clone(),
+            !args.explicit,
+            shutdown.clone(),
+        );
+        let rotation = {
+            let (local, shutdown) = (local.clone(), shutdown.clone());
+            tokio::spawn(async move { local.rotate(shutdown).await })
+        };
+        tracing::info!(workload = %args.workload, identity = %local.workload.identity, mode = if args.explicit { "explicit" } else { "transparent" }, "proxy starting");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("draining");
+            stop.cancel();
+        });
+        let result = zmesh_proxy::run::run(proxy, listeners).await;
+        shutdown.cancel();
+        let _ = rotation.await;
+        result.context("the proxy stopped")
+    })?;
+    Ok(0)
+}

@@ -1,0 +1,101 @@
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use zmesh_http::{Limits, PathNormalization, RequestError, parse_request_head};
+use zmesh_policy::{PolicySet, Workload};
+
+use super::*;
+use crate::l7::Timeouts;
+
+const POLICIES: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sqlmap, namespace: default}
+spec:
+  action: DENY
+  rules: [{when: [{key: \"request.headers[user-agent]\", values: [\"*sqlmap\"]}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-api, namespace: default}
+spec:
+  rules:
+  - to: [{operation: {paths: [\"/api/*\"]}}]
+  - when: [{key: \"request.headers[x-forwarded-client-cert]\", values: [\"*evil\"]}]
+";
+
+fn context() -> ConnectionContext {
+    let loaded = zmesh_config::load_str(POLICIES);
+    assert!(!loaded.has_errors(), "{:?}", loaded.errors().next());
+    let workload = Workload {
+        namespace: "default".into(),
+        labels: [("app".to_owned(), "app".to_owned())].into(),
+        service_account: "default".into(),
+    };
+    ConnectionContext {
+        policy: Arc::new(PolicySet::compile(&loaded.config).for_workload(&workload)),
+        peer: None,
+        local_identity: None,
+        source: "10.0.0.1:40000".parse().unwrap(),
+        destination: "10.0.0.2:8080".parse().unwrap(),
+        path_normalization: PathNormalization::Base,
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+        shutdown: CancellationToken::new(),
+    }
+}
+
+fn verdict_of(raw: &[u8]) -> String {
+    let (head, _) = parse_request_head(raw, &Limits::default()).unwrap().unwrap();
+    match decide(&head, &context(), None) {
+        Verdict::Refuse(refusal) => format!("refuse {refusal:?}"),
+        Verdict::Deny(rule) => format!("deny {:?}", rule.map(|rule| (rule.policy, rule.rule))),
+        Verdict::Forward { path, websocket } => format!("forward {path} websocket={websocket}"),
+    }
+}
+
+#[test]
+fn an_allowed_request_is_forwarded_with_its_normalized_path() {
+    assert_eq!(verdict_of(b"GET /x/../api/%61?q HTTP/1.1\r\nHost: app\r\n\r\n"), "forward /api/a?q websocket=false");
+}
+
+#[test]
+fn a_request_no_allow_rule_matches_is_denied_without_a_deciding_rule() {
+    assert_eq!(verdict_of(b"GET /other HTTP/1.1\r\nHost: app\r\n\r\n"), "deny None");
+}
+
+#[test]
+fn a_deny_rule_names_itself() {
+    let raw = b"GET /api/a HTTP/1.1\r\nHost: app\r\nUser-Agent: sqlmap\r\n\r\n";
+    assert_eq!(verdict_of(raw), "deny Some((\"default/deny-sqlmap\", 0))");
+}
+
+#[test]
+fn a_header_value_that_is_not_utf8_is_still_seen_by_policy() {
+    let raw = b"GET /api/a HTTP/1.1\r\nHost: app\r\nUser-Agent: \xff\xfe sqlmap\r\n\r\n";
+    assert_eq!(verdict_of(raw), "deny Some((\"default/deny-sqlmap\", 0))");
+}
+
+#[test]
+fn policy_sees_the_proxy_s_xfcc_not_the_client_s() {
+    let raw = b"GET /other HTTP/1.1\r\nHost: app\r\nX-Forwarded-Client-Cert: evil\r\n\r\n";
+    assert_eq!(verdict_of(raw), "deny None");
+    let (head, _) = parse_request_head(raw, &Limits::default()).unwrap().unwrap();
+    assert!(matches!(decide(&head, &context(), Some("URI=evil")), Verdict::Forward { .. }));
+}
+
+#[test]
+fn path_errors_come_before_the_upgrade_check_and_upgrades_before_policy() {
+    let raw = b"GET /api/a#x HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
+    assert_eq!(verdict_of(raw), format!("refuse {:?}", Refusal::Path(RequestError::FragmentInPath)));
+    let raw = b"GET /other HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
+    assert_eq!(verdict_of(raw), "refuse UpgradeFailed");
+    assert_eq!(verdict_of(b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n"), "refuse UpgradeFailed");
+}
+
+#[test]
+fn a_websocket_upgrade_is_authorized_like_any_request() {
+    let raw = b"GET /api/ws HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert_eq!(verdict_of(raw), "forward /api/ws websocket=true");
+    let raw = b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert_eq!(verdict_of(raw), "deny None");
+}

@@ -1,0 +1,350 @@
+//! The proxy process: every listener of one sidecar, wired to the workload's identity and
+//! policy.
+//!
+//! - HBONE inbound (15008): mTLS from peer proxies → admit (target is ours; L4 policy on TCP
+//!   ports) → L7 per request on HTTP ports, bytes on TCP ports → the app.
+//! - Plaintext inbound (15006, transparent mode): the effective PeerAuthentication mode of the
+//!   port decides (STRICT refuses), then the same L4/L7 policy with no peer identity.
+//! - Outbound (15001 transparent, or explicit `listen=target` ports): a mesh destination gets an
+//!   HBONE tunnel to its proxy, verified against its SPIFFE ID; others follow
+//!   outboundTrafficPolicy (ALLOW_ANY passes through, REGISTRY_ONLY refuses).
+//! - Health (15021), metrics (15020) and admin (15000, localhost).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use zmesh_config::authn::MtlsMode;
+use zmesh_config::mesh::OutboundTrafficPolicy;
+use zmesh_id::SpiffeId;
+use zmesh_policy::{Decision, PolicySet, Request, WorkloadPolicy};
+use zmesh_tls::{CertStore, ExpectedPeers, TlsOptions};
+
+use crate::hbone::{self, HboneClient, Refusal, ServeFuture, TunnelHandler, TunnelRequest, TunnelStream};
+use crate::l7::{self, ConnectionContext};
+use crate::metrics::{Metrics, value};
+use crate::net;
+use crate::workload::{MeshWorkload, Registry};
+
+/// Where each listener binds.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub hbone: SocketAddr,
+    pub health: SocketAddr,
+    pub metrics: SocketAddr,
+    pub admin: SocketAddr,
+    /// Transparent capture's inbound (15006) and outbound (15001) ports; `None` in explicit mode.
+    pub capture: Option<(SocketAddr, SocketAddr)>,
+    /// Explicit outbound: connections to `listen` go to `target` through the mesh.
+    pub explicit: Vec<(SocketAddr, SocketAddr)>,
+}
+
+/// The state every listener shares.
+#[derive(Debug)]
+pub struct Proxy {
+    pub workload: Arc<MeshWorkload>,
+    pub registry: Registry,
+    pub policies: PolicySet,
+    pub policy: Arc<WorkloadPolicy>,
+    pub store: Arc<CertStore>,
+    pub mesh: zmesh_config::mesh::MeshConfig,
+    pub metrics: Metrics,
+    /// Mark the proxy's own connections so capture lets them pass (transparent mode).
+    pub marked: bool,
+    pub shutdown: CancellationToken,
+    hbone: HboneClient,
+}
+
+impl Proxy {
+    pub fn new(
+        workload: Arc<MeshWorkload>,
+        registry: Registry,
+        policies: PolicySet,
+        store: Arc<CertStore>,
+        mesh: zmesh_config::mesh::MeshConfig,
+        marked: bool,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let policy = Arc::new(policies.for_workload(&workload.policy_workload()));
+        let hbone = HboneClient::new(store.clone(), hbone::ClientOptions::default());
+        Arc::new(Proxy { workload, registry, policies, policy, store, mesh, metrics: Metrics::default(), marked, shutdown, hbone })
+    }
+
+    fn l4_request(&self, peer: Option<&SpiffeId>, source: SocketAddr, target: SocketAddr) -> Decision {
+        let request = Request {
+            peer,
+            source_ip: Some(source.ip()),
+            remote_ip: None,
+            destination_ip: Some(target.ip()),
+            destination_port: target.port(),
+            sni: None,
+            http: None,
+            jwt: None,
+        };
+        self.policy.authorize(&request)
+    }
+
+    fn record_connection(&self, peer: Option<&SpiffeId>, target: SocketAddr, decision: &str) {
+        let labels = vec![
+            ("reporter", "destination".to_owned()),
+            ("source_principal", value(peer)),
+            ("destination_principal", self.workload.identity.to_string()),
+            ("destination_workload", self.workload.name.clone()),
+            ("destination_workload_namespace", self.workload.namespace.clone()),
+            ("destination_port", target.port().to_string()),
+            ("connection_security_policy", if peer.is_some() { "mutual_tls" } else { "none" }.to_owned()),
+            ("decision", decision.to_owned()),
+        ];
+        self.metrics.add("istio_tcp_connections_opened_total", labels, 1);
+    }
+
+    /// Carry one inbound connection to the app: L7 on HTTP ports, bytes otherwise.
+    async fn forward<S: AsyncRead + AsyncWrite + Unpin + Send>(&self, peer: Option<SpiffeId>, source: SocketAddr, target: SocketAddr, mut stream: S) {
+        let marked = self.marked;
+        if self.workload.speaks_http(target.port()) {
+            let context = ConnectionContext {
+                policy: self.policy.clone(),
+                peer,
+                local_identity: Some(self.workload.identity.clone()),
+                source,
+                destination: target,
+                path_normalization: self.mesh.path_normalization,
+                limits: zmesh_http::Limits::default(),
+                timeouts: l7::Timeouts::default(),
+                shutdown: self.shutdown.clone(),
+            };
+            match l7::serve_http1(stream, &context, || net::connect(target, marked)).await {
+                Ok(stats) => {
+                    let labels = vec![
+                        ("reporter", "destination".to_owned()),
+                        ("destination_workload", self.workload.name.clone()),
+                        ("connection_security_policy", if context.peer.is_some() { "mutual_tls" } else { "none" }.to_owned()),
+                        ("request_protocol", "http".to_owned()),
+                    ];
+                    self.metrics.add("istio_requests_total", labels.clone(), stats.requests);
+                    self.metrics.add("zmesh_authz_decisions_total", [labels, vec![("decision", "deny".to_owned())]].concat(), stats.denied);
+                }
+                Err(error) => tracing::debug!(%error, %target, "HTTP connection ended with an error"),
+            }
+        } else {
+            match net::connect(target, marked).await {
+                Ok(mut app) => {
+                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut app).await;
+                }
+                Err(error) => tracing::warn!(%error, %target, "cannot reach the app"),
+            }
+        }
+    }
+}
+
+/// The HBONE server's view of the proxy.
+#[derive(Debug)]
+struct Inbound(Arc<Proxy>);
+
+impl TunnelHandler for Inbound {
+    fn admit(&self, request: &TunnelRequest) -> Result<(), Refusal> {
+        let proxy = &self.0;
+        if request.target.ip() != proxy.workload.address {
+            return Err(Refusal::unknown_target(format!("{} is not an address of {}/{}", request.target, proxy.workload.namespace, proxy.workload.name)));
+        }
+        if proxy.workload.speaks_http(request.target.port()) {
+            // Every request on the tunnel is authorized at L7.
+            return Ok(());
+        }
+        let decision = proxy.l4_request(Some(&request.peer), request.peer_addr, request.target);
+        proxy.record_connection(Some(&request.peer), request.target, if decision.is_allow() { "allow" } else { "deny" });
+        if decision.is_allow() {
+            Ok(())
+        } else {
+            let by = decision.decided_by.as_ref().map_or_else(|| "no ALLOW policy matched".to_owned(), |r| format!("{} rule {}", r.policy, r.rule));
+            Err(Refusal::forbidden(format!("RBAC: access denied ({by})")))
+        }
+    }
+
+    fn serve(&self, request: TunnelRequest, stream: TunnelStream) -> ServeFuture<'_> {
+        Box::pin(async move { self.0.forward(Some(request.peer), request.peer_addr, request.target, stream).await })
+    }
+}
+
+/// Accept connections until shutdown, each handled on its own task.
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: CancellationToken, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        tokio::spawn(handle(stream, peer));
+    }
+}
+
+impl Proxy {
+    /// Plaintext inbound (transparent capture): PeerAuthentication, then policy with no peer.
+    async fn plaintext_inbound(self: Arc<Self>, stream: TcpStream, source: SocketAddr) {
+        let target = match net::original_destination(&stream) {
+            Ok(target) => target,
+            Err(error) => return tracing::warn!(%error, "no original destination on a captured connection"),
+        };
+        let mode = self.policies.mtls_mode(&self.workload.policy_workload(), target.port());
+        if mode.mode == MtlsMode::Strict {
+            self.record_connection(None, target, "strict_refused");
+            return tracing::debug!(%source, %target, "plaintext refused: STRICT mTLS");
+        }
+        if !self.workload.speaks_http(target.port()) {
+            let decision = self.l4_request(None, source, target);
+            self.record_connection(None, target, if decision.is_allow() { "allow" } else { "deny" });
+            if !decision.is_allow() {
+                return;
+            }
+        }
+        self.forward(None, source, target, stream).await;
+    }
+
+    /// Outbound: through the mesh when the destination is a mesh workload, else as
+    /// outboundTrafficPolicy says.
+    async fn outbound(self: Arc<Self>, mut stream: TcpStream, target: SocketAddr) {
+        match self.registry.destination(target).cloned() {
+            Some(destination) => {
+                let proxy_addr = SocketAddr::new(destination.address, crate::capture::HBONE_PORT);
+                match self.hbone.connect(proxy_addr, ExpectedPeers::one(destination.identity.clone()), target).await {
+                    Ok(mut tunnel) => {
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await;
+                    }
+                    Err(error) => tracing::warn!(%error, %target, "no tunnel to the destination"),
+                }
+            }
+            None if self.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => match net::connect(target, self.marked).await {
+                Ok(mut upstream) => {
+                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                }
+                Err(error) => tracing::warn!(%error, %target, "passthrough connect failed"),
+            },
+            None => tracing::info!(%target, "REGISTRY_ONLY: the destination is not in the mesh registry; connection refused"),
+        }
+    }
+
+    fn routes(self: &Arc<Self>) -> crate::admin::Routes {
+        let proxy = self.clone();
+        Arc::new(move |path| {
+            let identity = proxy.store.identity();
+            match path {
+                "/healthz/ready" => Some((StatusCode::OK, "text/plain", "ready\n".to_owned())),
+                "/stats/prometheus" => {
+                    let seconds = zmesh_ca::seconds_to_expiry(SystemTime::now(), identity.not_after());
+                    proxy.metrics.set("zmesh_certificate_expiry_seconds", vec![("identity", identity.spiffe_id().to_string())], seconds);
+                    Some((StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()))
+                }
+                "/certs" => Some((
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::json!({
+                        "identity": identity.spiffe_id().to_string(),
+                        "serial": identity.serial(),
+                        "notBefore": zmesh_ca::Rfc3339(identity.not_before()).to_string(),
+                        "notAfter": zmesh_ca::Rfc3339(identity.not_after()).to_string(),
+                        "trustBundleRoots": proxy.store.bundle().roots().len(),
+                    })
+                    .to_string(),
+                )),
+                "/config_dump" => Some((StatusCode::OK, "application/json", proxy.config_dump())),
+                _ => None,
+            }
+        })
+    }
+
+    fn config_dump(&self) -> String {
+        let policies: Vec<serde_json::Value> = self
+            .policy
+            .all()
+            .map(|p| serde_json::json!({"policy": p.id.as_ref(), "action": p.action.as_str(), "dryRun": p.dry_run, "rules": p.rules.len()}))
+            .collect();
+        let ports: Vec<serde_json::Value> = self
+            .workload
+            .ports
+            .iter()
+            .map(|p| {
+                let mode = self.policies.mtls_mode(&self.workload.policy_workload(), p.number);
+                serde_json::json!({"port": p.number, "name": p.name, "http": p.is_http(), "mtls": mode.mode.as_str(), "mtlsPolicy": mode.policy.as_deref()})
+            })
+            .collect();
+        serde_json::json!({
+            "workload": {"namespace": self.workload.namespace, "name": self.workload.name, "address": self.workload.address.to_string(), "identity": self.workload.identity.to_string()},
+            "ports": ports,
+            "authorizationPolicies": policies,
+            "meshWorkloads": self.registry.len(),
+        })
+        .to_string()
+    }
+}
+
+/// Bind every listener and serve until `shutdown`.
+pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()> {
+    let shutdown = proxy.shutdown.clone();
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    };
+    let hbone_listener = bind(listeners.hbone).await?;
+    let tls = zmesh_tls::server_config(proxy.store.clone(), &TlsOptions::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(hbone::serve(hbone_listener, tls, Arc::new(Inbound(proxy.clone())), hbone::ServerLimits::default(), shutdown.clone()));
+    for (addr, routes) in [(listeners.health, proxy.routes()), (listeners.metrics, proxy.routes()), (listeners.admin, proxy.routes())] {
+        let listener = bind(addr).await?;
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            crate::admin::serve(listener, routes, shutdown).await;
+            Ok(())
+        });
+    }
+    if let Some((inbound, outbound)) = listeners.capture {
+        let (inbound, outbound) = (bind(inbound).await?, bind(outbound).await?);
+        let (p1, p2) = (proxy.clone(), proxy.clone());
+        let (s1, s2) = (shutdown.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            accept_loop(inbound, s1, move |stream, source| p1.clone().plaintext_inbound(stream, source)).await;
+            Ok(())
+        });
+        tasks.spawn(async move {
+            accept_loop(outbound, s2, move |stream, _| {
+                let proxy = p2.clone();
+                async move {
+                    match net::original_destination(&stream) {
+                        Ok(target) => proxy.outbound(stream, target).await,
+                        Err(error) => tracing::warn!(%error, "no original destination on a captured connection"),
+                    }
+                }
+            })
+            .await;
+            Ok(())
+        });
+    }
+    for (listen, target) in listeners.explicit {
+        let listener = bind(listen).await?;
+        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            accept_loop(listener, shutdown, move |stream, _| proxy.clone().outbound(stream, target)).await;
+            Ok(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Err(error)) = result {
+            shutdown.cancel();
+            return Err(error);
+        }
+    }
+    Ok(())
+}
