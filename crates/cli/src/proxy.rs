@@ -38,14 +38,18 @@ pub(crate) struct ProxyArgs {
 }
 
 fn parse_mapping(text: &str) -> Result<(SocketAddr, SocketAddr), String> {
-    let (listen, target) = text.split_once('=').ok_or("expected LISTEN=TARGET, such as 127.0.0.1:9000=10.0.0.9:8080")?;
+    let (listen, target) =
+        text.split_once('=').ok_or("expected LISTEN=TARGET, such as 127.0.0.1:9000=10.0.0.9:8080")?;
     let parse = |s: &str| s.parse::<SocketAddr>().map_err(|e| format!("`{s}`: {e}"));
     Ok((parse(listen)?, parse(target)?))
 }
 
 pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| UsageError(format!("--log-level: {e}")))?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .map_err(|e| UsageError(format!("--log-level: {e}")))?,
+        )
         .with_writer(std::io::stderr)
         .init();
     let local = Local::load(&args.config, &args.ca_dir, &args.workload)?;
@@ -61,7 +65,8 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
         capture: (!args.explicit).then(|| (at(any, INBOUND_CAPTURE_PORT), at(any, OUTBOUND_CAPTURE_PORT))),
         explicit: args.outbound,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.concurrency.max(1)).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.concurrency.max(1)).enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let local = std::sync::Arc::new(local);

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod capture;
 pub mod hbone;
+pub mod http2;
 pub mod identity;
 pub mod l7;
 pub mod local;

@@ -72,7 +72,18 @@ impl Proxy {
     ) -> Arc<Self> {
         let policy = Arc::new(policies.for_workload(&workload.policy_workload()));
         let hbone = HboneClient::new(store.clone(), hbone::ClientOptions::default());
-        Arc::new(Proxy { workload, registry, policies, policy, store, mesh, metrics: Metrics::default(), marked, shutdown, hbone })
+        Arc::new(Proxy {
+            workload,
+            registry,
+            policies,
+            policy,
+            store,
+            mesh,
+            metrics: Metrics::default(),
+            marked,
+            shutdown,
+            hbone,
+        })
     }
 
     fn l4_request(&self, peer: Option<&SpiffeId>, source: SocketAddr, target: SocketAddr) -> Decision {
@@ -104,7 +115,13 @@ impl Proxy {
     }
 
     /// Carry one inbound connection to the app: L7 on HTTP ports, bytes otherwise.
-    async fn forward<S: AsyncRead + AsyncWrite + Unpin + Send>(&self, peer: Option<SpiffeId>, source: SocketAddr, target: SocketAddr, mut stream: S) {
+    async fn forward<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        peer: Option<SpiffeId>,
+        source: SocketAddr,
+        target: SocketAddr,
+        mut stream: S,
+    ) {
         let marked = self.marked;
         if self.workload.speaks_http(target.port()) {
             let context = ConnectionContext {
@@ -118,16 +135,35 @@ impl Proxy {
                 timeouts: l7::Timeouts::default(),
                 shutdown: self.shutdown.clone(),
             };
+            // HTTP/2 with prior knowledge (h2c) or HTTP/1.1: the first bytes tell.
+            let (seen, is_h2) = match crate::http2::sniff(&mut stream).await {
+                Ok(sniffed) => sniffed,
+                Err(error) => return tracing::debug!(%error, "connection closed before its first request"),
+            };
+            let stream = crate::http2::Rewind::new(seen, stream);
+            if is_h2 {
+                if let Err(error) = crate::http2::serve_h2c(stream, &context, target, marked).await {
+                    tracing::debug!(%error, %target, "HTTP/2 connection ended with an error");
+                }
+                return;
+            }
             match l7::serve_http1(stream, &context, || net::connect(target, marked)).await {
                 Ok(stats) => {
                     let labels = vec![
                         ("reporter", "destination".to_owned()),
                         ("destination_workload", self.workload.name.clone()),
-                        ("connection_security_policy", if context.peer.is_some() { "mutual_tls" } else { "none" }.to_owned()),
+                        (
+                            "connection_security_policy",
+                            if context.peer.is_some() { "mutual_tls" } else { "none" }.to_owned(),
+                        ),
                         ("request_protocol", "http".to_owned()),
                     ];
                     self.metrics.add("istio_requests_total", labels.clone(), stats.requests);
-                    self.metrics.add("zmesh_authz_decisions_total", [labels, vec![("decision", "deny".to_owned())]].concat(), stats.denied);
+                    self.metrics.add(
+                        "zmesh_authz_decisions_total",
+                        [labels, vec![("decision", "deny".to_owned())]].concat(),
+                        stats.denied,
+                    );
                 }
                 Err(error) => tracing::debug!(%error, %target, "HTTP connection ended with an error"),
             }
@@ -150,18 +186,28 @@ impl TunnelHandler for Inbound {
     fn admit(&self, request: &TunnelRequest) -> Result<(), Refusal> {
         let proxy = &self.0;
         if request.target.ip() != proxy.workload.address {
-            return Err(Refusal::unknown_target(format!("{} is not an address of {}/{}", request.target, proxy.workload.namespace, proxy.workload.name)));
+            return Err(Refusal::unknown_target(format!(
+                "{} is not an address of {}/{}",
+                request.target, proxy.workload.namespace, proxy.workload.name
+            )));
         }
         if proxy.workload.speaks_http(request.target.port()) {
             // Every request on the tunnel is authorized at L7.
             return Ok(());
         }
         let decision = proxy.l4_request(Some(&request.peer), request.peer_addr, request.target);
-        proxy.record_connection(Some(&request.peer), request.target, if decision.is_allow() { "allow" } else { "deny" });
+        proxy.record_connection(
+            Some(&request.peer),
+            request.target,
+            if decision.is_allow() { "allow" } else { "deny" },
+        );
         if decision.is_allow() {
             Ok(())
         } else {
-            let by = decision.decided_by.as_ref().map_or_else(|| "no ALLOW policy matched".to_owned(), |r| format!("{} rule {}", r.policy, r.rule));
+            let by = decision
+                .decided_by
+                .as_ref()
+                .map_or_else(|| "no ALLOW policy matched".to_owned(), |r| format!("{} rule {}", r.policy, r.rule));
             Err(Refusal::forbidden(format!("RBAC: access denied ({by})")))
         }
     }
@@ -228,13 +274,17 @@ impl Proxy {
                     Err(error) => tracing::warn!(%error, %target, "no tunnel to the destination"),
                 }
             }
-            None if self.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => match net::connect(target, self.marked).await {
-                Ok(mut upstream) => {
-                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+            None if self.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => {
+                match net::connect(target, self.marked).await {
+                    Ok(mut upstream) => {
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                    }
+                    Err(error) => tracing::warn!(%error, %target, "passthrough connect failed"),
                 }
-                Err(error) => tracing::warn!(%error, %target, "passthrough connect failed"),
-            },
-            None => tracing::info!(%target, "REGISTRY_ONLY: the destination is not in the mesh registry; connection refused"),
+            }
+            None => {
+                tracing::info!(%target, "REGISTRY_ONLY: the destination is not in the mesh registry; connection refused")
+            }
         }
     }
 
@@ -246,7 +296,11 @@ impl Proxy {
                 "/healthz/ready" => Some((StatusCode::OK, "text/plain", "ready\n".to_owned())),
                 "/stats/prometheus" => {
                     let seconds = zmesh_ca::seconds_to_expiry(SystemTime::now(), identity.not_after());
-                    proxy.metrics.set("zmesh_certificate_expiry_seconds", vec![("identity", identity.spiffe_id().to_string())], seconds);
+                    proxy.metrics.set(
+                        "zmesh_certificate_expiry_seconds",
+                        vec![("identity", identity.spiffe_id().to_string())],
+                        seconds,
+                    );
                     Some((StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()))
                 }
                 "/certs" => Some((
@@ -296,13 +350,23 @@ impl Proxy {
 pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()> {
     let shutdown = proxy.shutdown.clone();
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
     };
     let hbone_listener = bind(listeners.hbone).await?;
     let tls = zmesh_tls::server_config(proxy.store.clone(), &TlsOptions::default());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(hbone::serve(hbone_listener, tls, Arc::new(Inbound(proxy.clone())), hbone::ServerLimits::default(), shutdown.clone()));
-    for (addr, routes) in [(listeners.health, proxy.routes()), (listeners.metrics, proxy.routes()), (listeners.admin, proxy.routes())] {
+    tasks.spawn(hbone::serve(
+        hbone_listener,
+        tls,
+        Arc::new(Inbound(proxy.clone())),
+        hbone::ServerLimits::default(),
+        shutdown.clone(),
+    ));
+    for (addr, routes) in
+        [(listeners.health, proxy.routes()), (listeners.metrics, proxy.routes()), (listeners.admin, proxy.routes())]
+    {
         let listener = bind(addr).await?;
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs inside `unshare --user --map-root-user --net --mount --fork`: builds the pods (network
+# namespaces joined by a bridge), starts apps and proxies with transparent capture, drives
+# traffic with curl, and prints `RESULT <name> <value>` lines for the test to check. Everything
+# it starts is stopped by PID on exit; the namespaces vanish with this process.
+set -euo pipefail
+ZMESH="$1"; WORK="$2"
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+mount -t tmpfs tmpfs /run
+mkdir -p /run/netns
+ip link set lo up
+ip link add zbr0 type bridge
+ip addr add 10.77.0.1/24 dev zbr0
+ip link set zbr0 up
+
+pod() {
+  local name=$1 ip=$2
+  ip netns add "$name"
+  ip link add "v-$name" type veth peer name eth0 netns "$name"
+  ip link set "v-$name" master zbr0 up
+  ip netns exec "$name" ip link set lo up
+  ip netns exec "$name" ip addr add "$ip/24" dev eth0
+  ip netns exec "$name" ip link set eth0 up
+  ip netns exec "$name" ip route add default via 10.77.0.1
+}
+bg() { local ns=$1; shift; ip netns exec "$ns" "$@" >>"$WORK/$ns.log" 2>&1 & PIDS+=($!); }
+
+pod client 10.77.0.2; pod server 10.77.0.3; pod plain 10.77.0.4; pod intruder 10.77.0.5; pod ledger 10.77.0.6
+
+"$ZMESH" ca init --dir "$WORK/ca" >/dev/null
+bg server "$ZMESH" echo --listen 0.0.0.0:8080 --name payments
+bg server "$ZMESH" echo --listen 0.0.0.0:9090 --name payments-metrics
+bg server "$ZMESH" echo --listen 0.0.0.0:9100 --tcp
+bg ledger "$ZMESH" echo --listen 0.0.0.0:8080 --name ledger
+for p in client:fintech-core/order-service server:fintech-core/payment-processor intruder:fintech-core/intruder ledger:production/ledger; do
+  ns=${p%%:*}; workload=${p#*:}
+  ip netns exec "$ns" "$ZMESH" capture install
+  bg "$ns" "$ZMESH" proxy --config "$WORK/config" --ca-dir "$WORK/ca" --workload "$workload" --log-level warn
+done
+for ip in 10.77.0.2 10.77.0.3 10.77.0.5 10.77.0.6; do
+  for _ in $(seq 1 100); do curl -s -m 1 -o /dev/null "http://$ip:15021/healthz/ready" && break; sleep 0.1; done
+done
+
+result() { printf 'RESULT %s %s\n' "$1" "$2"; }
+http() { local ns=$1; shift; ip netns exec "$ns" curl -s -m 5 -o "$WORK/body" -D "$WORK/headers" -w "%{http_code}" "$@" || true; }
+
+result post_allowed "$(http client -X POST -H 'x-forwarded-client-cert: By=spoofed;URI=spiffe://evil' http://10.77.0.3:8080/api/v2/payments/process)"
+result post_allowed_xfcc "$(tr -d '\n' < "$WORK/body" | sed -n 's/.*"x-forwarded-client-cert":"\([^"]*\)".*/\1/p')"
+result h2c_allowed "$(http client --http2-prior-knowledge -X POST http://10.77.0.3:8080/api/v2/payments/process)"
+result get_denied "$(http client http://10.77.0.3:8080/api/v2/payments/process)"
+result get_denied_body "$(cat "$WORK/body")"
+result get_denied_policy "$(grep -i '^x-zmesh-policy' "$WORK/headers" | tr -d '\r' | cut -d' ' -f2)"
+result other_path_denied "$(http client -X POST http://10.77.0.3:8080/api/v2/refunds)"
+result other_sa_denied "$(http intruder -X POST http://10.77.0.3:8080/api/v2/payments/process)"
+result tcp_echo "$(ip netns exec client bash -c 'exec 3<>/dev/tcp/10.77.0.3/9100; printf ping >&3; timeout 3 head -c 4 <&3' 2>/dev/null || echo failed)"
+result tcp_other_sa "$(ip netns exec intruder bash -c 'exec 3<>/dev/tcp/10.77.0.3/9100; printf ping >&3; timeout 3 head -c 4 <&3' 2>/dev/null || echo refused)"
+result plain_strict "$(http plain http://10.77.0.3:8080/api/v2/payments/process)"
+result plain_port_disable "$(http plain http://10.77.0.3:9090/metrics)"
+result plain_health "$(http plain http://10.77.0.3:15021/healthz/ready)"
+result plain_permissive_public "$(http plain http://10.77.0.6:8080/public)"
+result namespace_isolation "$(http client http://10.77.0.6:8080/private)"
+result metrics "$(ip netns exec plain curl -s -m 3 http://10.77.0.3:15020/stats/prometheus | grep -c '^istio_' || true)"

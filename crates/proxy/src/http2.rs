@@ -1,0 +1,241 @@
+//! Inbound HTTP/2 (h2c, prior knowledge) at L7: every request on the connection is authorized
+//! like an HTTP/1.1 one — same path normalization, same policy, same 403 — and allowed requests
+//! are forwarded over one HTTP/2 connection to the app, with hyper's flow control on both legs.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OnceCell;
+use zmesh_policy::{HttpRequest, Request as AuthzRequest};
+
+use crate::l7::ConnectionContext;
+
+/// The client connection preface that starts every HTTP/2 connection (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn local_reply(status: StatusCode, body: &'static str, headers: &[(&'static str, String)]) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, value);
+        }
+    }
+    response
+}
+
+/// A stream whose first bytes were already read (to detect the protocol): they are replayed
+/// before the rest.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Read just enough of a new connection to tell HTTP/2 prior knowledge from HTTP/1.1; returns
+/// what was read (to be replayed) and whether it is HTTP/2.
+pub async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Bytes, bool)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = Vec::with_capacity(PREFACE.len());
+    let mut byte = [0u8; 64];
+    while seen.len() < PREFACE.len() {
+        let want = PREFACE.len() - seen.len();
+        let n = stream.read(&mut byte[..want]).await?;
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&byte[..n]);
+        if !PREFACE.starts_with(&seen) {
+            return Ok((Bytes::from(seen), false));
+        }
+    }
+    let is_h2 = seen == PREFACE;
+    Ok((Bytes::from(seen), is_h2))
+}
+
+struct Forwarder {
+    ctx: ConnectionContext,
+    upstream: SocketAddr,
+    marked: bool,
+    sender: OnceCell<hyper::client::conn::http2::SendRequest<Incoming>>,
+}
+
+impl Forwarder {
+    async fn sender(&self) -> std::io::Result<hyper::client::conn::http2::SendRequest<Incoming>> {
+        let sender = self
+            .sender
+            .get_or_try_init(|| async {
+                let stream = crate::net::connect(self.upstream, self.marked).await?;
+                let (sender, connection) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                tokio::spawn(connection);
+                Ok::<_, std::io::Error>(sender)
+            })
+            .await?;
+        Ok(sender.clone())
+    }
+
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let raw = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = match zmesh_http::normalize_path(&raw, self.ctx.path_normalization) {
+            Ok(path) => path.into_owned(),
+            Err(error) => {
+                return local_reply(
+                    StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                    "Bad Request",
+                    &[],
+                );
+            }
+        };
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_default();
+        // Header values that are not UTF-8 are matched as lossily decoded text, so a policy on
+        // such a header can never be satisfied by bytes it cannot name.
+        let owned: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let http = HttpRequest { method: request.method().as_str(), host: &host, path: &path, headers: &headers };
+        let forwarded_for = http.header("x-forwarded-for").map(|v| v.into_owned());
+        let decision = self.ctx.policy.authorize(&AuthzRequest {
+            peer: self.ctx.peer.as_ref(),
+            source_ip: Some(self.ctx.source.ip()),
+            remote_ip: zmesh_policy::remote_ip_from_forwarded_for(forwarded_for.as_deref(), Some(self.ctx.source.ip())),
+            destination_ip: Some(self.ctx.destination.ip()),
+            destination_port: self.ctx.destination.port(),
+            sni: None,
+            http: Some(http),
+            jwt: None,
+        });
+        if !decision.is_allow() {
+            let (policy, rule) = decision
+                .decided_by
+                .as_ref()
+                .map_or(("none".to_owned(), "none".to_owned()), |r| (r.policy.to_string(), r.rule.to_string()));
+            return local_reply(
+                StatusCode::FORBIDDEN,
+                "RBAC: access denied",
+                &[("x-zmesh-policy", policy), ("x-zmesh-rule", rule)],
+            );
+        }
+        if let Ok(uri) = http::Uri::builder().path_and_query(path.as_str()).build() {
+            let mut parts = request.uri().clone().into_parts();
+            parts.path_and_query = uri.into_parts().path_and_query;
+            if let Ok(rebuilt) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = rebuilt;
+            }
+        }
+        let headers = request.headers_mut();
+        headers.remove("x-forwarded-client-cert");
+        if let Some(peer) = &self.ctx.peer {
+            let by = self.ctx.local_identity.as_ref().map(|id| format!("By={id};")).unwrap_or_default();
+            if let Ok(value) = HeaderValue::from_str(&format!("{by}URI={peer}")) {
+                headers.insert("x-forwarded-client-cert", value);
+            }
+        }
+        let mut sender = match self.sender().await {
+            Ok(sender) => sender,
+            Err(_) => return local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error", &[]),
+        };
+        match sender.send_request(request).await {
+            Ok(response) => response.map(http_body_util::BodyExt::boxed),
+            Err(_) => local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream reset", &[]),
+        }
+    }
+}
+
+/// Serve one HTTP/2 (h2c) downstream connection until it closes.
+pub async fn serve_h2c<S>(
+    stream: S,
+    ctx: &ConnectionContext,
+    upstream: SocketAddr,
+    marked: bool,
+) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let forwarder = Arc::new(Forwarder { ctx: ctx.clone(), upstream, marked, sender: OnceCell::new() });
+    let service = hyper::service::service_fn(move |request| {
+        let forwarder = forwarder.clone();
+        async move { Ok::<_, std::convert::Infallible>(forwarder.handle(request).await) }
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_preface_is_recognised_and_replayed() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, PREFACE).await.unwrap();
+        let (seen, is_h2) = sniff(&mut server).await.unwrap();
+        assert!(is_h2);
+        assert_eq!(&seen[..], PREFACE);
+    }
+
+    #[tokio::test]
+    async fn http1_is_recognised_after_the_first_differing_byte() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"POST /x HTTP/1.1\r\n").await.unwrap();
+        let (seen, is_h2) = sniff(&mut server).await.unwrap();
+        assert!(!is_h2);
+        assert_eq!(&seen[..], b"P", "only the bytes needed to decide are consumed, then replayed");
+        let mut rewound = Rewind::new(seen, server);
+        let mut first = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut rewound, &mut first).await.unwrap();
+        assert_eq!(&first, b"POST");
+    }
+}
