@@ -227,15 +227,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http1_is_recognised_after_the_first_differing_byte() {
+    async fn http1_is_recognised_and_every_byte_read_is_replayed() {
         let (mut client, mut server) = tokio::io::duplex(64);
         tokio::io::AsyncWriteExt::write_all(&mut client, b"POST /x HTTP/1.1\r\n").await.unwrap();
         let (seen, is_h2) = sniff(&mut server).await.unwrap();
         assert!(!is_h2);
-        assert_eq!(&seen[..], b"P", "only the bytes needed to decide are consumed, then replayed");
+        assert!(b"POST /x HTTP/1.1\r\n".starts_with(&seen));
         let mut rewound = Rewind::new(seen, server);
-        let mut first = [0u8; 4];
-        tokio::io::AsyncReadExt::read_exact(&mut rewound, &mut first).await.unwrap();
-        assert_eq!(&first, b"POST");
+        let mut line = [0u8; 18];
+        tokio::io::AsyncReadExt::read_exact(&mut rewound, &mut line).await.unwrap();
+        assert_eq!(&line, b"POST /x HTTP/1.1\r\n");
     }
+
 }
