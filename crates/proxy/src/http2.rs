@@ -238,5 +238,4 @@ mod tests {
         tokio::io::AsyncReadExt::read_exact(&mut rewound, &mut line).await.unwrap();
         assert_eq!(&line, b"POST /x HTTP/1.1\r\n");
     }
-
 }

@@ -179,13 +179,15 @@ where
     async fn serve_request(&mut self) -> Result<Next, L7Error> {
         let ctx = self.ctx;
         let event = next_head(&mut self.client.reader, self.app.as_mut(), ctx).await?;
+        if !matches!(event, HeadEvent::Done) {
+            self.stats.requests += 1;
+        }
         let head = match event {
             HeadEvent::Done => return Ok(Next::Close),
             HeadEvent::Invalid(error) => return self.reject(LocalReply::BadHead(error)).await,
             HeadEvent::TimedOut => return self.reject(LocalReply::HeaderTimeout).await,
             HeadEvent::Head(head) => head,
         };
-        self.stats.requests += 1;
         let span = Span::current();
         span.record("method", head.method.as_str());
         span.record("path", head.path_and_query().unwrap_or_default());
@@ -200,10 +202,6 @@ where
     /// Answers a request refused before authorization and closes, as Envoy does after a codec
     /// or connection-manager error.
     async fn reject(&mut self, reply: LocalReply) -> Result<Next, L7Error> {
-        if !matches!(reply, LocalReply::Refused(_)) {
-            // A refused head never became a request above; count it here.
-            self.stats.requests += 1;
-        }
         self.stats.rejected += 1;
         Span::current().record("status", reply.status());
         tracing::debug!(detail = reply.detail(), "request rejected");

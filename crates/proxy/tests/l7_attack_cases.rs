@@ -101,13 +101,21 @@ async fn run(case: &HttpAttackCase, ctx: ConnectionContext) -> Result<(), String
 async fn every_attack_case_gets_what_an_istio_sidecar_does() {
     let cases: Vec<HttpAttackCase> = load_cases("conformance/http-attack-cases.yaml");
     assert!(cases.len() >= 70, "the corpus shrank to {} cases", cases.len());
-    let contexts: HashMap<&str, ConnectionContext> =
-        ["a", "b", "c"].into_iter().map(|listener| (listener, l7_support::context(listener_policies(listener)))).collect();
+    let contexts: HashMap<&str, ConnectionContext> = ["a", "b", "c"]
+        .into_iter()
+        .map(|listener| (listener, l7_support::context(listener_policies(listener))))
+        .collect();
     let mut failures = Vec::new();
     for case in &cases {
         if let Err(failure) = run(case, contexts[case.listener.as_str()].clone()).await {
             failures.push(failure);
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ from Envoy:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ from Envoy:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

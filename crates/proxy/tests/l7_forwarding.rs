@@ -62,7 +62,9 @@ async fn a_denied_request_between_two_allowed_ones_never_reaches_the_app() {
 async fn a_denied_request_with_a_body_closes_the_connection_unread() {
     let (app, _) = hyper_app();
     let (mut client, served) = start(context(DENY_ADMIN), &app);
-    client.send("POST /admin HTTP/1.1\r\nHost: app\r\nContent-Length: 28\r\n\r\nGET /a HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    client
+        .send("POST /admin HTTP/1.1\r\nHost: app\r\nContent-Length: 28\r\n\r\nGET /a HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await;
     let head = client.head().await;
     assert_eq!(header(&head, "connection"), Some("close"));
     assert_eq!(text(&client.rest().await), "RBAC: access denied");

@@ -20,12 +20,19 @@ async fn xfcc_seen_by_app(peer: Option<SpiffeId>, local: Option<SpiffeId>) -> Ve
     ctx.peer = peer;
     ctx.local_identity = local;
     let (mut client, served) = start(ctx, &app);
-    client.send("GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-Client-Cert: By=spiffe://evil;URI=spiffe://evil\r\n\r\n").await;
+    client
+        .send("GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-Client-Cert: By=spiffe://evil;URI=spiffe://evil\r\n\r\n")
+        .await;
     assert_eq!(status(&client.response().await.0), "200");
     client.finish().await;
     finished(served).await.expect("served");
-    let seen = seen.lock().unwrap();
-    seen[0].headers.iter().filter(|(name, _)| name == "x-forwarded-client-cert").map(|(_, value)| value.clone()).collect()
+    let seen = seen.lock().expect("recorder");
+    seen[0]
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "x-forwarded-client-cert")
+        .map(|(_, value)| value.clone())
+        .collect()
 }
 
 #[tokio::test]
@@ -112,9 +119,8 @@ async fn an_app_that_is_down_gets_the_client_a_503() {
     drop(unused);
     let ctx = context(ALLOW_ALL);
     let (client, proxy_end) = tokio::io::duplex(l7_support::PIPE);
-    let served = tokio::spawn(async move {
-        serve_http1(proxy_end, &ctx, || tokio::net::TcpStream::connect(app_address)).await
-    });
+    let served =
+        tokio::spawn(async move { serve_http1(proxy_end, &ctx, || tokio::net::TcpStream::connect(app_address)).await });
     let mut client = Wire::new(client);
     client.send("GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
     let (head, body) = client.response().await;
@@ -191,7 +197,10 @@ async fn an_app_that_closes_before_responding_gets_the_client_a_503() {
     let (mut client, served) = start(context(ALLOW_ALL), &app);
     client.send("GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
     let (head, body) = client.response().await;
-    assert_eq!((status(&head), body.as_str()), ("503", "upstream_reset_before_response_started{connection_termination}"));
+    assert_eq!(
+        (status(&head), body.as_str()),
+        ("503", "upstream_reset_before_response_started{connection_termination}")
+    );
     client.finish().await;
     assert!(matches!(finished(served).await, Err(L7Error::AppClosedEarly)));
 }
@@ -211,14 +220,39 @@ async fn shutdown_ends_the_connection_between_requests() {
 }
 
 #[tokio::test]
-async fn a_response_during_shutdown_tells_the_client_to_close() {
-    let (app, _) = hyper_app();
+async fn a_response_in_flight_at_shutdown_tells_the_client_to_close() {
+    let (app, mut accepted) = scripted_app();
     let ctx = context(ALLOW_ALL);
-    ctx.shutdown.cancel();
-    // Already cancelled: a request that is already waiting is not served either.
+    let shutdown = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        let mut app_side = Wire::new(accepted.recv().await.expect("a connection"));
+        app_side.head().await;
+        shutdown.cancel();
+        app_side.send("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        app_side
+    });
     let (mut client, served) = start(ctx, &app);
-    client.send("GET /a HTTP/1.1\r\nHost: app\r\n\r\n").await;
-    assert!(client.rest().await.is_empty());
+    client.send("GET /a HTTP/1.1\r\nHost: app\r\n\r\nGET /b HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    let head = client.head().await;
+    assert_eq!((status(&head), header(&head, "connection")), ("200", Some("close")));
+    assert!(client.rest().await.is_empty(), "the pipelined request is not served");
     client.finish().await;
-    assert_eq!(finished(served).await.expect("served").requests, 0);
+    assert_eq!(finished(served).await.expect("served").requests, 1);
+}
+
+#[tokio::test]
+async fn an_app_that_fails_after_100_continue_still_gets_the_client_a_503() {
+    let (app, mut accepted) = scripted_app();
+    tokio::spawn(async move {
+        let mut app_side = Wire::new(accepted.recv().await.expect("a connection"));
+        app_side.head().await;
+        app_side.send("HTTP/1.1 100 Continue\r\n\r\n").await;
+    });
+    let (mut client, served) = start(context(ALLOW_ALL), &app);
+    client.send("POST / HTTP/1.1\r\nHost: app\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n").await;
+    assert_eq!(client.head().await, "HTTP/1.1 100 Continue\r\n\r\n");
+    let (head, _) = client.response().await;
+    assert_eq!(status(&head), "503");
+    client.finish().await;
+    assert!(finished(served).await.is_err());
 }

@@ -61,7 +61,7 @@ spec: {action: DENY, rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]}
 
 /// Connections to the app: each `connect` makes an in-memory pipe and hands the app's end
 /// to whoever serves it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Connector {
     sender: mpsc::UnboundedSender<DuplexStream>,
     pub connects: Arc<AtomicUsize>,
@@ -130,10 +130,7 @@ pub fn hyper_app() -> (Connector, Arc<Mutex<Vec<Seen>>>) {
 }
 
 /// Starts the proxy on one in-memory connection and returns the client's end.
-pub fn start(
-    ctx: ConnectionContext,
-    connector: &Connector,
-) -> (Wire, JoinHandle<Result<ConnectionStats, L7Error>>) {
+pub fn start(ctx: ConnectionContext, connector: &Connector) -> (Wire, JoinHandle<Result<ConnectionStats, L7Error>>) {
     let (client, proxy_end) = tokio::io::duplex(PIPE);
     let connector = connector.clone();
     let served = tokio::spawn(async move { serve_http1(proxy_end, &ctx, || connector.connect()).await });
@@ -146,6 +143,7 @@ pub async fn finished(served: JoinHandle<Result<ConnectionStats, L7Error>>) -> R
 }
 
 /// One end of a connection, read as bytes.
+#[derive(Debug)]
 pub struct Wire {
     pub stream: DuplexStream,
     buf: Vec<u8>,

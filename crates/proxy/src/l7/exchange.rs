@@ -9,13 +9,14 @@
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Buf as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use zmesh_http::BodyFraming;
 
 use super::ConnectionContext;
 use super::body::{CopyError, copy_chunked, copy_length, copy_until_close, fill, pipe};
 use super::chunked::{ChunkedBody, Output};
-use super::error::{L7Error, Side};
+use super::error::{L7Error, ResponseError, Side};
 use super::io::{Peer, Reader, Writer};
 use super::reply::LocalReply;
 use super::response::{RequestFacts, ResponseBody, ResponseHead, ResponseKind, parse_response_head};
@@ -51,31 +52,44 @@ where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let replied_before = client.writer.total;
+    let progress = Progress {
+        request_done: AtomicBool::new(matches!(request.body, BodyFraming::None | BodyFraming::ContentLength(0))),
+        response_started: AtomicBool::new(false),
+    };
     let result = match app.writer.send(upstream_head).await {
-        Ok(()) => relay_both_ways(client, app, request, ctx, scratch).await,
+        Ok(()) => relay_both_ways(client, app, request, &progress, ctx, scratch).await,
         Err(error) => Err(L7Error::AppWrite(error)),
     };
-    let after = match result {
-        Ok(After::Tunnelled) => return tunnel(client, app, ctx).await.map(|()| After::Tunnelled),
-        Ok(after) => after,
+    match result {
+        Ok(After::Tunnelled) => tunnel(client, app, ctx).await.map(|()| After::Tunnelled),
+        Ok(after) => Ok(after),
         Err(error) => {
-            let response_started = client.writer.total != replied_before;
+            let response_started = progress.response_started.load(Ordering::Relaxed);
             if let Some(reply) = LocalReply::for_error(&error).filter(|_| !response_started) {
                 reply.encode(&mut scratch.to_client);
                 // The client may be gone too; the original error is the one worth reporting.
                 let _ = client.writer.send(&scratch.to_client).await;
             }
-            return Err(error);
+            Err(error)
         }
-    };
-    Ok(after)
+    }
+}
+
+/// How far the two directions of an exchange have got; each direction runs in its own future.
+#[derive(Debug)]
+struct Progress {
+    /// The whole request body has reached the app.
+    request_done: AtomicBool,
+    /// A final (or 101) head has gone to the client, so a local reply is no longer possible.
+    /// Interim heads do not count: Envoy still answers with its own final response after them.
+    response_started: AtomicBool,
 }
 
 async fn relay_both_ways<D, U>(
     client: &mut Peer<D>,
     app: &mut Peer<U>,
     request: RequestFacts,
+    progress: &Progress,
     ctx: &ConnectionContext,
     scratch: &mut Scratch,
 ) -> Result<After, L7Error>
@@ -83,7 +97,6 @@ where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let request_done = AtomicBool::new(false);
     let idle = ctx.timeouts.idle;
     // Async blocks capture whole variables, so split the peers into the halves each direction uses.
     let Peer { reader: client_reader, writer: client_writer } = client;
@@ -91,10 +104,10 @@ where
     let Scratch { to_app, to_client } = scratch;
     let mut body = pin!(async {
         send_request_body(client_reader, app_writer, request.body, ctx, to_app).await?;
-        request_done.store(true, Ordering::Relaxed);
+        progress.request_done.store(true, Ordering::Relaxed);
         Ok::<(), L7Error>(())
     });
-    let mut response = pin!(relay_response(app_reader, client_writer, request, &request_done, ctx, to_client));
+    let mut response = pin!(relay_response(app_reader, client_writer, request, progress, ctx, to_client));
     let mut body_running = true;
     loop {
         tokio::select! {
@@ -138,18 +151,19 @@ where
     copied.map_err(|error| error.into_request_error(idle))
 }
 
-/// A response error that is not a body copy: a malformed head.
+/// Why relaying a response failed: a copy (whose side is known only by direction) or a
+/// malformed head.
 #[derive(Debug)]
 enum RelayError {
     Copy(CopyError),
-    Head(L7Error),
+    Malformed(ResponseError),
 }
 
 impl RelayError {
     fn into_response_error(self, idle: std::time::Duration) -> L7Error {
         match self {
             Self::Copy(error) => error.into_response_error(idle),
-            Self::Head(error) => error,
+            Self::Malformed(error) => L7Error::MalformedResponse(error),
         }
     }
 }
@@ -165,7 +179,7 @@ async fn relay_response<D, U>(
     app: &mut Reader<ReadHalf<U>>,
     client: &mut Writer<WriteHalf<D>>,
     request: RequestFacts,
-    request_done: &AtomicBool,
+    progress: &Progress,
     ctx: &ConnectionContext,
     out: &mut Vec<u8>,
 ) -> Result<After, RelayError>
@@ -175,8 +189,11 @@ where
 {
     let idle = ctx.timeouts.idle;
     loop {
-        let head = read_response_head(app, request, request_done, ctx, out).await?;
+        let head = read_response_head(app, request, &progress.request_done, ctx, out).await?;
         tracing::Span::current().record("status", head.status);
+        if head.kind != ResponseKind::Interim {
+            progress.response_started.store(true, Ordering::Relaxed);
+        }
         if head.forward {
             client.send(out).await.map_err(CopyError::Write)?;
         }
@@ -213,10 +230,10 @@ async fn read_response_head<U: AsyncRead + Unpin>(
             // Decided when the head is encoded: a response that starts before the request body
             // has ended closes the connection.
             let force_close = !request_done.load(Ordering::Relaxed) || ctx.shutdown.is_cancelled();
-            let parsed = parse_response_head(&app.buf, request, force_close, &ctx.limits, out)
-                .map_err(|error| RelayError::Head(L7Error::MalformedResponse(error)))?;
+            let parsed =
+                parse_response_head(&app.buf, request, force_close, &ctx.limits, out).map_err(RelayError::Malformed)?;
             if let Some(head) = parsed {
-                let _ = app.buf.split_to(head.consumed);
+                app.buf.advance(head.consumed);
                 return Ok(head);
             }
         }

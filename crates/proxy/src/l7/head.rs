@@ -1,6 +1,7 @@
 //! Waiting for the next request and reading its head: the idle timeout until its first byte,
 //! the header-read timeout from there to its blank line, Envoy's parser on the bytes.
 
+use bytes::Buf as _;
 use tokio::io::{AsyncRead, ReadHalf};
 use tokio::time::Instant;
 use zmesh_http::{RequestError, RequestHead, parse_request_head};
@@ -36,6 +37,10 @@ where
     D: AsyncRead + Unpin,
     U: AsyncRead + Unpin,
 {
+    if ctx.shutdown.is_cancelled() {
+        // Shutdown takes effect between requests, even when the next one is already waiting.
+        return Ok(HeadEvent::Done);
+    }
     if client.buf.is_empty() {
         let app_closed = async {
             match app {
@@ -44,6 +49,8 @@ where
             }
         };
         tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => return Ok(HeadEvent::Done),
             read = client.fill() => {
                 if read.map_err(L7Error::ClientRead)? == 0 {
                     return Ok(HeadEvent::Done);
@@ -51,11 +58,7 @@ where
             }
             () = app_closed => return Ok(HeadEvent::Done),
             () = tokio::time::sleep(ctx.timeouts.idle) => return Ok(HeadEvent::Done),
-            () = ctx.shutdown.cancelled() => return Ok(HeadEvent::Done),
         }
-    } else if ctx.shutdown.is_cancelled() {
-        // A pipelined request is waiting, but shutdown is between requests.
-        return Ok(HeadEvent::Done);
     }
 
     let deadline = Instant::now() + ctx.timeouts.header_read;
@@ -64,7 +67,7 @@ where
         if worth_parsing(&client.buf, parsed_up_to, ctx.limits.max_header_bytes) {
             match parse_request_head(&client.buf, &ctx.limits) {
                 Ok(Some((head, consumed))) => {
-                    let _ = client.buf.split_to(consumed);
+                    client.buf.advance(consumed);
                     return Ok(HeadEvent::Head(head));
                 }
                 Ok(None) => parsed_up_to = client.buf.len(),
