@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use zmesh_proxy::capture::{HBONE_PORT, HEALTH_PORT, INBOUND_CAPTURE_PORT, METRICS_PORT, OUTBOUND_CAPTURE_PORT};
-use zmesh_proxy::local::Local;
+use zmesh_proxy::local::{IdentitySource, Local};
 use zmesh_proxy::run::{Listeners, Proxy};
 
 use crate::UsageError;
@@ -16,9 +16,21 @@ pub(crate) struct ProxyArgs {
     /// Configuration directory (WorkloadEntries, policies, MeshConfig).
     #[arg(long, value_name = "DIR")]
     config: PathBuf,
-    /// The CA directory to issue this workload's certificate from (local-files mode).
-    #[arg(long, value_name = "DIR")]
-    ca_dir: PathBuf,
+    /// The CA directory to issue (and renew) this workload's certificate from.
+    #[arg(long, value_name = "DIR", required_unless_present = "cert", conflicts_with_all = ["cert", "key", "roots"])]
+    ca_dir: Option<PathBuf>,
+    /// Instead of --ca-dir: a fixed certificate chain (PEM), with --key and --roots.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "roots"])]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The trust bundle for --cert (PEM roots).
+    #[arg(long, value_name = "FILE")]
+    roots: Option<PathBuf>,
+    /// The HBONE port of every proxy of this mesh (move it only when proxies share an address).
+    #[arg(long, default_value_t = HBONE_PORT)]
+    hbone_port: u16,
     /// The workload this proxy serves, as NAMESPACE/NAME of its WorkloadEntry.
     #[arg(long, value_name = "NS/NAME")]
     workload: String,
@@ -29,6 +41,14 @@ pub(crate) struct ProxyArgs {
     /// An explicit outbound port: connections to LISTEN go to TARGET through the mesh.
     #[arg(long, value_name = "LISTEN=TARGET", value_parser = parse_mapping)]
     outbound: Vec<(SocketAddr, SocketAddr)>,
+    /// Override where health (default :15021), metrics (:15020) and admin (:15000) listen, for
+    /// setups where several proxies share an address.
+    #[arg(long, value_name = "ADDR")]
+    health: Option<SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
@@ -52,16 +72,21 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let local = Local::load(&args.config, &args.ca_dir, &args.workload)?;
+    let identity = match (&args.ca_dir, &args.cert, &args.key, &args.roots) {
+        (Some(dir), _, _, _) => IdentitySource::CaDir(dir.clone()),
+        (None, Some(chain), Some(key), Some(roots)) => IdentitySource::Files { chain: chain.clone(), key: key.clone(), roots: roots.clone() },
+        _ => return Err(UsageError("give --ca-dir, or --cert with --key and --roots".into()).into()),
+    };
+    let local = Local::load(&args.config, &identity, &args.workload)?;
     let address = local.workload.address;
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
     let (own, admin_ip) = if args.explicit { (address, address) } else { (any, IpAddr::V4(Ipv4Addr::LOCALHOST)) };
     let listeners = Listeners {
-        hbone: at(own, HBONE_PORT),
-        health: at(own, HEALTH_PORT),
-        metrics: at(own, METRICS_PORT),
-        admin: at(admin_ip, 15000),
+        hbone: at(own, args.hbone_port),
+        health: args.health.unwrap_or(at(own, HEALTH_PORT)),
+        metrics: args.metrics.unwrap_or(at(own, METRICS_PORT)),
+        admin: args.admin.unwrap_or(at(admin_ip, 15000)),
         capture: (!args.explicit).then(|| (at(any, INBOUND_CAPTURE_PORT), at(any, OUTBOUND_CAPTURE_PORT))),
         explicit: args.outbound,
     };
@@ -77,6 +102,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
             local.store.clone(),
             local.config.mesh.clone(),
             !args.explicit,
+            args.hbone_port,
             shutdown.clone(),
         );
         let rotation = {

@@ -37,7 +37,18 @@ pub struct Local {
     pub workload_policy: Arc<WorkloadPolicy>,
     pub store: Arc<CertStore>,
     pub trust_domains: TrustDomains,
-    ca: CertificateAuthority,
+    /// The CA certificates are renewed from; `None` when the identity came from files.
+    ca: Option<CertificateAuthority>,
+}
+
+/// Where the workload's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// Issue (and renew) from a CA directory.
+    CaDir(std::path::PathBuf),
+    /// Fixed files: the certificate chain, its key, and the trust bundle (no renewal; for
+    /// certificates another system manages, and benchmarks).
+    Files { chain: std::path::PathBuf, key: std::path::PathBuf, roots: std::path::PathBuf },
 }
 
 pub fn trust_domains(config: &Config) -> TrustDomains {
@@ -60,8 +71,25 @@ fn issue(
     Ok((identity, bundle))
 }
 
+fn from_files(chain: &Path, key: &Path, roots: &Path, workload: &MeshWorkload, domains: &TrustDomains) -> Result<(Identity, TrustBundle), LocalError> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| LocalError::Identity(format!("cannot read {}: {e}", path.display())));
+    let identity = Identity::from_pem(read(chain)?, read(key)?).map_err(|e| LocalError::Identity(e.to_string()))?;
+    if identity.spiffe_id() != &workload.identity {
+        return Err(LocalError::Identity(format!(
+            "{} holds {}, but workload {}/{} is {}",
+            chain.display(),
+            identity.spiffe_id(),
+            workload.namespace,
+            workload.name,
+            workload.identity
+        )));
+    }
+    let bundle = TrustBundle::from_pem(read(roots)?, domains.clone()).map_err(|e| LocalError::Identity(e.to_string()))?;
+    Ok((identity, bundle))
+}
+
 impl Local {
-    pub fn load(config_dir: &Path, ca_dir: &Path, workload: &str) -> Result<Local, LocalError> {
+    pub fn load(config_dir: &Path, identity: &IdentitySource, workload: &str) -> Result<Local, LocalError> {
         let (namespace, name) = workload
             .split_once('/')
             .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
@@ -76,14 +104,20 @@ impl Local {
         let policies = PolicySet::compile(&config);
         let workload_policy = Arc::new(policies.for_workload(&workload.policy_workload()));
         let domains = trust_domains(&config);
-        let ca_config = CaConfig {
-            trust_domain: config.mesh.trust_domain.clone(),
-            trust_domain_aliases: config.mesh.trust_domain_aliases.clone(),
-            ..CaConfig::default()
+        let (ca, (identity, bundle)) = match identity {
+            IdentitySource::CaDir(ca_dir) => {
+                let ca_config = CaConfig {
+                    trust_domain: config.mesh.trust_domain.clone(),
+                    trust_domain_aliases: config.mesh.trust_domain_aliases.clone(),
+                    ..CaConfig::default()
+                };
+                let ca = CertificateAuthority::load(ca_dir, ca_config, SystemTime::now())
+                    .map_err(|e| LocalError::Identity(e.to_string()))?;
+                let issued = issue(&ca, &workload, &domains)?;
+                (Some(ca), issued)
+            }
+            IdentitySource::Files { chain, key, roots } => (None, from_files(chain, key, roots, &workload, &domains)?),
         };
-        let ca = CertificateAuthority::load(ca_dir, ca_config, SystemTime::now())
-            .map_err(|e| LocalError::Identity(e.to_string()))?;
-        let (identity, bundle) = issue(&ca, &workload, &domains)?;
         Ok(Local {
             store: Arc::new(CertStore::new(identity, bundle)),
             config,
@@ -96,8 +130,9 @@ impl Local {
         })
     }
 
-    /// Re-issue the SVID at half of its lifetime, forever.
+    /// Re-issue the SVID at half of its lifetime, forever (nothing to do for fixed files).
     pub async fn rotate(&self, stop: tokio_util::sync::CancellationToken) {
+        let Some(ca) = &self.ca else { return };
         loop {
             let current = self.store.identity();
             let now = SystemTime::now();
@@ -107,7 +142,7 @@ impl Local {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => return,
             }
-            match issue(&self.ca, &self.workload, &self.trust_domains) {
+            match issue(ca, &self.workload, &self.trust_domains) {
                 Ok((identity, bundle)) => {
                     self.store.set_bundle(bundle);
                     self.store.set_identity(identity);

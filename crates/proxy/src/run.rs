@@ -56,6 +56,8 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Mark the proxy's own connections so capture lets them pass (transparent mode).
     pub marked: bool,
+    /// The HBONE port of every proxy in this mesh (15008 unless a single-host setup moves it).
+    pub hbone_port: u16,
     pub shutdown: CancellationToken,
     hbone: HboneClient,
 }
@@ -68,6 +70,7 @@ impl Proxy {
         store: Arc<CertStore>,
         mesh: zmesh_config::mesh::MeshConfig,
         marked: bool,
+        hbone_port: u16,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let policy = Arc::new(policies.for_workload(&workload.policy_workload()));
@@ -81,6 +84,7 @@ impl Proxy {
             mesh,
             metrics: Metrics::default(),
             marked,
+            hbone_port,
             shutdown,
             hbone,
         })
@@ -266,7 +270,7 @@ impl Proxy {
     async fn outbound(self: Arc<Self>, mut stream: TcpStream, target: SocketAddr) {
         match self.registry.destination(target).cloned() {
             Some(destination) => {
-                let proxy_addr = SocketAddr::new(destination.address, crate::capture::HBONE_PORT);
+                let proxy_addr = SocketAddr::new(destination.address, self.hbone_port);
                 match self.hbone.connect(proxy_addr, ExpectedPeers::one(destination.identity.clone()), target).await {
                     Ok(mut tunnel) => {
                         let _ = tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await;
