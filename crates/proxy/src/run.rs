@@ -221,25 +221,59 @@ impl TunnelHandler for Inbound {
     }
 }
 
-/// Accept connections until shutdown, each handled on its own task.
-async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: CancellationToken, handle: F)
+/// How many connections one listener carries at once, and how long they may finish after
+/// shutdown. Handed to every accept loop (nothing global).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub drain_timeout: std::time::Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        // Istio's default terminationDrainDuration.
+        ConnectionLimits { max_connections: 16_384, drain_timeout: std::time::Duration::from_secs(5) }
+    }
+}
+
+/// Accept connections until shutdown, each handled on its own task; at most
+/// `limits.max_connections` at once (further clients wait in the backlog), and on shutdown the
+/// open ones get `limits.drain_timeout` to finish.
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: CancellationToken, limits: ConnectionLimits, handle: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let tasks = tokio_util::task::TaskTracker::new();
     loop {
+        let acquired = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(slot) = acquired else { break };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
+                    // Out of descriptors or memory: retrying at once would spin.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         };
-        tokio::spawn(handle(stream, peer));
+        let work = handle(stream, peer);
+        tasks.spawn(async move {
+            work.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tasks.close();
+    if tokio::time::timeout(limits.drain_timeout, tasks.wait()).await.is_err() {
+        tracing::info!(open = tasks.len(), "drain deadline passed; closing the remaining connections");
     }
 }
 
@@ -383,11 +417,14 @@ pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()>
         let (p1, p2) = (proxy.clone(), proxy.clone());
         let (s1, s2) = (shutdown.clone(), shutdown.clone());
         tasks.spawn(async move {
-            accept_loop(inbound, s1, move |stream, source| p1.clone().plaintext_inbound(stream, source)).await;
+            accept_loop(inbound, s1, ConnectionLimits::default(), move |stream, source| {
+                p1.clone().plaintext_inbound(stream, source)
+            })
+            .await;
             Ok(())
         });
         tasks.spawn(async move {
-            accept_loop(outbound, s2, move |stream, _| {
+            accept_loop(outbound, s2, ConnectionLimits::default(), move |stream, _| {
                 let proxy = p2.clone();
                 async move {
                     match net::original_destination(&stream) {
@@ -404,7 +441,10 @@ pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()>
         let listener = bind(listen).await?;
         let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
         tasks.spawn(async move {
-            accept_loop(listener, shutdown, move |stream, _| proxy.clone().outbound(stream, target)).await;
+            accept_loop(listener, shutdown, ConnectionLimits::default(), move |stream, _| {
+                proxy.clone().outbound(stream, target)
+            })
+            .await;
             Ok(())
         });
     }
