@@ -1,8 +1,11 @@
 # zmesh's plug-in for the shared sidecar-pair benchmark (../shared/bench/envoy-pair/run.sh):
 #
 #   cargo build --release -p zmesh
-#   ZMESH=$PWD/target/release/zmesh PROXY=custom CUSTOM_NAME=zmesh \
+#   ZMESH=$PWD/target/release/zmesh PROXY=custom CUSTOM_NAME=zmesh CUSTOM_CC_CLIENT_CMD=hooks \
 #     CUSTOM_HOOKS=$PWD/bench/zmesh-hooks.sh bash ../shared/bench/envoy-pair/run.sh
+#
+# (CUSTOM_CC_CLIENT_CMD only has to be non-empty: it turns on the new-connection test, whose
+# client this hook starts.)
 #
 # The pair: the load tool → zmesh outbound (explicit port, client SVID) → HBONE (HTTP/2 CONNECT
 # over mTLS 1.3) → zmesh inbound (server SVID, L7: every request parsed, path-normalized and
@@ -40,4 +43,9 @@ YAML
   "${ON_A[@]}" "$zmesh" proxy "${common[@]}" --workload default/client --cert "$CERTS/client.crt" --key "$CERTS/client.key" \
     --outbound "127.0.0.1:$P_CUSTOM_OUT=127.0.0.1:$P_BACKEND" >"$RUN/custom-client.log" 2>&1 &
   track custom client $!
+  # For the new-connection test: a client-side proxy that dials a new mTLS connection per tunnel.
+  "${ON_A[@]}" "$zmesh" proxy "${common[@]}" --workload default/client --cert "$CERTS/client.crt" --key "$CERTS/client.key" \
+    --hbone-connection-per-tunnel --hbone-listen "127.0.0.3:$P_CUSTOM_IN" --health 127.0.0.3:15021 --metrics 127.0.0.3:15020 --admin 127.0.0.3:15000 \
+    --outbound "127.0.0.1:$P_CUSTOM_CC_OUT=127.0.0.1:$P_BACKEND" >"$RUN/custom-cc-client.log" 2>&1 &
+  track custom cc-client $!
 }

@@ -41,6 +41,10 @@ pub(crate) struct ProxyArgs {
     /// An explicit outbound port: connections to LISTEN go to TARGET through the mesh.
     #[arg(long, value_name = "LISTEN=TARGET", value_parser = parse_mapping)]
     outbound: Vec<(SocketAddr, SocketAddr)>,
+    /// Override where this proxy's own HBONE listener binds (default: the workload's address, or
+    /// every address, on --hbone-port).
+    #[arg(long, value_name = "ADDR")]
+    hbone_listen: Option<SocketAddr>,
     /// Override where health (default :15021), metrics (:15020) and admin (:15000) listen, for
     /// setups where several proxies share an address.
     #[arg(long, value_name = "ADDR")]
@@ -49,6 +53,10 @@ pub(crate) struct ProxyArgs {
     metrics: Option<SocketAddr>,
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
+    /// Dial a new mTLS connection for every outbound tunnel instead of sharing one (measures
+    /// handshake cost; never what a mesh wants).
+    #[arg(long)]
+    hbone_connection_per_tunnel: bool,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
@@ -83,7 +91,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
     let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
     let (own, admin_ip) = if args.explicit { (address, address) } else { (any, IpAddr::V4(Ipv4Addr::LOCALHOST)) };
     let listeners = Listeners {
-        hbone: at(own, args.hbone_port),
+        hbone: args.hbone_listen.unwrap_or(at(own, args.hbone_port)),
         health: args.health.unwrap_or(at(own, HEALTH_PORT)),
         metrics: args.metrics.unwrap_or(at(own, METRICS_PORT)),
         admin: args.admin.unwrap_or(at(admin_ip, 15000)),
@@ -103,6 +111,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
             local.config.mesh.clone(),
             !args.explicit,
             args.hbone_port,
+            zmesh_proxy::hbone::ClientOptions { reuse_connections: !args.hbone_connection_per_tunnel, ..Default::default() },
             shutdown.clone(),
         );
         let rotation = {

@@ -26,12 +26,16 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
 /// connection back into the proxy. Setting a mark needs CAP_NET_ADMIN; without capture
 /// (explicit mode) no mark is needed, so a refusal is only an error when `marked` is set.
 pub async fn connect(target: SocketAddr, marked: bool) -> io::Result<TcpStream> {
-    if !marked {
-        return TcpStream::connect(target).await;
-    }
-    let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_mark(PROXY_MARK)?;
-    socket.set_nonblocking(true)?;
-    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    socket.connect(target).await
+    let stream = if marked {
+        let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_mark(PROXY_MARK)?;
+        socket.set_nonblocking(true)?;
+        tokio::net::TcpSocket::from_std_stream(socket.into()).connect(target).await?
+    } else {
+        TcpStream::connect(target).await?
+    };
+    // Requests and responses are written whole; Nagle would hold back their tails for a
+    // delayed ACK.
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

@@ -71,10 +71,11 @@ impl Proxy {
         mesh: zmesh_config::mesh::MeshConfig,
         marked: bool,
         hbone_port: u16,
+        hbone_options: hbone::ClientOptions,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let policy = Arc::new(policies.for_workload(&workload.policy_workload()));
-        let hbone = HboneClient::new(store.clone(), hbone::ClientOptions::default());
+        let hbone = HboneClient::new(store.clone(), hbone_options);
         Arc::new(Proxy {
             workload,
             registry,
@@ -264,6 +265,7 @@ where
             },
             () = shutdown.cancelled() => break,
         };
+        let _ = stream.set_nodelay(true);
         let work = handle(stream, peer);
         tasks.spawn(async move {
             work.await;

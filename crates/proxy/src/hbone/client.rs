@@ -47,6 +47,9 @@ pub struct ClientOptions {
     /// Tunnels per connection before another connection is dialed. Below the servers' limit so
     /// a busy destination spreads over connections instead of queueing behind one.
     pub max_streams_per_connection: usize,
+    /// Share connections between tunnels (the normal case). Off, every tunnel dials its own
+    /// mTLS connection, which is closed with the tunnel: for measuring handshake cost.
+    pub reuse_connections: bool,
     pub http2: Http2Settings,
     pub tls: TlsOptions,
 }
@@ -58,6 +61,7 @@ impl Default for ClientOptions {
             handshake_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(10),
             max_streams_per_connection: 100,
+            reuse_connections: true,
             http2: Http2Settings::default(),
             tls: TlsOptions::default(),
         }
@@ -109,6 +113,12 @@ impl Inner {
     ) -> Result<Tunnel, HboneError> {
         let key = PoolKey::new(proxy, &expected);
         let max_streams = self.options.max_streams_per_connection;
+        if !self.options.reuse_connections {
+            // The lease holds the only sender: the connection closes when the tunnel does.
+            let lease = self.dial(&key).await?.lease(false);
+            let io = self.open(&lease, proxy, target).await?;
+            return Ok(Tunnel::new(io, lease));
+        }
         let lease = self.pool.checkout(&key, max_streams, || self.dial(&key)).await?;
         match self.open(&lease, proxy, target).await {
             Ok(io) => Ok(Tunnel::new(io, lease)),

@@ -51,7 +51,7 @@ impl Connection {
         Self { sender, peer, tls_failure, open_streams: Arc::default() }
     }
 
-    fn lease(&self, reused: bool) -> Lease {
+    pub(crate) fn lease(&self, reused: bool) -> Lease {
         self.open_streams.fetch_add(1, Ordering::Relaxed);
         Lease {
             sender: self.sender.clone(),
