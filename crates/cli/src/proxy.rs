@@ -82,7 +82,9 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
         .init();
     let identity = match (&args.ca_dir, &args.cert, &args.key, &args.roots) {
         (Some(dir), _, _, _) => IdentitySource::CaDir(dir.clone()),
-        (None, Some(chain), Some(key), Some(roots)) => IdentitySource::Files { chain: chain.clone(), key: key.clone(), roots: roots.clone() },
+        (None, Some(chain), Some(key), Some(roots)) => {
+            IdentitySource::Files { chain: chain.clone(), key: key.clone(), roots: roots.clone() }
+        }
         _ => return Err(UsageError("give --ca-dir, or --cert with --key and --roots".into()).into()),
     };
     let local = Local::load(&args.config, &identity, &args.workload)?;
@@ -109,9 +111,11 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
             zmesh_policy::PolicySet::compile(&local.config),
             local.store.clone(),
             local.config.mesh.clone(),
-            !args.explicit,
-            args.hbone_port,
-            zmesh_proxy::hbone::ClientOptions { reuse_connections: !args.hbone_connection_per_tunnel, ..Default::default() },
+            zmesh_proxy::run::ProxyOptions {
+                marked: !args.explicit,
+                hbone_port: args.hbone_port,
+                hbone: zmesh_proxy::hbone::ClientOptions { reuse_connections: !args.hbone_connection_per_tunnel, ..Default::default() },
+            },
             shutdown.clone(),
         );
         let rotation = {

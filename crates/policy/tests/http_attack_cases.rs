@@ -7,43 +7,6 @@ use zmesh_http::{Limits, PathNormalization, RequestTarget, Upgrade, parse_reques
 use zmesh_policy::{HttpRequest, PolicySet, Request, Workload};
 use zmesh_testkit::{HttpAttackCase, load_cases};
 
-/// The three inbound listeners of the corpus, as Istio YAML (see the corpus header).
-fn listener_policies(listener: &str) -> &'static str {
-    match listener {
-        "a" => {
-            "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: a, namespace: default}
-spec:
-  selector: {matchLabels: {app: app}}
-  rules: [{to: [{operation: {methods: [\"POST\"], paths: [\"/api/v2/payments/process\", \"/api/v2/payments/authorize\"]}}]}]
-"
-        }
-        "b" => {
-            "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: default}
-spec: {action: DENY, rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: b-allow, namespace: default}
-spec: {rules: [{}]}
-"
-        }
-        "c" => {
-            "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-sqlmap, namespace: default}
-spec:
-  action: DENY
-  rules: [{when: [{key: \"request.headers[user-agent]\", values: [\"*sqlmap*\"]}]}]
-"
-        }
-        other => panic!("unknown listener {other}"),
-    }
-}
-
 /// What the inbound sidecar does with the first request on a connection, and the path the app
 /// would see when it is forwarded.
 fn inbound(bytes: &[u8], config: &Config) -> (&'static str, Option<String>, String) {
@@ -91,7 +54,7 @@ fn every_attack_case_gets_what_an_istio_sidecar_does() {
     let configs: std::collections::HashMap<&str, Config> = ["a", "b", "c"]
         .into_iter()
         .map(|listener| {
-            let loaded = zmesh_config::load_str(listener_policies(listener));
+            let loaded = zmesh_config::load_str(zmesh_testkit::attack_listener_policies(listener));
             assert!(!loaded.has_errors(), "listener {listener}: {:?}", loaded.errors().next());
             (listener, loaded.config)
         })

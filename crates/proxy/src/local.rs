@@ -71,8 +71,16 @@ fn issue(
     Ok((identity, bundle))
 }
 
-fn from_files(chain: &Path, key: &Path, roots: &Path, workload: &MeshWorkload, domains: &TrustDomains) -> Result<(Identity, TrustBundle), LocalError> {
-    let read = |path: &Path| std::fs::read(path).map_err(|e| LocalError::Identity(format!("cannot read {}: {e}", path.display())));
+fn from_files(
+    chain: &Path,
+    key: &Path,
+    roots: &Path,
+    workload: &MeshWorkload,
+    domains: &TrustDomains,
+) -> Result<(Identity, TrustBundle), LocalError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| LocalError::Identity(format!("cannot read {}: {e}", path.display())))
+    };
     let identity = Identity::from_pem(read(chain)?, read(key)?).map_err(|e| LocalError::Identity(e.to_string()))?;
     if identity.spiffe_id() != &workload.identity {
         return Err(LocalError::Identity(format!(
@@ -84,7 +92,8 @@ fn from_files(chain: &Path, key: &Path, roots: &Path, workload: &MeshWorkload, d
             workload.identity
         )));
     }
-    let bundle = TrustBundle::from_pem(read(roots)?, domains.clone()).map_err(|e| LocalError::Identity(e.to_string()))?;
+    let bundle =
+        TrustBundle::from_pem(read(roots)?, domains.clone()).map_err(|e| LocalError::Identity(e.to_string()))?;
     Ok((identity, bundle))
 }
 

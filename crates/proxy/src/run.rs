@@ -44,6 +44,16 @@ pub struct Listeners {
     pub explicit: Vec<(SocketAddr, SocketAddr)>,
 }
 
+/// How this proxy reaches others.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Mark the proxy's own connections so capture lets them pass (transparent mode).
+    pub marked: bool,
+    /// The HBONE port of every proxy in this mesh.
+    pub hbone_port: u16,
+    pub hbone: hbone::ClientOptions,
+}
+
 /// The state every listener shares.
 #[derive(Debug)]
 pub struct Proxy {
@@ -69,11 +79,10 @@ impl Proxy {
         policies: PolicySet,
         store: Arc<CertStore>,
         mesh: zmesh_config::mesh::MeshConfig,
-        marked: bool,
-        hbone_port: u16,
-        hbone_options: hbone::ClientOptions,
+        options: ProxyOptions,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let ProxyOptions { marked, hbone_port, hbone: hbone_options } = options;
         let policy = Arc::new(policies.for_workload(&workload.policy_workload()));
         let hbone = HboneClient::new(store.clone(), hbone_options);
         Arc::new(Proxy {

@@ -12,43 +12,6 @@ use l7_support::{hyper_app, start, status, text};
 use zmesh_proxy::l7::ConnectionContext;
 use zmesh_testkit::{HttpAttackCase, load_cases};
 
-/// The three inbound listeners of the corpus, as Istio YAML (see the corpus header).
-fn listener_policies(listener: &str) -> &'static str {
-    match listener {
-        "a" => {
-            "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: a, namespace: default}
-spec:
-  selector: {matchLabels: {app: app}}
-  rules: [{to: [{operation: {methods: [\"POST\"], paths: [\"/api/v2/payments/process\", \"/api/v2/payments/authorize\"]}}]}]
-"
-        }
-        "b" => {
-            "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: default}
-spec: {action: DENY, rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: b-allow, namespace: default}
-spec: {rules: [{}]}
-"
-        }
-        "c" => {
-            "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-sqlmap, namespace: default}
-spec:
-  action: DENY
-  rules: [{when: [{key: \"request.headers[user-agent]\", values: [\"*sqlmap*\"]}]}]
-"
-        }
-        other => panic!("unknown listener {other}"),
-    }
-}
-
 /// Sends one case on a fresh connection; returns what the client received and the
 /// request-targets the app saw, or why the case differs from Envoy.
 async fn run(case: &HttpAttackCase, ctx: ConnectionContext) -> Result<(), String> {
@@ -103,7 +66,7 @@ async fn every_attack_case_gets_what_an_istio_sidecar_does() {
     assert!(cases.len() >= 70, "the corpus shrank to {} cases", cases.len());
     let contexts: HashMap<&str, ConnectionContext> = ["a", "b", "c"]
         .into_iter()
-        .map(|listener| (listener, l7_support::context(listener_policies(listener))))
+        .map(|listener| (listener, l7_support::context(zmesh_testkit::attack_listener_policies(listener))))
         .collect();
     let mut failures = Vec::new();
     for case in &cases {

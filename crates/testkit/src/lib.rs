@@ -110,6 +110,44 @@ impl HttpAttackCase {
     }
 }
 
+/// The policies of the attack corpus's three inbound listeners (`a`, `b`, `c`), as Istio YAML
+/// for a workload `default` with labels `app: app` (see the corpus header).
+pub fn attack_listener_policies(listener: &str) -> &'static str {
+    match listener {
+        "a" => {
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a, namespace: default}
+spec:
+  selector: {matchLabels: {app: app}}
+  rules: [{to: [{operation: {methods: [\"POST\"], paths: [\"/api/v2/payments/process\", \"/api/v2/payments/authorize\"]}}]}]
+"
+        }
+        "b" => {
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: default}
+spec: {action: DENY, rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: b-allow, namespace: default}
+spec: {rules: [{}]}
+"
+        }
+        "c" => {
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sqlmap, namespace: default}
+spec:
+  action: DENY
+  rules: [{when: [{key: \"request.headers[user-agent]\", values: [\"*sqlmap*\"]}]}]
+"
+        }
+        other => panic!("unknown listener {other}"),
+    }
+}
+
 /// Turn a case's `mesh:` object into MeshConfig YAML text (JSON is valid YAML).
 pub fn mesh_yaml(mesh: &Option<serde_json::Value>) -> Option<String> {
     mesh.as_ref().map(serde_json::Value::to_string)
