@@ -42,7 +42,7 @@ pub fn server_config(store: Arc<CertStore>, options: &TlsOptions) -> Arc<ServerC
     let algorithms = provider.signature_verification_algorithms;
     let mut config = ServerConfig::builder_with_details(provider, Arc::clone(&options.time_provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("the ring provider supports TLS 1.3")
+        .expect("both crypto providers support TLS 1.3")
         .with_client_cert_verifier(Arc::new(MeshClientVerifier::new(Arc::clone(&store), algorithms)))
         .with_cert_resolver(Arc::new(StoreResolver(store)));
     config.alpn_protocols.clone_from(&options.alpn_protocols);
@@ -58,7 +58,7 @@ pub fn client_config(store: Arc<CertStore>, expected: ExpectedPeers, options: &T
     let algorithms = provider.signature_verification_algorithms;
     let mut config = ClientConfig::builder_with_details(provider, Arc::clone(&options.time_provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("the ring provider supports TLS 1.3")
+        .expect("both crypto providers support TLS 1.3")
         .dangerous() // a custom verifier is "dangerous" to rustls; it is the point of this crate
         .with_custom_certificate_verifier(Arc::new(MeshServerVerifier::new(Arc::clone(&store), expected, algorithms)))
         .with_client_cert_resolver(Arc::new(StoreResolver(store)));
@@ -67,6 +67,11 @@ pub fn client_config(store: Arc<CertStore>, expected: ExpectedPeers, options: &T
     Arc::new(config)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The crypto provider chosen at build time (see the crate's `aws-lc-rs` feature).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "aws-lc-rs"))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
 }

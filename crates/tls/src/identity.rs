@@ -51,12 +51,14 @@ impl Identity {
 
         let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_ref())
             .map_err(|source| TlsError::Pem { what: PemInput::SvidKey, source })?;
-        let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        let signing_key = crate::config::provider()
+            .key_provider
+            .load_private_key(key_der)
             .map_err(|reason| TlsError::UnsupportedKey { reason })?;
         let certified_key = CertifiedKey::new(chain, signing_key);
         match certified_key.keys_match() {
             Ok(()) => {}
-            // ring's keys always expose their public half, so `Unknown` would mean a key type we
+            // Both providers' keys expose their public half, so `Unknown` would mean a key type we
             // cannot check; refuse it rather than risk presenting a certificate we cannot sign for.
             Err(rustls::Error::InconsistentKeys(_)) => return Err(TlsError::KeyMismatch),
             Err(reason) => {
