@@ -97,11 +97,11 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
 }
 
 fn print_status(status: &RotationStatus) {
-    println!("stage: {}", status.stage);
-    println!("roots in the bundle: {}", status.roots_in_bundle);
-    println!("next step: {}", status.next_step);
+    outln!("stage: {}", status.stage);
+    outln!("roots in the bundle: {}", status.roots_in_bundle);
+    outln!("next step: {}", status.next_step);
     if let Some(until) = status.old_leaves_valid_until {
-        println!("leaves of the old root may be valid until: {}", rfc3339(until));
+        outln!("leaves of the old root may be valid until: {}", rfc3339(until));
     }
 }
 
@@ -115,9 +115,9 @@ pub(crate) fn ca(command: CaCommand) -> anyhow::Result<u8> {
                 Opened::GeneratedRoot => "created a new root CA in",
                 Opened::LoadedExisting => "loaded the existing CA in",
             };
-            println!("{verb} {}", dir.display());
-            println!("signing certificate valid until {}", rfc3339(ca.signing_cert_not_after()));
-            println!(
+            outln!("{verb} {}", dir.display());
+            outln!("signing certificate valid until {}", rfc3339(ca.signing_cert_not_after()));
+            outln!(
                 "trust bundle: {} root(s) in {}",
                 ca.roots_der().len(),
                 dir.join(zmesh_ca::ROOT_CERT_FILE).display()
@@ -134,11 +134,11 @@ pub(crate) fn ca(command: CaCommand) -> anyhow::Result<u8> {
             write_file(&out.join("cert-chain.pem"), &svid.chain_pem, false)?;
             write_file(&out.join("key.pem"), key.expose(), true)?;
             write_file(&out.join("root-cert.pem"), ca.trust_bundle_pem(), false)?;
-            println!("issued {} (serial {}) valid until {}", svid.id, svid.serial_hex, rfc3339(svid.not_after));
+            outln!("issued {} (serial {}) valid until {}", svid.id, svid.serial_hex, rfc3339(svid.not_after));
             if svid.ttl_capped {
-                println!("note: the lifetime was shortened to the CA's maximum");
+                outln!("note: the lifetime was shortened to the CA's maximum");
             }
-            println!("wrote cert-chain.pem, key.pem and root-cert.pem to {}", out.display());
+            outln!("wrote cert-chain.pem, key.pem and root-cert.pem to {}", out.display());
         }
         CaCommand::Rotate { step } => {
             let status = match step {
@@ -198,7 +198,7 @@ pub(crate) fn cert(command: CertCommand) -> anyhow::Result<u8> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            outln!("{}", serde_json::to_string_pretty(&list)?);
         }
         Output::Text => {
             let header = [
@@ -231,7 +231,7 @@ pub(crate) fn cert(command: CertCommand) -> anyhow::Result<u8> {
                     ]
                 })
                 .collect();
-            print!("{}", table(&header, &rows));
+            out!("{}", table(&header, &rows));
         }
     }
     Ok(0)

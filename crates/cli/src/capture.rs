@@ -30,7 +30,7 @@ pub(crate) fn capture(command: CaptureCommand) -> anyhow::Result<u8> {
         CaptureCommand::Install { exclude_inbound_ports, exclude_outbound_ports, exclude_outbound_cidrs, dry_run } => {
             let spec = CaptureSpec { exclude_inbound_ports, exclude_outbound_ports, exclude_outbound_cidrs };
             if dry_run {
-                print!("{}", capture::install_rules(&spec));
+                out!("{}", capture::install_rules(&spec));
             } else {
                 capture::install(&spec)?;
                 eprintln!(

@@ -96,8 +96,8 @@ pub(crate) fn authz(command: AuthzCommand) -> anyhow::Result<u8> {
         }
     };
     match common.output {
-        Output::Json => println!("{}", authz_json(&checked)),
-        Output::Text => print!("{}", authz_text(&checked)),
+        Output::Json => outln!("{}", authz_json(&checked)),
+        Output::Text => out!("{}", authz_text(&checked)),
     }
     Ok(0)
 }
@@ -178,22 +178,22 @@ pub(crate) fn authn(command: AuthnCommand) -> anyhow::Result<u8> {
     let decision = set.mtls_mode(&Workload::from(&workload), port);
     let accepts = json!({"plaintext": decision.accepts_plaintext(), "mtls": decision.accepts_mtls()});
     match common.output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({"mode": decision.mode.as_str(), "policy": decision.policy.as_deref(), "accepts": accepts})
         ),
         Output::Text => {
-            println!("{} on port {port}", decision.mode.as_str());
+            outln!("{} on port {port}", decision.mode.as_str());
             match &decision.policy {
                 Some(policy) if decision.port_level => {
-                    println!("  set by: PeerAuthentication {policy} (portLevelMtls)")
+                    outln!("  set by: PeerAuthentication {policy} (portLevelMtls)")
                 }
-                Some(policy) => println!("  set by: PeerAuthentication {policy}"),
-                None => println!("  set by: no PeerAuthentication applies; PERMISSIVE is the default"),
+                Some(policy) => outln!("  set by: PeerAuthentication {policy}"),
+                None => outln!("  set by: no PeerAuthentication applies; PERMISSIVE is the default"),
             }
             let plaintext = if decision.mode == MtlsMode::Strict { "refused" } else { "accepted" };
             let mtls = if decision.mode == MtlsMode::Disable { "not expected (plaintext only)" } else { "accepted" };
-            println!("  plaintext: {plaintext}\n  mTLS: {mtls}");
+            outln!("  plaintext: {plaintext}\n  mTLS: {mtls}");
         }
     }
     Ok(0)

@@ -94,7 +94,7 @@ pub(crate) fn analyze(args: &AnalyzeArgs) -> anyhow::Result<u8> {
     for finding in &findings {
         failed |= args.failure_threshold.reached_by(finding.severity);
         if args.output_threshold.reached_by(finding.severity) {
-            println!("{}", analyzer_line(finding));
+            outln!("{}", analyzer_line(finding));
             shown += 1;
         }
     }
