@@ -58,6 +58,8 @@ pub struct ProxyOptions {
 #[derive(Debug)]
 pub struct Proxy {
     pub workload: Arc<MeshWorkload>,
+    /// The workload's namespace, labels and service account, built once for policy lookups.
+    as_policy_sees_it: zmesh_policy::Workload,
     pub registry: Registry,
     pub policies: PolicySet,
     pub policy: Arc<WorkloadPolicy>,
@@ -83,9 +85,11 @@ impl Proxy {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let ProxyOptions { marked, hbone_port, hbone: hbone_options } = options;
-        let policy = Arc::new(policies.for_workload(&workload.policy_workload()));
+        let as_policy_sees_it = workload.policy_workload();
+        let policy = Arc::new(policies.for_workload(&as_policy_sees_it));
         let hbone = HboneClient::new(store.clone(), hbone_options);
         Arc::new(Proxy {
+            as_policy_sees_it,
             workload,
             registry,
             policies,
@@ -295,7 +299,7 @@ impl Proxy {
             Ok(target) => target,
             Err(error) => return tracing::warn!(%error, "no original destination on a captured connection"),
         };
-        let mode = self.policies.mtls_mode(&self.workload.policy_workload(), target.port());
+        let mode = self.policies.mtls_mode(&self.as_policy_sees_it, target.port());
         if mode.mode == MtlsMode::Strict {
             self.record_connection(None, target, "strict_refused");
             return tracing::debug!(%source, %target, "plaintext refused: STRICT mTLS");
@@ -381,7 +385,7 @@ impl Proxy {
             .ports
             .iter()
             .map(|p| {
-                let mode = self.policies.mtls_mode(&self.workload.policy_workload(), p.number);
+                let mode = self.policies.mtls_mode(&self.as_policy_sees_it, p.number);
                 serde_json::json!({"port": p.number, "name": p.name, "http": p.is_http(), "mtls": mode.mode.as_str(), "mtlsPolicy": mode.policy.as_deref()})
             })
             .collect();
