@@ -163,6 +163,7 @@ impl Source {
 
     /// True when the source has a field other than the HTTP-only ones.
     pub fn uses_l4(&self) -> bool {
+        // Destructured in full so that a new Source field cannot be forgotten here.
         let Source {
             pos: _,
             principals,

@@ -3,7 +3,6 @@
 //! Compilation does everything that does not depend on the request once: pattern parsing,
 //! `spiffe://` prefixing, trust-domain alias expansion, service-account namespaces.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -308,11 +307,6 @@ pub fn compile_policy(policy: &Arc<AuthorizationPolicy>, trust: &TrustDomains) -
         rules: policy.rules.iter().map(|r| compile_rule(r, trust, namespace)).collect(),
         source: policy.clone(),
     }
-}
-
-/// Whether an address is inside any of the blocks (used by callers outside this module too).
-pub fn in_blocks(blocks: &[IpNet], ip: IpAddr) -> bool {
-    blocks.iter().any(|b| b.contains(&ip))
 }
 
 #[cfg(test)]
