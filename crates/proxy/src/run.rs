@@ -118,17 +118,21 @@ impl Proxy {
         self.policy.authorize(&request)
     }
 
-    fn record_connection(&self, peer: Option<&SpiffeId>, target: SocketAddr, decision: &str) {
-        let labels = vec![
+    /// Istio's destination-reporter labels for traffic from `peer` to this workload.
+    fn labels(&self, peer: Option<&SpiffeId>) -> crate::metrics::Labels {
+        vec![
             ("reporter", "destination".to_owned()),
             ("source_principal", value(peer)),
             ("destination_principal", self.workload.identity.to_string()),
             ("destination_workload", self.workload.name.clone()),
             ("destination_workload_namespace", self.workload.namespace.clone()),
-            ("destination_port", target.port().to_string()),
             ("connection_security_policy", if peer.is_some() { "mutual_tls" } else { "none" }.to_owned()),
-            ("decision", decision.to_owned()),
-        ];
+        ]
+    }
+
+    fn record_connection(&self, peer: Option<&SpiffeId>, target: SocketAddr, decision: &str) {
+        let mut labels = self.labels(peer);
+        labels.extend([("destination_port", target.port().to_string()), ("decision", decision.to_owned())]);
         self.metrics.add("istio_tcp_connections_opened_total", labels, 1);
     }
 
@@ -167,15 +171,8 @@ impl Proxy {
             }
             match l7::serve_http1(stream, &context, || net::connect(target, marked)).await {
                 Ok(stats) => {
-                    let labels = vec![
-                        ("reporter", "destination".to_owned()),
-                        ("destination_workload", self.workload.name.clone()),
-                        (
-                            "connection_security_policy",
-                            if context.peer.is_some() { "mutual_tls" } else { "none" }.to_owned(),
-                        ),
-                        ("request_protocol", "http".to_owned()),
-                    ];
+                    let mut labels = self.labels(context.peer.as_ref());
+                    labels.push(("request_protocol", "http".to_owned()));
                     self.metrics.add("istio_requests_total", labels.clone(), stats.requests);
                     self.metrics.add(
                         "zmesh_authz_decisions_total",
