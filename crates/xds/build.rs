@@ -2,7 +2,7 @@
 //! needs nothing beyond cargo: no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/zmesh/ca/v1/ca.proto"];
+    let protos = ["proto/zmesh/ca/v1/ca.proto", "proto/zmesh/config/v1/config.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

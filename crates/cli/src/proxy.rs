@@ -106,11 +106,8 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
         let shutdown = CancellationToken::new();
         let local = std::sync::Arc::new(local);
         let proxy = Proxy::new(
-            local.workload.clone(),
-            local.registry.clone(),
-            zmesh_policy::PolicySet::compile(&local.config),
+            local.proxy_config(),
             local.store.clone(),
-            local.config.mesh.clone(),
             zmesh_proxy::run::ProxyOptions {
                 marked: !args.explicit,
                 hbone_port: args.hbone_port,

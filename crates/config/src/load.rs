@@ -36,6 +36,42 @@ pub struct Config {
     pub mesh: MeshConfig,
 }
 
+impl Config {
+    /// How many resources were read (MeshConfig not counted).
+    pub fn resource_count(&self) -> usize {
+        self.authorization_policies.len()
+            + self.peer_authentications.len()
+            + self.request_authentications.len()
+            + self.telemetries.len()
+            + self.workload_entries.len()
+            + self.service_entries.len()
+            + self.rate_limits.len()
+            + self.network_policies.len()
+            + self.namespaces.len()
+            + self.workloads.len()
+            + self.services.len()
+            + self.service_accounts.len()
+    }
+
+    /// The metadata of the resource of `kind` read last.
+    fn last_of_kind(&self, kind: &str) -> Option<&crate::meta::Meta> {
+        match kind {
+            "AuthorizationPolicy" => self.authorization_policies.last().map(|r| &r.meta),
+            "PeerAuthentication" => self.peer_authentications.last().map(|r| &r.meta),
+            "RequestAuthentication" => self.request_authentications.last().map(|r| &r.meta),
+            "Telemetry" => self.telemetries.last().map(|r| &r.meta),
+            "WorkloadEntry" => self.workload_entries.last().map(|r| &r.meta),
+            "ServiceEntry" => self.service_entries.last().map(|r| &r.meta),
+            "EnvoyFilter" => self.rate_limits.last().map(|r| &r.meta),
+            "NetworkPolicy" => self.network_policies.last().map(|r| &r.meta),
+            "Namespace" => self.namespaces.last().map(|r| &r.meta),
+            "Service" => self.services.last().map(|r| &r.meta),
+            "ServiceAccount" => self.service_accounts.last().map(|r| &r.meta),
+            _ => self.workloads.last().map(|r| &r.meta),
+        }
+    }
+}
+
 /// The outcome of a load: what was read, and everything worth telling about it.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
@@ -43,6 +79,24 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     pub files: usize,
     pub documents: usize,
+    /// Every accepted resource as the document it came from, in load order: what the control
+    /// plane pushes to proxies, which read it back with this same loader.
+    pub sources: Vec<SourceDocument>,
+}
+
+/// One accepted document, kept as JSON (a YAML subset, so [`Loader::add_str`] reads it back with
+/// the same validation). MeshConfig is kept with kind `MeshConfig` and its fields at the top.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDocument {
+    pub kind: String,
+    /// Empty for MeshConfig and cluster-scoped kinds.
+    pub namespace: String,
+    pub name: String,
+    /// Position in the load order; a reader loading sources in this order gets the same
+    /// PeerAuthentication ages.
+    pub order: usize,
+    pub origin: Origin,
+    pub json: String,
 }
 
 impl Loaded {
@@ -229,11 +283,40 @@ impl Loader {
         };
         if let Some(mesh) = crate::mesh::read_mesh_config(&mut ctx, node, path, origin.clone()) {
             self.loaded.config.mesh = mesh;
+            self.loaded.sources.push(SourceDocument {
+                kind: "MeshConfig".into(),
+                namespace: String::new(),
+                name: String::new(),
+                order: self.loaded.documents,
+                origin: origin.clone(),
+                json: node.to_json().to_string(),
+            });
             self.mesh_origin = Some(origin);
         }
     }
 
     fn add_document(&mut self, file: Option<Arc<str>>, root: &Node) {
+        let before = self.loaded.config.resource_count();
+        let origin = Origin { file: file.clone(), pos: root.pos };
+        self.read_document(file, root);
+        let kind = root.get("kind").and_then(Node::scalar_text).unwrap_or_default().to_owned();
+        // A List records each of its items itself.
+        if kind != "List" && self.loaded.config.resource_count() == before + 1 {
+            let meta = self.loaded.config.last_of_kind(&kind);
+            let (namespace, name) = meta.map(|m| (m.namespace.clone(), m.name.clone())).unwrap_or_default();
+            let namespace = if kind == "Namespace" { String::new() } else { namespace };
+            self.loaded.sources.push(SourceDocument {
+                kind,
+                namespace,
+                name,
+                order: self.loaded.documents,
+                origin,
+                json: root.to_json().to_string(),
+            });
+        }
+    }
+
+    fn read_document(&mut self, file: Option<Arc<str>>, root: &Node) {
         let order = self.loaded.documents;
         let mut ctx = Ctx { file: file.clone(), object: None, diagnostics: &mut self.loaded.diagnostics };
         let Some(mut fields) = ctx.map(root, "") else {

@@ -1,12 +1,12 @@
 //! zmesh-proxy: the data plane.
 //!
-//! Today: the workload's identity — fetching its SVID from the control plane's signing
-//! service and rotating it, driven by time, so a CA outage shorter than half the certificate
-//! lifetime never causes a failure. The listeners, HBONE and authorization come with the proxy
-//! work.
+//! One proxy per workload: its identity (SVID fetched and rotated), its configuration (from
+//! the control plane or local files, swapped whole), and its listeners — HBONE inbound,
+//! plaintext inbound, outbound, health, metrics and admin. See `run` for how they fit.
 
 pub mod admin;
 pub mod capture;
+pub mod config;
 pub mod hbone;
 pub mod http2;
 pub mod identity;
@@ -15,4 +15,4 @@ pub mod local;
 pub mod metrics;
 pub mod net;
 pub mod run;
-pub mod workload;
+

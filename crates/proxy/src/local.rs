@@ -9,10 +9,9 @@ use std::time::{Duration, SystemTime};
 use ring::rand::SystemRandom;
 use zmesh_ca::{CaConfig, CertificateAuthority};
 use zmesh_config::Config;
-use zmesh_policy::{PolicySet, WorkloadPolicy};
 use zmesh_tls::{CertStore, Identity, TrustBundle, TrustDomains};
 
-use crate::workload::{MeshWorkload, Registry};
+use zmesh_registry::{MeshWorkload, Registry};
 
 /// Why the proxy cannot start from local files.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +21,7 @@ pub enum LocalError {
     #[error("--workload must be NAMESPACE/NAME, got `{0}`")]
     WorkloadFlag(String),
     #[error(transparent)]
-    Workload(#[from] crate::workload::WorkloadError),
+    Workload(#[from] zmesh_registry::WorkloadError),
     #[error("cannot issue the workload's certificate: {0}")]
     Identity(String),
 }
@@ -33,8 +32,6 @@ pub struct Local {
     pub config: Config,
     pub registry: Registry,
     pub workload: Arc<MeshWorkload>,
-    pub policies: PolicySet,
-    pub workload_policy: Arc<WorkloadPolicy>,
     pub store: Arc<CertStore>,
     pub trust_domains: TrustDomains,
     /// The CA certificates are renewed from; `None` when the identity came from files.
@@ -98,6 +95,17 @@ fn from_files(
 }
 
 impl Local {
+    /// The configuration the proxy starts with (and keeps: local files are read once).
+    pub fn proxy_config(&self) -> crate::config::ProxyConfig {
+        crate::config::ProxyConfig::new(
+            "local".to_owned(),
+            self.workload.clone(),
+            self.registry.clone(),
+            zmesh_policy::PolicySet::compile(&self.config),
+            self.config.mesh.clone(),
+        )
+    }
+
     pub fn load(config_dir: &Path, identity: &IdentitySource, workload: &str) -> Result<Local, LocalError> {
         let (namespace, name) = workload
             .split_once('/')
@@ -110,8 +118,6 @@ impl Local {
         let config = loaded.config;
         let registry = Registry::from_config(&config);
         let workload = registry.workload(&config, namespace, name)?;
-        let policies = PolicySet::compile(&config);
-        let workload_policy = Arc::new(policies.for_workload(&workload.policy_workload()));
         let domains = trust_domains(&config);
         let (ca, (identity, bundle)) = match identity {
             IdentitySource::CaDir(ca_dir) => {
@@ -132,8 +138,6 @@ impl Local {
             config,
             registry,
             workload,
-            policies,
-            workload_policy,
             trust_domains: domains,
             ca,
         })

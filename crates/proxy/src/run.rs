@@ -22,14 +22,14 @@ use tokio_util::sync::CancellationToken;
 use zmesh_config::authn::MtlsMode;
 use zmesh_config::mesh::OutboundTrafficPolicy;
 use zmesh_id::SpiffeId;
-use zmesh_policy::{Decision, PolicySet, Request, WorkloadPolicy};
+use zmesh_policy::{Decision, Request};
 use zmesh_tls::{CertStore, ExpectedPeers, TlsOptions};
 
 use crate::hbone::{self, HboneClient, Refusal, ServeFuture, TunnelHandler, TunnelRequest, TunnelStream};
 use crate::l7::{self, ConnectionContext};
 use crate::metrics::{Metrics, value};
 use crate::net;
-use crate::workload::{MeshWorkload, Registry};
+use crate::config::{Current, ProxyConfig};
 
 /// Where each listener binds.
 #[derive(Debug, Clone)]
@@ -57,14 +57,9 @@ pub struct ProxyOptions {
 /// The state every listener shares.
 #[derive(Debug)]
 pub struct Proxy {
-    pub workload: Arc<MeshWorkload>,
-    /// The workload's namespace, labels and service account, built once for policy lookups.
-    as_policy_sees_it: zmesh_policy::Workload,
-    pub registry: Registry,
-    pub policies: PolicySet,
-    pub policy: Arc<WorkloadPolicy>,
+    /// Workload, registry, policy and MeshConfig: replaced whole by configuration updates.
+    config: Current,
     pub store: Arc<CertStore>,
-    pub mesh: zmesh_config::mesh::MeshConfig,
     pub metrics: Metrics,
     /// Mark the proxy's own connections so capture lets them pass (transparent mode).
     pub marked: bool,
@@ -76,26 +71,16 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(
-        workload: Arc<MeshWorkload>,
-        registry: Registry,
-        policies: PolicySet,
+        config: ProxyConfig,
         store: Arc<CertStore>,
-        mesh: zmesh_config::mesh::MeshConfig,
         options: ProxyOptions,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let ProxyOptions { marked, hbone_port, hbone: hbone_options } = options;
-        let as_policy_sees_it = workload.policy_workload();
-        let policy = Arc::new(policies.for_workload(&as_policy_sees_it));
         let hbone = HboneClient::new(store.clone(), hbone_options);
         Arc::new(Proxy {
-            as_policy_sees_it,
-            workload,
-            registry,
-            policies,
-            policy,
+            config: Current::new(config),
             store,
-            mesh,
             metrics: Metrics::default(),
             marked,
             hbone_port,
@@ -104,7 +89,32 @@ impl Proxy {
         })
     }
 
-    fn l4_request(&self, peer: Option<&SpiffeId>, source: SocketAddr, target: SocketAddr) -> Decision {
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.config.get()
+    }
+
+    /// Put a new configuration in force for connections that start from now on. Refused when
+    /// it would give the workload another identity: the certificate in use proves the old one.
+    pub fn update(&self, config: ProxyConfig) -> Result<(), String> {
+        let current = self.config.get();
+        if config.workload.identity != current.workload.identity {
+            return Err(format!(
+                "the update changes workload {}/{} from {} to {}; restart its proxy to take a new identity",
+                current.workload.namespace, current.workload.name, current.workload.identity, config.workload.identity
+            ));
+        }
+        tracing::info!(version = %config.version, from = %current.version, "configuration updated");
+        self.config.replace(config);
+        Ok(())
+    }
+
+    fn l4_request(
+        config: &ProxyConfig,
+        peer: Option<&SpiffeId>,
+        source: SocketAddr,
+        target: SocketAddr,
+    ) -> Decision {
         let request = Request {
             peer,
             source_ip: Some(source.ip()),
@@ -115,23 +125,24 @@ impl Proxy {
             http: None,
             jwt: None,
         };
-        self.policy.authorize(&request)
+        config.policy.authorize(&request)
     }
 
     /// Istio's destination-reporter labels for traffic from `peer` to this workload.
-    fn labels(&self, peer: Option<&SpiffeId>) -> crate::metrics::Labels {
+    fn labels(config: &ProxyConfig, peer: Option<&SpiffeId>) -> crate::metrics::Labels {
+        let workload = &config.workload;
         vec![
             ("reporter", "destination".to_owned()),
             ("source_principal", value(peer)),
-            ("destination_principal", self.workload.identity.to_string()),
-            ("destination_workload", self.workload.name.clone()),
-            ("destination_workload_namespace", self.workload.namespace.clone()),
+            ("destination_principal", workload.identity.to_string()),
+            ("destination_workload", workload.name.clone()),
+            ("destination_workload_namespace", workload.namespace.clone()),
             ("connection_security_policy", if peer.is_some() { "mutual_tls" } else { "none" }.to_owned()),
         ]
     }
 
-    fn record_connection(&self, peer: Option<&SpiffeId>, target: SocketAddr, decision: &str) {
-        let mut labels = self.labels(peer);
+    fn record_connection(&self, config: &ProxyConfig, peer: Option<&SpiffeId>, target: SocketAddr, decision: &str) {
+        let mut labels = Self::labels(config, peer);
         labels.extend([("destination_port", target.port().to_string()), ("decision", decision.to_owned())]);
         self.metrics.add("istio_tcp_connections_opened_total", labels, 1);
     }
@@ -139,20 +150,21 @@ impl Proxy {
     /// Carry one inbound connection to the app: L7 on HTTP ports, bytes otherwise.
     async fn forward<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
+        config: Arc<ProxyConfig>,
         peer: Option<SpiffeId>,
         source: SocketAddr,
         target: SocketAddr,
         mut stream: S,
     ) {
         let marked = self.marked;
-        if self.workload.speaks_http(target.port()) {
+        if config.workload.speaks_http(target.port()) {
             let context = ConnectionContext {
-                policy: self.policy.clone(),
+                policy: config.policy.clone(),
                 peer,
-                local_identity: Some(self.workload.identity.clone()),
+                local_identity: Some(config.workload.identity.clone()),
                 source,
                 destination: target,
-                path_normalization: self.mesh.path_normalization,
+                path_normalization: config.mesh.path_normalization,
                 limits: zmesh_http::Limits::default(),
                 timeouts: l7::Timeouts::default(),
                 shutdown: self.shutdown.clone(),
@@ -171,7 +183,7 @@ impl Proxy {
             }
             match l7::serve_http1(stream, &context, || net::connect(target, marked)).await {
                 Ok(stats) => {
-                    let mut labels = self.labels(context.peer.as_ref());
+                    let mut labels = Self::labels(&config, context.peer.as_ref());
                     labels.push(("request_protocol", "http".to_owned()));
                     self.metrics.add("istio_requests_total", labels.clone(), stats.requests);
                     self.metrics.add(
@@ -200,18 +212,20 @@ struct Inbound(Arc<Proxy>);
 impl TunnelHandler for Inbound {
     fn admit(&self, request: &TunnelRequest) -> Result<(), Refusal> {
         let proxy = &self.0;
-        if request.target.ip() != proxy.workload.address {
+        let config = proxy.config();
+        if request.target.ip() != config.workload.address {
             return Err(Refusal::unknown_target(format!(
                 "{} is not an address of {}/{}",
-                request.target, proxy.workload.namespace, proxy.workload.name
+                request.target, config.workload.namespace, config.workload.name
             )));
         }
-        if proxy.workload.speaks_http(request.target.port()) {
+        if config.workload.speaks_http(request.target.port()) {
             // Every request on the tunnel is authorized at L7.
             return Ok(());
         }
-        let decision = proxy.l4_request(Some(&request.peer), request.peer_addr, request.target);
+        let decision = Proxy::l4_request(&config, Some(&request.peer), request.peer_addr, request.target);
         proxy.record_connection(
+            &config,
             Some(&request.peer),
             request.target,
             if decision.is_allow() { "allow" } else { "deny" },
@@ -228,7 +242,9 @@ impl TunnelHandler for Inbound {
     }
 
     fn serve(&self, request: TunnelRequest, stream: TunnelStream) -> ServeFuture<'_> {
-        Box::pin(async move { self.0.forward(Some(request.peer), request.peer_addr, request.target, stream).await })
+        Box::pin(async move {
+            self.0.forward(self.0.config(), Some(request.peer), request.peer_addr, request.target, stream).await
+        })
     }
 }
 
@@ -296,25 +312,27 @@ impl Proxy {
             Ok(target) => target,
             Err(error) => return tracing::warn!(%error, "no original destination on a captured connection"),
         };
-        let mode = self.policies.mtls_mode(&self.as_policy_sees_it, target.port());
+        let config = self.config();
+        let mode = config.policies.mtls_mode(&config.as_policy_sees_it, target.port());
         if mode.mode == MtlsMode::Strict {
-            self.record_connection(None, target, "strict_refused");
+            self.record_connection(&config, None, target, "strict_refused");
             return tracing::debug!(%source, %target, "plaintext refused: STRICT mTLS");
         }
-        if !self.workload.speaks_http(target.port()) {
-            let decision = self.l4_request(None, source, target);
-            self.record_connection(None, target, if decision.is_allow() { "allow" } else { "deny" });
+        if !config.workload.speaks_http(target.port()) {
+            let decision = Self::l4_request(&config, None, source, target);
+            self.record_connection(&config, None, target, if decision.is_allow() { "allow" } else { "deny" });
             if !decision.is_allow() {
                 return;
             }
         }
-        self.forward(None, source, target, stream).await;
+        self.forward(config, None, source, target, stream).await;
     }
 
     /// Outbound: through the mesh when the destination is a mesh workload, else as
     /// outboundTrafficPolicy says.
     async fn outbound(self: Arc<Self>, mut stream: TcpStream, target: SocketAddr) {
-        match self.registry.destination(target).cloned() {
+        let config = self.config();
+        match config.registry.destination(target).cloned() {
             Some(destination) => {
                 let proxy_addr = SocketAddr::new(destination.address, self.hbone_port);
                 match self.hbone.connect(proxy_addr, ExpectedPeers::one(destination.identity.clone()), target).await {
@@ -324,7 +342,7 @@ impl Proxy {
                     Err(error) => tracing::warn!(%error, %target, "no tunnel to the destination"),
                 }
             }
-            None if self.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => {
+            None if config.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => {
                 match net::connect(target, self.marked).await {
                     Ok(mut upstream) => {
                         let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
@@ -372,25 +390,27 @@ impl Proxy {
     }
 
     fn config_dump(&self) -> String {
-        let policies: Vec<serde_json::Value> = self
+        let config = self.config();
+        let policies: Vec<serde_json::Value> = config
             .policy
             .all()
             .map(|p| serde_json::json!({"policy": p.id.as_ref(), "action": p.action.as_str(), "dryRun": p.dry_run, "rules": p.rules.len()}))
             .collect();
-        let ports: Vec<serde_json::Value> = self
-            .workload
+        let workload = &config.workload;
+        let ports: Vec<serde_json::Value> = workload
             .ports
             .iter()
             .map(|p| {
-                let mode = self.policies.mtls_mode(&self.as_policy_sees_it, p.number);
+                let mode = config.policies.mtls_mode(&config.as_policy_sees_it, p.number);
                 serde_json::json!({"port": p.number, "name": p.name, "http": p.is_http(), "mtls": mode.mode.as_str(), "mtlsPolicy": mode.policy.as_deref()})
             })
             .collect();
         serde_json::json!({
-            "workload": {"namespace": self.workload.namespace, "name": self.workload.name, "address": self.workload.address.to_string(), "identity": self.workload.identity.to_string()},
+            "version": config.version,
+            "workload": {"namespace": workload.namespace, "name": workload.name, "address": workload.address.to_string(), "identity": workload.identity.to_string()},
             "ports": ports,
             "authorizationPolicies": policies,
-            "meshWorkloads": self.registry.len(),
+            "meshWorkloads": config.registry.len(),
         })
         .to_string()
     }

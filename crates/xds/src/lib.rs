@@ -10,5 +10,11 @@ pub mod ca {
     tonic::include_proto!("zmesh.ca.v1");
 }
 
+/// Configuration push (`zmesh.config.v1`).
+pub mod config {
+    #![allow(missing_docs, clippy::all, clippy::unwrap_used, missing_debug_implementations)]
+    tonic::include_proto!("zmesh.config.v1");
+}
+
 /// The metadata key carrying the caller's bearer token.
 pub const AUTHORIZATION: &str = "authorization";

@@ -1,6 +1,6 @@
-//! Who is who: the workloads this proxy serves and the mesh it talks to, as read from the
-//! configuration (WorkloadEntry and ServiceEntry today; Kubernetes objects with the control
-//! plane).
+//! zmesh-registry: who is who in the mesh — every workload with its address, identity, labels,
+//! ports and protocols, as read from the configuration (WorkloadEntry). The control plane uses it
+//! to decide what each proxy needs; a proxy uses it to find its own workload and to reach peers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
