@@ -28,8 +28,10 @@ macro_rules! out {
 mod ca;
 mod capture;
 mod check;
+mod control;
 mod echo;
 mod proxy;
+mod up;
 mod validate;
 
 /// The zero-trust service mesh: mTLS with SPIFFE identities, Istio-compatible policy, and
@@ -66,6 +68,18 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Run the sidecar proxy of one workload.
     Proxy(proxy::ProxyArgs),
+    /// Run the control plane: watch configuration, push it to proxies, sign certificates.
+    ControlPlane(control::ControlPlaneArgs),
+    /// SYNCED/STALE and the acknowledged version of every proxy (istioctl proxy-status).
+    ProxyStatus(control::ProxyStatusArgs),
+    /// Run a whole mesh on this machine: control plane, CA, a proxy per workload (and, with no
+    /// --config, a demo mesh with apps and traffic). Ctrl-C stops everything.
+    Up(up::UpArgs),
+    /// Run a command as a workload of a running `zmesh up`.
+    Exec(up::ExecArgs),
+    /// The demo's traffic generator (used by `zmesh up`).
+    #[command(hide = true)]
+    Traffic(up::traffic::TrafficArgs),
 }
 
 /// Exit codes shared by every subcommand: 0 success, 1 findings or invalid input files,
@@ -98,6 +112,11 @@ fn main() -> ExitCode {
         Command::Capture(command) => capture::capture(command),
         Command::Echo(args) => echo::echo(args),
         Command::Proxy(args) => proxy::proxy(args),
+        Command::ControlPlane(args) => control::control_plane(args),
+        Command::ProxyStatus(args) => control::proxy_status(args),
+        Command::Up(args) => up::up(args),
+        Command::Exec(args) => up::exec(args),
+        Command::Traffic(args) => up::traffic::traffic(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -2,22 +2,36 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use zmesh_proxy::capture::{HBONE_PORT, HEALTH_PORT, INBOUND_CAPTURE_PORT, METRICS_PORT, OUTBOUND_CAPTURE_PORT};
+use zmesh_proxy::capture::{
+    HBONE_PORT, HEALTH_PORT, HTTP_PROXY_PORT, INBOUND_CAPTURE_PORT, METRICS_PORT, OUTBOUND_CAPTURE_PORT,
+};
+use zmesh_proxy::identity::{IdentityManager, SigningClient};
 use zmesh_proxy::local::{IdentitySource, Local};
 use zmesh_proxy::run::{Listeners, Proxy};
+use zmesh_proxy::subscription::Subscription;
 
 use crate::UsageError;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProxyArgs {
-    /// Configuration directory (WorkloadEntries, policies, MeshConfig).
-    #[arg(long, value_name = "DIR")]
-    config: PathBuf,
+    /// Follow this control plane (gRPC URL, such as http://127.0.0.1:15010): configuration
+    /// pushed and certificates signed by it.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["config", "ca_dir", "cert"], requires = "token_file")]
+    control_plane: Option<String>,
+    /// The bootstrap token proving this workload's identity to the control plane.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Instead of a control plane: a configuration directory (WorkloadEntries, policies,
+    /// MeshConfig), read once.
+    #[arg(long, value_name = "DIR", required_unless_present = "control_plane")]
+    config: Option<PathBuf>,
     /// The CA directory to issue (and renew) this workload's certificate from.
-    #[arg(long, value_name = "DIR", required_unless_present = "cert", conflicts_with_all = ["cert", "key", "roots"])]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["cert", "control_plane"], conflicts_with_all = ["cert", "key", "roots"])]
     ca_dir: Option<PathBuf>,
     /// Instead of --ca-dir: a fixed certificate chain (PEM), with --key and --roots.
     #[arg(long, value_name = "FILE", requires_all = ["key", "roots"])]
@@ -41,6 +55,11 @@ pub(crate) struct ProxyArgs {
     /// An explicit outbound port: connections to LISTEN go to TARGET through the mesh.
     #[arg(long, value_name = "LISTEN=TARGET", value_parser = parse_mapping)]
     outbound: Vec<(SocketAddr, SocketAddr)>,
+    /// The HTTP proxy port: apps started with `http_proxy=http://ADDR` reach mesh workloads by
+    /// name (`name.namespace`) through the mesh. Default with --explicit: the workload's address
+    /// on 15080; without --explicit (capture routes outbound traffic): none unless given.
+    #[arg(long, value_name = "ADDR")]
+    http_proxy: Option<SocketAddr>,
     /// Override where this proxy's own HBONE listener binds (default: the workload's address, or
     /// every address, on --hbone-port).
     #[arg(long, value_name = "ADDR")]
@@ -72,67 +91,104 @@ fn parse_mapping(text: &str) -> Result<(SocketAddr, SocketAddr), String> {
     Ok((parse(listen)?, parse(target)?))
 }
 
+/// Where the proxy's configuration and certificate come from.
+enum Source {
+    /// Local files, read once, and a CA directory or fixed certificate files.
+    Local(Arc<Local>),
+    /// The control plane: configuration pushed and followed, certificates signed and renewed.
+    ControlPlane { subscription: Subscription, identity: IdentityManager, received: SystemTime },
+}
+
+fn read_token(args: &ProxyArgs) -> anyhow::Result<String> {
+    let path = args.token_file.as_ref().ok_or_else(|| UsageError("--control-plane needs --token-file".into()))?;
+    let token = std::fs::read_to_string(path).with_context(|| format!("cannot read the token {}", path.display()))?;
+    Ok(token.trim().to_owned())
+}
+
+/// A name for this proxy process, unique per run: `name.namespace-pid`.
+fn proxy_id(workload: &str) -> String {
+    let (namespace, name) = workload.split_once('/').unwrap_or(("", workload));
+    format!("{name}.{namespace}-{}", std::process::id())
+}
+
 pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log_level)
-                .map_err(|e| UsageError(format!("--log-level: {e}")))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let identity = match (&args.ca_dir, &args.cert, &args.key, &args.roots) {
-        (Some(dir), _, _, _) => IdentitySource::CaDir(dir.clone()),
-        (None, Some(chain), Some(key), Some(roots)) => {
-            IdentitySource::Files { chain: chain.clone(), key: key.clone(), roots: roots.clone() }
-        }
-        _ => return Err(UsageError("give --ca-dir, or --cert with --key and --roots".into()).into()),
-    };
-    let local = Local::load(&args.config, &identity, &args.workload)?;
-    let address = local.workload.address;
-    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
-    let (own, admin_ip) = if args.explicit { (address, address) } else { (any, IpAddr::V4(Ipv4Addr::LOCALHOST)) };
-    let listeners = Listeners {
-        hbone: args.hbone_listen.unwrap_or(at(own, args.hbone_port)),
-        health: args.health.unwrap_or(at(own, HEALTH_PORT)),
-        metrics: args.metrics.unwrap_or(at(own, METRICS_PORT)),
-        admin: args.admin.unwrap_or(at(admin_ip, 15000)),
-        capture: (!args.explicit).then(|| (at(any, INBOUND_CAPTURE_PORT), at(any, OUTBOUND_CAPTURE_PORT))),
-        explicit: args.outbound,
-    };
+    crate::control::init_logging(&args.log_level)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.concurrency.max(1)).enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let local = std::sync::Arc::new(local);
+        crate::control::cancel_on_signal(shutdown.clone())?;
+        let (source, config, store) = match (&args.control_plane, &args.config) {
+            (Some(url), _) => {
+                let token = read_token(&args)?;
+                let mut subscription = Subscription::new(url, token.clone(), &args.workload, proxy_id(&args.workload))?;
+                tracing::info!(control_plane = %url, workload = %args.workload, "waiting for the first configuration");
+                let Some(config) = subscription.initial(&shutdown).await else { return Ok(()) };
+                let domains = zmesh_proxy::local::trust_domains_of(&config.mesh);
+                let identity =
+                    IdentityManager::new(config.workload.identity.clone(), domains, SigningClient::new(url, token)?);
+                let (store, received) = identity.bootstrap(Duration::from_secs(60)).await?;
+                (Source::ControlPlane { subscription, identity, received }, config, store)
+            }
+            (None, Some(dir)) => {
+                let identity = match (&args.ca_dir, &args.cert, &args.key, &args.roots) {
+                    (Some(dir), _, _, _) => IdentitySource::CaDir(dir.clone()),
+                    (None, Some(chain), Some(key), Some(roots)) => {
+                        IdentitySource::Files { chain: chain.clone(), key: key.clone(), roots: roots.clone() }
+                    }
+                    _ => return Err(UsageError("give --ca-dir, or --cert with --key and --roots".into()).into()),
+                };
+                let local = Arc::new(Local::load(dir, &identity, &args.workload)?);
+                let (config, store) = (local.proxy_config(), local.store.clone());
+                (Source::Local(local), config, store)
+            }
+            (None, None) => return Err(UsageError("give --control-plane URL, or --config DIR".into()).into()),
+        };
+        let address = config.workload.address;
+        let identity_text = config.workload.identity.to_string();
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
+        let (own, admin_ip) = if args.explicit { (address, address) } else { (any, IpAddr::V4(Ipv4Addr::LOCALHOST)) };
+        let listeners = Listeners {
+            hbone: args.hbone_listen.unwrap_or(at(own, args.hbone_port)),
+            health: args.health.unwrap_or(at(own, HEALTH_PORT)),
+            metrics: args.metrics.unwrap_or(at(own, METRICS_PORT)),
+            admin: args.admin.unwrap_or(at(admin_ip, 15000)),
+            capture: (!args.explicit).then(|| (at(any, INBOUND_CAPTURE_PORT), at(any, OUTBOUND_CAPTURE_PORT))),
+            explicit: args.outbound,
+            http_proxy: args.http_proxy.or(args.explicit.then(|| at(address, HTTP_PROXY_PORT))),
+        };
         let proxy = Proxy::new(
-            local.proxy_config(),
-            local.store.clone(),
+            config,
+            store.clone(),
             zmesh_proxy::run::ProxyOptions {
                 marked: !args.explicit,
                 hbone_port: args.hbone_port,
-                hbone: zmesh_proxy::hbone::ClientOptions { reuse_connections: !args.hbone_connection_per_tunnel, ..Default::default() },
+                hbone: zmesh_proxy::hbone::ClientOptions {
+                    reuse_connections: !args.hbone_connection_per_tunnel,
+                    ..Default::default()
+                },
             },
             shutdown.clone(),
         );
-        let rotation = {
-            let (local, shutdown) = (local.clone(), shutdown.clone());
-            tokio::spawn(async move { local.rotate(shutdown).await })
-        };
-        tracing::info!(workload = %args.workload, identity = %local.workload.identity, mode = if args.explicit { "explicit" } else { "transparent" }, "proxy starting");
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+        let background = match source {
+            Source::Local(local) => {
+                let stop = shutdown.clone();
+                tokio::spawn(async move { local.rotate(stop).await })
             }
-            tracing::info!("draining");
-            stop.cancel();
-        });
+            Source::ControlPlane { subscription, identity, received } => {
+                let (stop, updated) = (shutdown.clone(), proxy.clone());
+                let follow = tokio::spawn(subscription.follow(stop.clone(), move |config| updated.update(config)));
+                tokio::spawn(async move {
+                    identity.rotate(store, received, stop.cancelled_owned()).await;
+                    let _ = follow.await;
+                })
+            }
+        };
+        tracing::info!(workload = %args.workload, identity = %identity_text, mode = if args.explicit { "explicit" } else { "transparent" }, "proxy starting");
         let result = zmesh_proxy::run::run(proxy, listeners).await;
         shutdown.cancel();
-        let _ = rotation.await;
+        let _ = background.await;
         result.context("the proxy stopped")
     })?;
     Ok(0)

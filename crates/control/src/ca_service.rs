@@ -45,6 +45,36 @@ pub struct Signer {
     authenticator: Arc<dyn CallerAuthenticator>,
     limit: PerCallerLimit,
     rng: SystemRandom,
+    issued: Arc<IssuedCertificates>,
+}
+
+/// The last certificate issued to each identity, for the status API.
+#[derive(Debug, Default)]
+pub struct IssuedCertificates(std::sync::Mutex<std::collections::BTreeMap<String, IssuedRecord>>);
+
+#[derive(Debug, Clone)]
+pub struct IssuedRecord {
+    pub identity: String,
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub issued_at: SystemTime,
+    /// Certificates issued to this identity since the control plane started.
+    pub count: u64,
+}
+
+impl IssuedCertificates {
+    fn record(&self, identity: String, serial: String, not_before: SystemTime, not_after: SystemTime) {
+        let mut issued = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = issued.get(&identity).map_or(0, |r| r.count) + 1;
+        let issued_at = SystemTime::now();
+        issued.insert(identity.clone(), IssuedRecord { identity, serial, not_before, not_after, issued_at, count });
+    }
+
+    /// Every identity's latest certificate, ordered by identity.
+    pub fn list(&self) -> Vec<IssuedRecord> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+    }
 }
 
 impl std::fmt::Debug for Signer {
@@ -55,7 +85,13 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     pub fn new(ca: SharedCa, authenticator: Arc<dyn CallerAuthenticator>, limit: PerCallerLimit) -> Self {
-        Signer { ca, authenticator, limit, rng: SystemRandom::new() }
+        Signer { ca, authenticator, limit, rng: SystemRandom::new(), issued: Arc::default() }
+    }
+
+    /// Record what is issued in `issued` (shared with the status API).
+    pub fn with_log(mut self, issued: Arc<IssuedCertificates>) -> Self {
+        self.issued = issued;
+        self
     }
 
     /// The tonic service to add to a server.
@@ -64,7 +100,7 @@ impl Signer {
     }
 }
 
-fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
+pub(crate) fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
     let value = request
         .metadata()
         .get(zmesh_xds::AUTHORIZATION)
@@ -119,6 +155,7 @@ impl CertificateService for Signer {
             peer = ?peer,
             "certificate issued"
         );
+        self.issued.record(issued.id.to_string(), issued.serial_hex.clone(), issued.not_before, issued.not_after);
         Ok(Response::new(CertificateResponse {
             cert_chain: vec![issued.chain_pem],
             trust_bundle: vec![ca.trust_bundle_pem().to_owned()],

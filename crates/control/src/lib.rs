@@ -4,7 +4,12 @@
 //! The config store, registry and push come with the control-plane work.
 
 pub mod ca_service;
+pub mod push;
 pub mod ratelimit;
+pub mod store;
+pub mod plane;
+pub mod snapshot;
+pub mod status;
 pub mod tokens;
 
 use std::time::Duration;

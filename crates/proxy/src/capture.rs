@@ -19,6 +19,10 @@ pub const INBOUND_CAPTURE_PORT: u16 = 15006;
 pub const HBONE_PORT: u16 = 15008;
 pub const METRICS_PORT: u16 = 15020;
 pub const HEALTH_PORT: u16 = 15021;
+/// The HTTP proxy port of explicit mode: apps reach mesh workloads by name with
+/// `http_proxy=http://<proxy>:15080`. Not an Istio port (Istio has no forward proxy); it is only
+/// bound without capture, so the capture rules need no exemption for it.
+pub const HTTP_PROXY_PORT: u16 = 15080;
 
 /// What to capture.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -4,15 +4,16 @@
 //! the control plane or local files, swapped whole), and its listeners — HBONE inbound,
 //! plaintext inbound, outbound, health, metrics and admin. See `run` for how they fit.
 
-pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod forward;
 pub mod hbone;
 pub mod http2;
 pub mod identity;
 pub mod l7;
 pub mod local;
-pub mod metrics;
 pub mod net;
 pub mod run;
+pub mod subscription;
 
+pub use zmesh_telemetry::{endpoints as admin, metrics};

@@ -49,7 +49,12 @@ pub enum IdentitySource {
 }
 
 pub fn trust_domains(config: &Config) -> TrustDomains {
-    TrustDomains::new(config.mesh.trust_domain.clone()).with_aliases(config.mesh.trust_domain_aliases.iter().cloned())
+    trust_domains_of(&config.mesh)
+}
+
+/// The trust domain and its aliases, as peers' certificates are checked against them.
+pub fn trust_domains_of(mesh: &zmesh_config::mesh::MeshConfig) -> TrustDomains {
+    TrustDomains::new(mesh.trust_domain.clone()).with_aliases(mesh.trust_domain_aliases.iter().cloned())
 }
 
 fn issue(

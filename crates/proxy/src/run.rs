@@ -18,6 +18,7 @@ use std::time::SystemTime;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use zmesh_config::authn::MtlsMode;
 use zmesh_config::mesh::OutboundTrafficPolicy;
@@ -42,6 +43,8 @@ pub struct Listeners {
     pub capture: Option<(SocketAddr, SocketAddr)>,
     /// Explicit outbound: connections to `listen` go to `target` through the mesh.
     pub explicit: Vec<(SocketAddr, SocketAddr)>,
+    /// The explicit HTTP proxy port (`http_proxy=http://ADDR`, see `forward`); `None`: not bound.
+    pub http_proxy: Option<SocketAddr>,
 }
 
 /// How this proxy reaches others.
@@ -331,28 +334,35 @@ impl Proxy {
     /// Outbound: through the mesh when the destination is a mesh workload, else as
     /// outboundTrafficPolicy says.
     async fn outbound(self: Arc<Self>, mut stream: TcpStream, target: SocketAddr) {
+        match self.open_outbound(target).await {
+            Ok(mut upstream) => {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+            }
+            Err(error @ OutboundError::NotInRegistry { .. }) => tracing::info!(%error, %target, "connection refused"),
+            Err(error) => tracing::warn!(%error, %target, "outbound connection failed"),
+        }
+    }
+
+    /// The connection [`Proxy::outbound`] carries a stream over, opened but not yet used, so a
+    /// caller that speaks a protocol (the HTTP proxy port) can answer a failure in it.
+    pub(crate) async fn open_outbound(&self, target: SocketAddr) -> Result<Outbound, OutboundError> {
         let config = self.config();
-        match config.registry.destination(target).cloned() {
+        match config.registry.destination(target) {
             Some(destination) => {
                 let proxy_addr = SocketAddr::new(destination.address, self.hbone_port);
-                match self.hbone.connect(proxy_addr, ExpectedPeers::one(destination.identity.clone()), target).await {
-                    Ok(mut tunnel) => {
-                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await;
-                    }
-                    Err(error) => tracing::warn!(%error, %target, "no tunnel to the destination"),
+                let expected = ExpectedPeers::one(destination.identity.clone());
+                match self.hbone.connect(proxy_addr, expected, target).await {
+                    Ok(tunnel) => Ok(Either::Left(tunnel)),
+                    Err(error) => Err(OutboundError::Tunnel { target, error }),
                 }
             }
             None if config.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => {
-                match net::connect(target, self.marked).await {
-                    Ok(mut upstream) => {
-                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-                    }
-                    Err(error) => tracing::warn!(%error, %target, "passthrough connect failed"),
-                }
+                net::connect(target, self.marked)
+                    .await
+                    .map(Either::Right)
+                    .map_err(|error| OutboundError::Passthrough { target, error })
             }
-            None => {
-                tracing::info!(%target, "REGISTRY_ONLY: the destination is not in the mesh registry; connection refused")
-            }
+            None => Err(OutboundError::NotInRegistry { target }),
         }
     }
 
@@ -416,6 +426,20 @@ impl Proxy {
     }
 }
 
+/// An opened outbound connection: an HBONE tunnel to a mesh destination, or a direct connection.
+pub(crate) type Outbound = Either<hbone::Tunnel, TcpStream>;
+
+/// Why [`Proxy::open_outbound`] opened nothing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OutboundError {
+    #[error("no tunnel to {target}: {error}")]
+    Tunnel { target: SocketAddr, error: hbone::HboneError },
+    #[error("cannot connect to {target} (passthrough, outboundTrafficPolicy ALLOW_ANY): {error}")]
+    Passthrough { target: SocketAddr, error: std::io::Error },
+    #[error("{target} is not in the mesh registry and outboundTrafficPolicy is REGISTRY_ONLY")]
+    NotInRegistry { target: SocketAddr },
+}
+
 /// Bind every listener and serve until `shutdown`.
 pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()> {
     let shutdown = proxy.shutdown.clone();
@@ -475,6 +499,17 @@ pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()>
         tasks.spawn(async move {
             accept_loop(listener, shutdown, ConnectionLimits::default(), move |stream, _| {
                 proxy.clone().outbound(stream, target)
+            })
+            .await;
+            Ok(())
+        });
+    }
+    if let Some(listen) = listeners.http_proxy {
+        let listener = bind(listen).await?;
+        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            accept_loop(listener, shutdown, ConnectionLimits::default(), move |stream, source| {
+                crate::forward::serve(proxy.clone(), stream, source)
             })
             .await;
             Ok(())

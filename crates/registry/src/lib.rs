@@ -1,6 +1,7 @@
 //! zmesh-registry: who is who in the mesh — every workload with its address, identity, labels,
 //! ports and protocols, as read from the configuration (WorkloadEntry). The control plane uses it
-//! to decide what each proxy needs; a proxy uses it to find its own workload and to reach peers.
+//! to decide what each proxy needs; a proxy uses it to find its own workload and to reach peers,
+//! and to resolve the host names apps use (`name.namespace`, ServiceEntry hosts) without DNS.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -115,11 +116,17 @@ fn mesh_workload(
     })
 }
 
-/// Every workload the configuration names, by address.
+/// The cluster DNS suffix of Kubernetes service names (`name.namespace.svc.cluster.local`).
+const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Every workload the configuration names, by address, and the host names that reach them.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     by_address: HashMap<IpAddr, Arc<MeshWorkload>>,
     by_name: HashMap<(String, String), Arc<MeshWorkload>>,
+    /// Lowercase host name → address; built once per configuration so that resolving is a
+    /// lookup (see [`Registry::resolve`] for which names are in it).
+    hosts: HashMap<String, IpAddr>,
 }
 
 impl Registry {
@@ -135,7 +142,33 @@ impl Registry {
                 registry.by_name.insert((workload.namespace.clone(), workload.name.clone()), workload);
             }
         }
+        registry.hosts = host_index(config, &registry.by_name);
         registry
+    }
+
+    /// The address a host name (as in a URL or a CONNECT request) reaches in the mesh:
+    /// - an IP literal (`10.0.0.9`, `::1`, `[::1]`) is itself;
+    /// - a WorkloadEntry by `name.namespace`, `name.namespace.svc` or
+    ///   `name.namespace.svc.cluster.local`, or by its bare `name` when no other workload in the
+    ///   mesh has that name (a bare name that is ambiguous resolves to nothing rather than to a
+    ///   guess);
+    /// - a ServiceEntry host: the first workload (by name) its workloadSelector selects in the
+    ///   ServiceEntry's namespace, else its first endpoint with an IP address.
+    ///
+    /// Case-insensitive; a trailing dot (a fully qualified name) is ignored. Qualified workload
+    /// names win over ServiceEntry hosts, which win over bare names. `None` for anything else,
+    /// including wildcard ServiceEntry hosts and endpoints that are host names (those need DNS).
+    pub fn resolve(&self, host: &str) -> Option<IpAddr> {
+        let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+            return Some(ip);
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hosts.get(&host.to_ascii_lowercase()).copied()
+        } else {
+            self.hosts.get(host).copied()
+        }
     }
 
     /// The workload at an address.
@@ -167,6 +200,16 @@ impl Registry {
         })
     }
 
+    /// Every workload, in no particular order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<MeshWorkload>> {
+        self.by_name.values()
+    }
+
+    /// The workload `namespace/name`, if the registry has it.
+    pub fn workload_named(&self, namespace: &str, name: &str) -> Option<&Arc<MeshWorkload>> {
+        self.by_name.get(&(namespace.to_owned(), name.to_owned()))
+    }
+
     pub fn len(&self) -> usize {
         self.by_address.len()
     }
@@ -174,6 +217,50 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.by_address.is_empty()
     }
+}
+
+/// Every host name [`Registry::resolve`] answers for, lowercase. Inserted from the strongest
+/// claim to the weakest, each keeping a name an earlier one took, so the result never depends on
+/// document order.
+fn host_index(config: &Config, by_name: &HashMap<(String, String), Arc<MeshWorkload>>) -> HashMap<String, IpAddr> {
+    let mut workloads: Vec<&Arc<MeshWorkload>> = by_name.values().collect();
+    workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut hosts = HashMap::new();
+    for workload in &workloads {
+        let qualified = format!("{}.{}", workload.name, workload.namespace).to_ascii_lowercase();
+        for name in [format!("{qualified}.svc.{CLUSTER_DOMAIN}"), format!("{qualified}.svc"), qualified] {
+            hosts.entry(name).or_insert(workload.address);
+        }
+    }
+    let mut entries: Vec<_> = config.service_entries.iter().collect();
+    entries.sort_by(|a, b| (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name)));
+    for entry in entries {
+        let selected = entry.workload_selector.as_ref().and_then(|selector| {
+            workloads
+                .iter()
+                .find(|w| w.namespace == entry.meta.namespace && selector.matches(&w.labels))
+                .map(|w| w.address)
+        });
+        let Some(address) = selected.or_else(|| entry.endpoints.iter().find_map(WorkloadSpec::ip)) else {
+            continue;
+        };
+        for host in entry.hosts.iter().filter(|h| !h.contains('*')) {
+            let host = host.strip_suffix('.').unwrap_or(host);
+            hosts.entry(host.to_ascii_lowercase()).or_insert(address);
+        }
+    }
+    let mut bare: HashMap<String, Option<IpAddr>> = HashMap::new();
+    for workload in &workloads {
+        bare.entry(workload.name.to_ascii_lowercase())
+            .and_modify(|address| *address = None)
+            .or_insert(Some(workload.address));
+    }
+    for (name, address) in bare {
+        if let Some(address) = address {
+            hosts.entry(name).or_insert(address);
+        }
+    }
+    hosts
 }
 
 #[cfg(test)]
@@ -217,5 +304,126 @@ spec: {address: db.internal}
             error.to_string(),
             "no WorkloadEntry fintech-core/nope in the configuration; the known ones are: fintech-core/db, fintech-core/payments"
         );
+    }
+    const NAMED: &str = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: payments, namespace: fintech-core}
+spec: {address: 10.0.0.9, labels: {app: payments}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ledger, namespace: fintech-core}
+spec: {address: 10.0.0.10, labels: {app: ledger}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ledger, namespace: audit}
+spec: {address: 10.0.1.10, labels: {app: ledger}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: pay-api, namespace: fintech-core}
+spec:
+  hosts: [pay.example.internal, \"*.wild.internal\"]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {matchLabels: {app: payments}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ledger-elsewhere, namespace: other}
+spec:
+  hosts: [ledger.example.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {matchLabels: {app: ledger}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: fintech-core}
+spec:
+  hosts: [legacy.corp, payments.fintech-core]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 192.168.7.7}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external, namespace: fintech-core}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+";
+
+    fn named() -> Registry {
+        let loaded = zmesh_config::load_str(NAMED);
+        assert!(!loaded.has_errors(), "{:?}", loaded.errors().next());
+        Registry::from_config(&loaded.config)
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn ip_literals_resolve_to_themselves() {
+        let registry = named();
+        assert_eq!(registry.resolve("10.0.0.9"), ip("10.0.0.9"));
+        assert_eq!(registry.resolve("203.0.113.5"), ip("203.0.113.5"), "a literal needs no registry entry");
+        assert_eq!(registry.resolve("[2001:db8::1]"), ip("2001:db8::1"));
+        assert_eq!(registry.resolve("2001:db8::1"), ip("2001:db8::1"));
+        assert_eq!(registry.resolve("[2001:db8::1"), None);
+    }
+
+    #[test]
+    fn workloads_resolve_by_their_kubernetes_style_names_in_any_case() {
+        let registry = named();
+        for host in [
+            "payments.fintech-core",
+            "payments.fintech-core.svc",
+            "payments.fintech-core.svc.cluster.local",
+            "payments.fintech-core.svc.cluster.local.",
+            "Payments.FINTECH-core.svc.Cluster.Local",
+            "payments",
+        ] {
+            assert_eq!(registry.resolve(host), ip("10.0.0.9"), "{host}");
+        }
+        assert_eq!(registry.resolve("ledger.fintech-core"), ip("10.0.0.10"));
+        assert_eq!(registry.resolve("ledger.audit.svc.cluster.local"), ip("10.0.1.10"));
+        assert_eq!(registry.resolve("payments.audit"), None);
+        assert_eq!(registry.resolve("payments.fintech-core.svc.cluster"), None);
+    }
+
+    #[test]
+    fn a_bare_name_that_two_namespaces_use_resolves_to_nothing() {
+        assert_eq!(named().resolve("ledger"), None);
+        assert_eq!(named().resolve("LEDGER"), None);
+    }
+
+    #[test]
+    fn service_entry_hosts_resolve_to_a_selected_workload_or_an_endpoint() {
+        let registry = named();
+        assert_eq!(registry.resolve("pay.example.internal"), ip("10.0.0.9"));
+        assert_eq!(registry.resolve("PAY.example.internal."), ip("10.0.0.9"));
+        assert_eq!(registry.resolve("legacy.corp"), ip("192.168.7.7"));
+        // The selector only looks in the ServiceEntry's own namespace, where nothing matches.
+        assert_eq!(registry.resolve("ledger.example.internal"), None);
+        assert_eq!(registry.resolve("any.wild.internal"), None, "wildcards are not resolved");
+        assert_eq!(registry.resolve("api.example.com"), None, "a DNS ServiceEntry needs DNS");
+    }
+
+    #[test]
+    fn a_workload_s_own_name_wins_over_a_service_entry_claiming_it() {
+        assert_eq!(named().resolve("payments.fintech-core"), ip("10.0.0.9"));
+    }
+
+    #[test]
+    fn unknown_names_resolve_to_nothing() {
+        let registry = named();
+        for host in ["", ".", "nope", "nope.fintech-core", "example.com"] {
+            assert_eq!(registry.resolve(host), None, "{host:?}");
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! The proxy's own HTTP endpoints: health on 15021 (never behind mTLS or authorization),
-//! Prometheus text on 15020, and the admin API on 15000 (localhost only): config dump and
-//! certificates.
+//! Small read-only HTTP endpoints: the proxy's health (15021, never behind mTLS or
+//! authorization), Prometheus text (15020) and admin API (15000, localhost only), and the
+//! control plane's admin and status API (15014). A route table maps a path to a response.
 
 use std::convert::Infallible;
 use std::sync::Arc;

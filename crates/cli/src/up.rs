@@ -1,0 +1,620 @@
+//! `zmesh up`: a whole mesh on this machine. The control plane (with its CA) runs in this
+//! process; every workload gets a proxy process, and in the built-in demo an echo app and a
+//! traffic generator too, so allowed and denied flows happen at once and the summary shows
+//! them. `zmesh exec WORKLOAD -- CMD` runs a command as one of the workloads.
+//!
+//! Two shapes:
+//! - loopback (default, no privileges): every workload has its own 127.0.x.y address; proxies
+//!   run in explicit mode, and apps reach the mesh through their proxy's HTTP proxy port;
+//! - `--isolate` (root): every workload gets its own network namespace joined to a bridge,
+//!   with iptables capture, exactly like pods.
+//!
+//! Whatever `up` starts it stops on Ctrl-C (or `--duration`): processes by PID, then the
+//! namespaces and the bridge. Nothing else on the machine is touched.
+
+mod demo;
+pub(crate) mod traffic;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use zmesh_control::plane::{ControlPlane, Options};
+use zmesh_control::store::WatchOptions;
+use zmesh_registry::MeshWorkload;
+
+use crate::control::{GRPC_PORT, STATUS_PORT};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpArgs {
+    /// Run your own workloads: a directory of WorkloadEntries and policies (watched). Without
+    /// it, the built-in demo mesh runs.
+    #[arg(long, value_name = "DIR")]
+    config: Option<PathBuf>,
+    /// Give every workload its own network namespace with transparent capture (needs root).
+    #[arg(long)]
+    isolate: bool,
+    /// Where the run keeps its configuration copy, CA, tokens and logs.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Stop by itself after this many seconds (0: run until Ctrl-C).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    duration: u64,
+    /// How often the summary is printed.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    summary_ms: u64,
+    /// Log filter for the control plane (RUST_LOG syntax); proxies log to the state directory.
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+}
+
+/// The bridge and address block of `--isolate`.
+const BRIDGE: &str = "zmesh0";
+const ISOLATE_PREFIX: [u8; 2] = [10, 88];
+const BRIDGE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+
+/// The default state directory: per user, under the runtime directory when there is one.
+pub(crate) fn default_state_dir() -> PathBuf {
+    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(runtime).join("zmesh-up");
+    }
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m));
+    std::env::temp_dir().join(format!("zmesh-up-{uid}"))
+}
+
+/// What `zmesh exec` needs to know about a running `up`, kept in `STATE/up.json`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RunState {
+    pub pid: u32,
+    pub isolate: bool,
+    pub status_api: String,
+    pub workloads: Vec<RunWorkload>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RunWorkload {
+    /// `namespace/name`.
+    pub workload: String,
+    pub address: IpAddr,
+    /// The proxy's HTTP proxy port (loopback mode).
+    pub http_proxy: Option<SocketAddr>,
+    /// The network namespace (`--isolate`).
+    pub netns: Option<String>,
+}
+
+/// Every process `up` started, stopped by PID when it goes away (also on errors).
+#[derive(Debug, Default)]
+struct Processes {
+    children: Vec<(String, Child)>,
+}
+
+impl Processes {
+    fn spawn(&mut self, what: String, command: &mut Command, log: &Path) -> anyhow::Result<()> {
+        let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        self.children.push((what, child));
+        Ok(())
+    }
+
+    fn adopt(&mut self, what: String, child: Child) {
+        self.children.push((what, child));
+    }
+
+    /// SIGTERM everything, give it `grace` to drain, then SIGKILL what is left.
+    async fn stop(&mut self, grace: Duration) {
+        for (_, child) in &self.children {
+            if let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id.cast_signed())) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for (what, child) in &mut self.children {
+            if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
+                tracing::warn!(%what, "did not stop in time; killing it");
+                let _ = child.kill().await;
+            }
+        }
+        self.children.clear();
+    }
+
+    /// A child that exited on its own, if any.
+    fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        self.children.iter_mut().find_map(|(what, child)| child.try_wait().ok().flatten().map(|s| (what.clone(), s)))
+    }
+}
+
+/// Run `ip …` (or any setup command) and fail with its stderr.
+async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program).args(args).output().await.with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The network namespaces and bridge of `--isolate`, removed on drop of the run.
+#[derive(Debug, Default)]
+struct Isolation {
+    namespaces: Vec<String>,
+    bridge: bool,
+}
+
+impl Isolation {
+    async fn bridge(&mut self) -> anyhow::Result<()> {
+        // A bridge left by a run that was killed outright would block this one.
+        let _ = run("ip", &["link", "del", BRIDGE]).await;
+        run("ip", &["link", "add", BRIDGE, "type", "bridge"]).await?;
+        self.bridge = true;
+        run("ip", &["addr", "add", &format!("{BRIDGE_ADDRESS}/16"), "dev", BRIDGE]).await?;
+        run("ip", &["link", "set", BRIDGE, "up"]).await
+    }
+
+    async fn pod(&mut self, netns: &str, address: Ipv4Addr, index: usize) -> anyhow::Result<()> {
+        let _ = run("ip", &["netns", "del", netns]).await;
+        run("ip", &["netns", "add", netns]).await?;
+        self.namespaces.push(netns.to_owned());
+        let host_end = format!("zm-veth{index}");
+        run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", netns]).await?;
+        run("ip", &["link", "set", &host_end, "master", BRIDGE, "up"]).await?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", netns, "ip"];
+            all.extend_from_slice(args);
+            all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        for args in [
+            inside(&["link", "set", "lo", "up"]),
+            inside(&["addr", "add", &format!("{address}/16"), "dev", "eth0"]),
+            inside(&["link", "set", "eth0", "up"]),
+            inside(&["route", "add", "default", "via", &BRIDGE_ADDRESS.to_string()]),
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("ip", &args).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&mut self) {
+        for netns in self.namespaces.drain(..) {
+            if let Err(error) = run("ip", &["netns", "del", &netns]).await {
+                eprintln!("warning: {error:#}");
+            }
+        }
+        if std::mem::take(&mut self.bridge)
+            && let Err(error) = run("ip", &["link", "del", BRIDGE]).await
+        {
+            eprintln!("warning: {error:#}");
+        }
+    }
+}
+
+/// Aggregated outcomes of one flow.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    allowed: u64,
+    denied: u64,
+    errors: u64,
+    last_error: Option<String>,
+    peer: Option<String>,
+}
+
+fn state_dir_in_use(state: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(state.join("up.json")).ok()?;
+    let run: RunState = serde_json::from_str(&text).ok()?;
+    Path::new(&format!("/proc/{}", run.pid)).exists().then_some(run.pid)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+pub(crate) fn up(args: UpArgs) -> anyhow::Result<u8> {
+    crate::control::init_logging(&args.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        crate::control::cancel_on_signal(shutdown.clone())?;
+        let mut processes = Processes::default();
+        let mut isolation = Isolation::default();
+        let result = Mesh::start(&args, &shutdown, &mut processes, &mut isolation).await;
+        let outcome = match result {
+            Ok(mut mesh) => mesh.watch(&args, &shutdown, &mut processes).await,
+            Err(error) => Err(error),
+        };
+        shutdown.cancel();
+        processes.stop(Duration::from_secs(6)).await;
+        isolation.remove().await;
+        let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
+        let _ = std::fs::remove_file(state.join("up.json"));
+        outln!("zmesh up: stopped; every process it started has exited{}", if args.isolate { " and its namespaces are gone" } else { "" });
+        outcome
+    })?;
+    Ok(0)
+}
+
+struct Mesh {
+    plane: ControlPlane,
+    demo: bool,
+    outcomes: tokio::sync::mpsc::Receiver<traffic::Outcome>,
+    tallies: BTreeMap<usize, Tally>,
+    workloads: usize,
+}
+
+impl Mesh {
+    async fn start(
+        args: &UpArgs,
+        shutdown: &CancellationToken,
+        processes: &mut Processes,
+        isolation: &mut Isolation,
+    ) -> anyhow::Result<Mesh> {
+        let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
+        if let Some(pid) = state_dir_in_use(&state) {
+            bail!("zmesh up is already running (pid {pid}) with state in {}; stop it first", state.display());
+        }
+        for sub in ["config", "tokens", "logs"] {
+            let dir = state.join(sub);
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let exe = std::env::current_exe().context("cannot find the zmesh binary")?;
+        let demo = args.config.is_none();
+        let prefix = if args.isolate { ISOLATE_PREFIX } else { [127, 0] };
+        let config_dir = match &args.config {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = state.join("config");
+                std::fs::write(dir.join("workloads.yaml"), demo::workload_entries(prefix))?;
+                std::fs::write(dir.join("policies.yaml"), demo::POLICIES)?;
+                dir
+            }
+        };
+        if args.isolate {
+            isolation.bridge().await.context("--isolate needs root (or a user namespace) and iproute2")?;
+        }
+        let listen_ip = if args.isolate { IpAddr::V4(BRIDGE_ADDRESS) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
+        let options = Options {
+            config: config_dir.clone(),
+            ca_dir: state.join("ca"),
+            grpc: SocketAddr::new(listen_ip, GRPC_PORT),
+            admin: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), STATUS_PORT),
+            watch: WatchOptions::default(),
+        };
+        let plane = ControlPlane::start(options, shutdown.clone()).await?;
+        let control_plane_url = format!("http://{}", plane.grpc);
+        let tokens = zmesh_control::plane::token_issuer(&state.join("ca"))?;
+        let snapshot = plane.status.snapshots.borrow().clone();
+        let mut workloads: Vec<Arc<MeshWorkload>> = snapshot.registry.workloads().cloned().collect();
+        workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        if workloads.is_empty() {
+            bail!("{} has no WorkloadEntry with an IP address: nothing to run", config_dir.display());
+        }
+
+        let mut run_state = RunState {
+            pid: std::process::id(),
+            isolate: args.isolate,
+            status_api: format!("http://{}", plane.admin),
+            workloads: Vec::new(),
+        };
+        let expires = SystemTime::now() + Duration::from_secs(24 * 3600);
+        for (index, workload) in workloads.iter().enumerate() {
+            let key = format!("{}.{}", workload.name, workload.namespace);
+            let token_file = state.join("tokens").join(&key);
+            write_private(&token_file, &tokens.issue(&workload.identity, expires))?;
+            let log = |what: &str| state.join("logs").join(format!("{key}.{what}.log"));
+            let netns = args.isolate.then(|| format!("zm-{}-{}", workload.namespace, workload.name));
+            let in_pod = |netns: &Option<String>| -> Command {
+                match netns {
+                    Some(ns) => {
+                        let mut command = Command::new("ip");
+                        command.args(["netns", "exec", ns]).arg(&exe);
+                        command
+                    }
+                    None => Command::new(&exe),
+                }
+            };
+            if let (Some(ns), IpAddr::V4(address)) = (&netns, workload.address) {
+                isolation.pod(ns, address, index).await?;
+                let mut capture = in_pod(&netns);
+                capture.args(["capture", "install"]);
+                let output = capture.output().await?;
+                if !output.status.success() {
+                    bail!("capture in {ns}: {}", String::from_utf8_lossy(&output.stderr).trim());
+                }
+            }
+            if demo {
+                for port in &workload.ports {
+                    let listen = if args.isolate {
+                        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port.number)
+                    } else {
+                        SocketAddr::new(workload.address, port.number)
+                    };
+                    let mut app = in_pod(&netns);
+                    app.args(["echo", "--listen", &listen.to_string(), "--name", &format!("{}/{}", workload.namespace, workload.name)]);
+                    processes.spawn(format!("app {key}"), &mut app, &log("app"))?;
+                }
+            }
+            let mut proxy = in_pod(&netns);
+            proxy.args(["proxy", "--control-plane", &control_plane_url, "--workload"]);
+            proxy.arg(format!("{}/{}", workload.namespace, workload.name));
+            proxy.arg("--token-file").arg(&token_file).args(["--log-level", "info"]);
+            if !args.isolate {
+                proxy.arg("--explicit");
+            }
+            processes.spawn(format!("proxy {key}"), &mut proxy, &log("proxy"))?;
+            run_state.workloads.push(RunWorkload {
+                workload: format!("{}/{}", workload.namespace, workload.name),
+                address: workload.address,
+                http_proxy: (!args.isolate)
+                    .then(|| SocketAddr::new(workload.address, zmesh_proxy::capture::HTTP_PROXY_PORT)),
+                netns,
+            });
+        }
+        write_private(&state.join("up.json"), &serde_json::to_string_pretty(&run_state)?)?;
+
+        // Every proxy answers its health check before traffic starts.
+        let started = Instant::now();
+        for workload in &workloads {
+            let health = SocketAddr::new(workload.address, zmesh_proxy::capture::HEALTH_PORT);
+            loop {
+                if crate::control::get_json(&format!("http://{health}"), "/healthz/ready").await.is_ok()
+                    || tokio::net::TcpStream::connect(health).await.is_ok()
+                {
+                    break;
+                }
+                if let Some((what, status)) = processes.exited() {
+                    bail!("{what} exited ({status}); see the logs in {}", state.join("logs").display());
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    bail!(
+                        "the proxy of {}/{} is not ready after 30 s; see {}",
+                        workload.namespace,
+                        workload.name,
+                        state.join("logs").display()
+                    );
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = shutdown.cancelled() => bail!("stopped while starting"),
+                }
+            }
+        }
+
+        let (sender, outcomes) = tokio::sync::mpsc::channel(1024);
+        if demo {
+            start_traffic(&run_state, &workloads, &exe, processes, &sender)?;
+        }
+        outln!(
+            "zmesh up: {} workloads, each with its own proxy and SPIFFE identity; control plane on {}",
+            workloads.len(),
+            plane.grpc
+        );
+        outln!("  status API   http://{}/api/v1/proxies   (zmesh proxy-status)", plane.admin);
+        outln!("  policies     {}   (edit them: the summary follows within a second)", config_dir.display());
+        outln!("  run as one   zmesh exec {} -- curl -s http://...", run_state.workloads[0].workload);
+        outln!("  logs         {}", state.join("logs").display());
+        Ok(Mesh { plane, demo, outcomes, tallies: BTreeMap::new(), workloads: workloads.len() })
+    }
+
+    /// Print the summary until shutdown (or `--duration`); a process that dies ends the run.
+    async fn watch(&mut self, args: &UpArgs, shutdown: &CancellationToken, processes: &mut Processes) -> anyhow::Result<()> {
+        let stop_at = (args.duration > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.duration));
+        let mut tick = tokio::time::interval(Duration::from_millis(args.summary_ms.max(200)));
+        loop {
+            tokio::select! {
+                Some(outcome) = self.outcomes.recv() => self.record(outcome),
+                _ = tick.tick() => {
+                    if let Some((what, status)) = processes.exited() {
+                        bail!("{what} exited unexpectedly ({status})");
+                    }
+                    self.print_summary();
+                }
+                () = shutdown.cancelled() => return Ok(()),
+                () = async { match stop_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => return Ok(()),
+            }
+        }
+    }
+
+    fn record(&mut self, outcome: traffic::Outcome) {
+        let tally = self.tallies.entry(outcome.flow).or_default();
+        match outcome.status {
+            200..=299 => {
+                tally.allowed += 1;
+                tally.peer = outcome.peer.or(tally.peer.take());
+            }
+            403 => tally.denied += 1,
+            status => {
+                tally.errors += 1;
+                tally.last_error = Some(outcome.error.unwrap_or_else(|| format!("HTTP {status}")));
+            }
+        }
+    }
+
+    fn print_summary(&self) {
+        let snapshot = self.plane.status.snapshots.borrow().clone();
+        let proxies = self.plane.status.proxies.list();
+        let synced = proxies.iter().filter(|p| p.connected && p.sync_state(&snapshot.version) == "SYNCED").count();
+        if std::io::stdout().is_terminal() {
+            out!("\x1b[2J\x1b[H");
+        }
+        outln!(
+            "\n[{}] proxies {synced}/{} SYNCED at version {} (generation {})",
+            zmesh_ca::Rfc3339(SystemTime::now()),
+            self.workloads,
+            snapshot.version,
+            snapshot.generation
+        );
+        if !self.demo {
+            return;
+        }
+        let mut as_expected = 0;
+        for (id, flow) in demo::FLOWS.iter().enumerate() {
+            let tally = self.tallies.get(&id).cloned().unwrap_or_default();
+            let ok = if flow.expect_allowed { tally.allowed > 0 && tally.peer.is_some() } else { tally.denied > 0 };
+            as_expected += usize::from(ok && tally.errors == 0);
+            let mtls = match (&tally.peer, flow.expect_allowed) {
+                (Some(peer), _) => format!("mTLS, app saw {peer}"),
+                (None, false) => "mTLS, refused by the destination proxy".to_owned(),
+                (None, true) => "-".to_owned(),
+            };
+            outln!(
+                "  {:<29} → {:<30} {:<4} {:<26} {:<42} allowed {:>3}  denied {:>3}  errors {:>2}  {mtls}{}",
+                flow.from,
+                flow.to,
+                flow.method,
+                flow.path,
+                format!("{} ({})", if flow.expect_allowed { "ALLOW" } else { "DENY" }, flow.because),
+                tally.allowed,
+                tally.denied,
+                tally.errors,
+                tally.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
+            );
+        }
+        outln!("summary: {as_expected}/{} flows as expected", demo::FLOWS.len());
+    }
+}
+
+/// One traffic generator per calling workload, run as that workload.
+fn start_traffic(
+    run_state: &RunState,
+    workloads: &[Arc<MeshWorkload>],
+    exe: &Path,
+    processes: &mut Processes,
+    sender: &tokio::sync::mpsc::Sender<traffic::Outcome>,
+) -> anyhow::Result<()> {
+    let mut by_caller: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+    for (id, flow) in demo::FLOWS.iter().enumerate() {
+        let (namespace, name) = flow.to.split_once('/').unwrap_or_default();
+        let destination = workloads
+            .iter()
+            .find(|w| w.namespace == namespace && w.name == name)
+            .with_context(|| format!("the demo flow's destination {} is missing", flow.to))?;
+        // Through the HTTP proxy a name resolves in the mesh registry; with capture the app
+        // dials the address, as a pod without DNS would.
+        let host = if run_state.isolate { destination.address.to_string() } else { format!("{name}.{namespace}") };
+        by_caller.entry(flow.from).or_default().push(serde_json::json!({
+            "id": id,
+            "method": flow.method,
+            "url": format!("http://{host}:{}{}", demo::APP_PORT, flow.path),
+            "headers": flow.headers,
+        }));
+    }
+    for (caller, flows) in by_caller {
+        let own = run_state
+            .workloads
+            .iter()
+            .find(|w| w.workload == caller)
+            .with_context(|| format!("the demo caller {caller} is missing"))?;
+        let mut command = match &own.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        command.arg("traffic").arg("--flows").arg(serde_json::Value::Array(flows).to_string());
+        if let Some(proxy) = own.http_proxy {
+            command.arg("--proxy").arg(proxy.to_string());
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the traffic generator")?;
+        let stdout = child.stdout.take().context("the traffic generator has no stdout")?;
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(outcome) = serde_json::from_str::<traffic::Outcome>(&line)
+                    && sender.send(outcome).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        processes.adopt(format!("traffic from {caller}"), child);
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExecArgs {
+    /// The workload to run as: NAME, NAMESPACE/NAME or NAME.NAMESPACE.
+    workload: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+    /// The state directory of the `zmesh up` to join.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// `zmesh exec`: run a command as a workload of a running `zmesh up`.
+pub(crate) fn exec(args: ExecArgs) -> anyhow::Result<u8> {
+    let state = args.state_dir.unwrap_or_else(default_state_dir);
+    let text = std::fs::read_to_string(state.join("up.json"))
+        .with_context(|| format!("no running `zmesh up` found (no {})", state.join("up.json").display()))?;
+    let run: RunState = serde_json::from_str(&text).context("up.json is not readable")?;
+    let wanted = args.workload.as_str();
+    let matches: Vec<&RunWorkload> = run
+        .workloads
+        .iter()
+        .filter(|w| {
+            let (namespace, name) = w.workload.split_once('/').unwrap_or_default();
+            w.workload == wanted || name == wanted || format!("{name}.{namespace}") == wanted
+        })
+        .collect();
+    let workload = match matches.as_slice() {
+        [one] => *one,
+        [] => {
+            let known: Vec<&str> = run.workloads.iter().map(|w| w.workload.as_str()).collect();
+            return Err(crate::UsageError(format!("no workload `{wanted}`; running: {}", known.join(", "))).into());
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|w| w.workload.as_str()).collect();
+            return Err(crate::UsageError(format!("`{wanted}` is ambiguous: {}; give NAMESPACE/NAME", names.join(", "))).into());
+        }
+    };
+    let (program, rest) = args.command.split_first().context("no command given")?;
+    let mut command = match &workload.netns {
+        Some(ns) => {
+            let mut command = std::process::Command::new("ip");
+            command.args(["netns", "exec", ns, program]);
+            command
+        }
+        None => std::process::Command::new(program),
+    };
+    command.args(rest).env("ZMESH_WORKLOAD", &workload.workload);
+    if let Some(proxy) = workload.http_proxy {
+        let url = format!("http://{proxy}");
+        command.env("http_proxy", &url).env("HTTP_PROXY", &url).env_remove("no_proxy").env_remove("NO_PROXY");
+    }
+    let status = command.status().with_context(|| format!("cannot run {program}"))?;
+    Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(crate::EXIT_FINDINGS))
+}

@@ -1,0 +1,333 @@
+//! Configuration push: one gRPC stream per proxy (`zmesh.config.v1.ConfigService`).
+//!
+//! The shape is Envoy's incremental xDS: each response carries a version, a nonce, the
+//! resources added or changed for this proxy and the keys it must drop; the proxy answers every
+//! response with an ACK (the new version is in force) or a NACK (refused, the previous version
+//! stays). The server keeps, per stream, what the proxy has acknowledged holding, so every
+//! push is a difference against that — a NACKed response changes nothing on either side. At
+//! most one response is outstanding per stream: a proxy that is slow to answer gets the newest
+//! configuration once it does, never a queue of stale ones.
+//!
+//! A proxy proves who it is with the bearer token it also uses for certificate signing; it is
+//! served only a workload whose identity is the token's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+use zmesh_xds::config::config_service_server::{ConfigService, ConfigServiceServer};
+use zmesh_xds::config::{ConfigRequest, ConfigResponse};
+
+use crate::snapshot::{Snapshot, WireResource};
+use crate::tokens::CallerAuthenticator;
+
+/// What the control plane knows about one proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyStatus {
+    pub proxy_id: String,
+    /// `namespace/name` of the workload it serves.
+    pub workload: String,
+    pub identity: String,
+    pub peer: Option<SocketAddr>,
+    pub build_version: String,
+    pub connected: bool,
+    pub connected_at: SystemTime,
+    pub disconnected_at: Option<SystemTime>,
+    /// The version last sent, and when.
+    pub sent: Option<(Arc<str>, SystemTime)>,
+    /// The version the proxy acknowledged last, and when.
+    pub acked: Option<(Arc<str>, SystemTime)>,
+    /// The last refusal: version, the proxy's reason, when.
+    pub nacked: Option<(Arc<str>, String, SystemTime)>,
+    /// How many resources the proxy holds.
+    pub resources: usize,
+}
+
+impl ProxyStatus {
+    /// SYNCED when the proxy acknowledged the current version, else STALE (or NACKED when it
+    /// refused it), as `istioctl proxy-status` words it.
+    pub fn sync_state(&self, current: &str) -> &'static str {
+        match (&self.acked, &self.nacked) {
+            (_, Some((version, _, _))) if &**version == current => "NACKED",
+            (Some((version, _)), _) if &**version == current => "SYNCED",
+            _ => "STALE",
+        }
+    }
+}
+
+/// Every proxy that connected since the control plane started, by proxy id.
+#[derive(Debug, Default)]
+pub struct ProxyTracker(Mutex<BTreeMap<String, ProxyStatus>>);
+
+impl ProxyTracker {
+    fn update(&self, proxy_id: &str, change: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(status) = self.0.lock().unwrap_or_else(PoisonError::into_inner).get_mut(proxy_id) {
+            change(status);
+        }
+    }
+
+    fn insert(&self, status: ProxyStatus) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(status.proxy_id.clone(), status);
+    }
+
+    /// A copy of every proxy's status, ordered by proxy id.
+    pub fn list(&self) -> Vec<ProxyStatus> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+}
+
+/// The push service.
+#[derive(Clone)]
+pub struct PushServer {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    authenticator: Arc<dyn CallerAuthenticator>,
+    proxies: Arc<ProxyTracker>,
+}
+
+impl std::fmt::Debug for PushServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushServer").field("version", &self.snapshots.borrow().version).finish_non_exhaustive()
+    }
+}
+
+impl PushServer {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        authenticator: Arc<dyn CallerAuthenticator>,
+        proxies: Arc<ProxyTracker>,
+    ) -> Self {
+        PushServer { snapshots, authenticator, proxies }
+    }
+
+    pub fn into_service(self) -> ConfigServiceServer<PushServer> {
+        ConfigServiceServer::new(self)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ConfigResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigService for PushServer {
+    type StreamConfigStream = ResponseStream;
+
+    async fn stream_config(
+        &self,
+        request: Request<Streaming<ConfigRequest>>,
+    ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        let peer = request.remote_addr();
+        let token = crate::ca_service::bearer_token(&request)?;
+        let caller = self.authenticator.authenticate(token, SystemTime::now()).map_err(|e| {
+            tracing::warn!(target: "zmesh::audit", peer = ?peer, error = %e, "configuration stream refused");
+            Status::unauthenticated(e.to_string())
+        })?;
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
+        let node = first.node.clone().ok_or_else(|| {
+            Status::invalid_argument("the first request must carry `node` (the workload this proxy serves)")
+        })?;
+        let (namespace, name) = node
+            .workload
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+            .ok_or_else(|| Status::invalid_argument(format!("node.workload `{}` is not NAMESPACE/NAME", node.workload)))?;
+        if node.proxy_id.is_empty() {
+            return Err(Status::invalid_argument("node.proxy_id is empty"));
+        }
+        let initial_version = (!first.version_info.is_empty()).then(|| Arc::from(first.version_info));
+        let stream = Stream {
+            proxy_id: node.proxy_id.clone(),
+            namespace,
+            name,
+            caller: caller.to_string(),
+            snapshots: self.snapshots.clone(),
+            proxies: self.proxies.clone(),
+            held: first
+                .initial_resource_versions
+                .into_iter()
+                .map(|(key, version)| (Arc::from(key), Arc::from(version)))
+                .collect(),
+            nonce: 0,
+            initial_version: initial_version.clone(),
+        };
+        stream.check_identity(&self.snapshots.borrow())?;
+        self.proxies.insert(ProxyStatus {
+            proxy_id: node.proxy_id.clone(),
+            workload: node.workload.clone(),
+            identity: stream.caller.clone(),
+            peer,
+            build_version: node.build_version,
+            connected: true,
+            connected_at: SystemTime::now(),
+            disconnected_at: None,
+            sent: None,
+            acked: initial_version.map(|v| (v, SystemTime::now())),
+            nacked: None,
+            resources: stream.held.len(),
+        });
+        tracing::info!(proxy = %node.proxy_id, workload = %node.workload, identity = %caller, "proxy connected");
+        let (sender, receiver) = mpsc::channel(1);
+        tokio::spawn(stream.run(inbound, sender));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}
+
+/// One proxy's stream.
+struct Stream {
+    proxy_id: String,
+    namespace: String,
+    name: String,
+    caller: String,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    proxies: Arc<ProxyTracker>,
+    /// What the proxy has acknowledged holding: key → version.
+    held: HashMap<Arc<str>, Arc<str>>,
+    nonce: u64,
+    /// The version the proxy said it holds when it connected.
+    initial_version: Option<Arc<str>>,
+}
+
+/// How a stream ended.
+enum End {
+    /// The proxy went away (or the control plane is stopping).
+    Closed,
+    Refused(Status),
+}
+
+impl Stream {
+    /// The workload, once the registry knows it, must have the caller's identity.
+    fn check_identity(&self, snapshot: &Snapshot) -> Result<(), Status> {
+        match snapshot.registry.workload_named(&self.namespace, &self.name) {
+            Some(workload) if workload.identity.to_string() != self.caller => {
+                tracing::warn!(target: "zmesh::audit", proxy = %self.proxy_id, caller = %self.caller, workload = %workload.identity, "configuration stream refused: identity mismatch");
+                Err(Status::permission_denied(format!(
+                    "workload {}/{} runs as {}, but the token proves {}",
+                    self.namespace, self.name, workload.identity, self.caller
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn run(mut self, mut inbound: Streaming<ConfigRequest>, sender: mpsc::Sender<Result<ConfigResponse, Status>>) {
+        let end = self.serve(&mut inbound, &sender).await;
+        if let End::Refused(status) = end {
+            let _ = sender.send(Err(status)).await;
+        }
+        let now = SystemTime::now();
+        self.proxies.update(&self.proxy_id, |s| {
+            s.connected = false;
+            s.disconnected_at = Some(now);
+        });
+        tracing::info!(proxy = %self.proxy_id, "proxy disconnected");
+    }
+
+    async fn serve(
+        &mut self,
+        inbound: &mut Streaming<ConfigRequest>,
+        sender: &mpsc::Sender<Result<ConfigResponse, Status>>,
+    ) -> End {
+        // The proxy's version as it reported it on connect; nothing is sent when that is
+        // already current and nothing differs (a resync after a control-plane restart).
+        let mut proxy_version = self.initial_version.take();
+        loop {
+            let snapshot = self.snapshots.borrow_and_update().clone();
+            if let Err(status) = self.check_identity(&snapshot) {
+                return End::Refused(status);
+            }
+            if proxy_version.as_deref() != Some(&*snapshot.version) {
+                let workload = snapshot.registry.workload_named(&self.namespace, &self.name);
+                let wanted = snapshot.resources_for(workload.map(|w| &**w));
+                let (changed, removed) = self.difference(&wanted);
+                self.nonce += 1;
+                let nonce = self.nonce.to_string();
+                let response = ConfigResponse {
+                    version_info: snapshot.version.to_string(),
+                    nonce: nonce.clone(),
+                    resources: changed.iter().map(|r| r.to_proto()).collect(),
+                    removed: removed.iter().map(ToString::to_string).collect(),
+                };
+                if sender.send(Ok(response)).await.is_err() {
+                    return End::Closed;
+                }
+                let sent_at = SystemTime::now();
+                self.proxies.update(&self.proxy_id, |s| s.sent = Some((snapshot.version.clone(), sent_at)));
+                match self.await_answer(inbound, &nonce).await {
+                    Answer::Ack(version) => {
+                        for resource in &changed {
+                            self.held.insert(resource.key.clone(), resource.version.clone());
+                        }
+                        for key in &removed {
+                            self.held.remove(key);
+                        }
+                        let (now, held) = (SystemTime::now(), self.held.len());
+                        self.proxies.update(&self.proxy_id, |s| {
+                            s.acked = Some((version.clone(), now));
+                            s.resources = held;
+                        });
+                        proxy_version = Some(version);
+                    }
+                    Answer::Nack(error) => {
+                        tracing::warn!(proxy = %self.proxy_id, version = %snapshot.version, %error, "proxy refused the configuration (NACK); it keeps its previous version");
+                        let now = SystemTime::now();
+                        self.proxies.update(&self.proxy_id, |s| {
+                            s.nacked = Some((snapshot.version.clone(), error.clone(), now));
+                        });
+                        // Not resent until the configuration changes again.
+                        proxy_version = Some(snapshot.version.clone());
+                    }
+                    Answer::End(end) => return end,
+                }
+            }
+            tokio::select! {
+                changed = self.snapshots.changed() => if changed.is_err() { return End::Closed },
+                message = inbound.message() => match message {
+                    // Only answers to responses are expected; anything else is ignored.
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return End::Closed,
+                },
+            }
+        }
+    }
+
+    /// What to send so the proxy holds exactly `wanted`.
+    fn difference(&self, wanted: &HashMap<Arc<str>, Arc<WireResource>>) -> (Vec<Arc<WireResource>>, Vec<Arc<str>>) {
+        let changed = wanted
+            .values()
+            .filter(|r| self.held.get(&r.key).is_none_or(|v| **v != *r.version))
+            .cloned()
+            .collect();
+        let removed = self.held.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        (changed, removed)
+    }
+
+    async fn await_answer(&self, inbound: &mut Streaming<ConfigRequest>, nonce: &str) -> Answer {
+        loop {
+            match inbound.message().await {
+                Ok(Some(answer)) if answer.response_nonce == nonce => {
+                    return if answer.error_detail.is_empty() {
+                        Answer::Ack(Arc::from(answer.version_info))
+                    } else {
+                        Answer::Nack(answer.error_detail)
+                    };
+                }
+                // An answer to an older response: superseded.
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return Answer::End(End::Closed),
+            }
+        }
+    }
+}
+
+enum Answer {
+    Ack(Arc<str>),
+    Nack(String),
+    End(End),
+}

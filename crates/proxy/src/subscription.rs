@@ -1,0 +1,273 @@
+//! Following the control plane: the proxy's end of `zmesh.config.v1.ConfigService`.
+//!
+//! Every response is applied to a copy of the resources held; the copy is loaded with the same
+//! validating loader the control plane used, compiled for this workload and put in force whole
+//! — or refused (NACK), in which case the proxy keeps enforcing its previous version. When the
+//! stream breaks the proxy keeps its configuration and reconnects with backoff, telling the
+//! control plane what it holds so only differences come back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use zmesh_config::{FileKind, Loader};
+use zmesh_xds::config::config_service_client::ConfigServiceClient;
+use zmesh_xds::config::{ConfigRequest, ConfigResponse, Node, Resource};
+
+use crate::config::ProxyConfig;
+
+/// Why a subscription cannot be set up at all (transient failures are retried, not returned).
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error("control plane URL `{url}`: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("--workload must be NAMESPACE/NAME, got `{0}`")]
+    Workload(String),
+}
+
+/// What the proxy holds from the control plane, and how to reach it.
+#[derive(Debug)]
+pub struct Subscription {
+    endpoint: Endpoint,
+    token: String,
+    node: Node,
+    namespace: String,
+    name: String,
+    /// Resources in force, by key.
+    held: BTreeMap<String, Resource>,
+    /// The version in force; empty before the first one.
+    version: String,
+    stream: Option<Open>,
+    /// Connection attempts since the last successful response, for backoff.
+    failures: u32,
+}
+
+#[derive(Debug)]
+struct Open {
+    requests: mpsc::Sender<ConfigRequest>,
+    responses: tonic::Streaming<ConfigResponse>,
+}
+
+/// What happened to one response.
+enum Applied {
+    Accepted,
+    Refused,
+}
+
+impl Subscription {
+    pub fn new(url: &str, token: String, workload: &str, proxy_id: String) -> Result<Self, SubscriptionError> {
+        let (namespace, name) = workload
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .ok_or_else(|| SubscriptionError::Workload(workload.to_owned()))?;
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| SubscriptionError::BadUrl { url: url.to_owned(), message: e.to_string() })?
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        Ok(Subscription {
+            endpoint,
+            token,
+            node: Node {
+                workload: workload.to_owned(),
+                proxy_id,
+                build_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            held: BTreeMap::new(),
+            version: String::new(),
+            stream: None,
+            failures: 0,
+        })
+    }
+
+    /// The version in force (empty before the first).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Wait for the first configuration this proxy can run with (retrying the connection and
+    /// refusing unusable versions meanwhile). `None` when `shutdown` came first.
+    pub async fn initial(&mut self, shutdown: &CancellationToken) -> Option<ProxyConfig> {
+        let mut first = None;
+        while first.is_none() {
+            let applied = self
+                .next(shutdown, &mut |config| {
+                    first = Some(config);
+                    Ok(())
+                })
+                .await?;
+            if let Applied::Refused = applied {
+                continue;
+            }
+        }
+        first
+    }
+
+    /// Follow the control plane until `shutdown`, putting each accepted version in force with
+    /// `apply` (which may still refuse it, e.g. [`crate::run::Proxy::update`]).
+    pub async fn follow(
+        mut self,
+        shutdown: CancellationToken,
+        mut apply: impl FnMut(ProxyConfig) -> Result<(), String> + Send,
+    ) {
+        while self.next(&shutdown, &mut apply).await.is_some() {}
+    }
+
+    /// Handle the next response (connecting first when needed). `None` on shutdown.
+    async fn next(
+        &mut self,
+        shutdown: &CancellationToken,
+        apply: &mut (dyn FnMut(ProxyConfig) -> Result<(), String> + Send),
+    ) -> Option<Applied> {
+        loop {
+            if self.stream.is_none() {
+                match self.connect().await {
+                    Ok(open) => self.stream = Some(open),
+                    Err(error) => {
+                        let wait = backoff(self.failures);
+                        self.failures = self.failures.saturating_add(1);
+                        tracing::warn!(endpoint = %self.endpoint.uri(), %error, retry_in = ?wait, version = %self.version, "control plane unreachable; keeping the configuration in force");
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => continue,
+                            () = shutdown.cancelled() => return None,
+                        }
+                    }
+                }
+            }
+            let Some(open) = self.stream.as_mut() else { continue };
+            let message = tokio::select! {
+                message = open.responses.message() => message,
+                () = shutdown.cancelled() => return None,
+            };
+            match message {
+                Ok(Some(response)) => {
+                    self.failures = 0;
+                    return Some(self.handle(response, apply).await);
+                }
+                Ok(None) => tracing::warn!(version = %self.version, "the control plane closed the stream; reconnecting"),
+                Err(status) => {
+                    tracing::warn!(version = %self.version, code = ?status.code(), message = status.message(), "configuration stream broke; reconnecting")
+                }
+            }
+            self.stream = None;
+            let wait = backoff(self.failures);
+            self.failures = self.failures.saturating_add(1);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Open, String> {
+        let channel = self.endpoint.connect().await.map_err(|e| crate::identity::source_chain(&e))?;
+        let (requests, outgoing) = mpsc::channel(4);
+        let hello = ConfigRequest {
+            node: Some(self.node.clone()),
+            version_info: self.version.clone(),
+            initial_resource_versions: self.held.iter().map(|(k, r)| (k.clone(), r.version.clone())).collect(),
+            ..Default::default()
+        };
+        // The server reads this first request before it answers the call.
+        requests.send(hello).await.map_err(|_| "the request channel closed".to_owned())?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        let bearer = format!("Bearer {}", self.token).parse().map_err(|_| "the token is not valid metadata text")?;
+        request.metadata_mut().insert(zmesh_xds::AUTHORIZATION, bearer);
+        let responses = ConfigServiceClient::new(channel)
+            .stream_config(request)
+            .await
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
+            .into_inner();
+        tracing::info!(endpoint = %self.endpoint.uri(), workload = %self.node.workload, "connected to the control plane");
+        Ok(Open { requests, responses })
+    }
+
+    async fn handle(
+        &mut self,
+        response: ConfigResponse,
+        apply: &mut (dyn FnMut(ProxyConfig) -> Result<(), String> + Send),
+    ) -> Applied {
+        let mut candidate = self.held.clone();
+        for key in &response.removed {
+            candidate.remove(key);
+        }
+        for resource in &response.resources {
+            candidate.insert(resource.key.clone(), resource.clone());
+        }
+        let outcome = build(&candidate, &response.version_info, &self.namespace, &self.name).and_then(&mut *apply);
+        let (answer, applied) = match outcome {
+            Ok(()) => {
+                self.held = candidate;
+                self.version.clone_from(&response.version_info);
+                let answer = ConfigRequest {
+                    response_nonce: response.nonce,
+                    version_info: self.version.clone(),
+                    ..Default::default()
+                };
+                (answer, Applied::Accepted)
+            }
+            Err(error) => {
+                tracing::warn!(version = %response.version_info, kept = %self.version, %error, "configuration refused (NACK)");
+                let answer = ConfigRequest {
+                    response_nonce: response.nonce,
+                    version_info: self.version.clone(),
+                    error_detail: error,
+                    ..Default::default()
+                };
+                (answer, Applied::Refused)
+            }
+        };
+        if let Some(open) = &self.stream
+            && open.requests.send(answer).await.is_err()
+        {
+            self.stream = None;
+        }
+        applied
+    }
+}
+
+/// Load the held documents (in the control plane's load order) and compile them for the
+/// workload `namespace/name`.
+pub fn build(
+    resources: &BTreeMap<String, Resource>,
+    version: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<ProxyConfig, String> {
+    let mut ordered: Vec<&Resource> = resources.values().collect();
+    ordered.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.key.cmp(&b.key)));
+    let mut loader = Loader::new();
+    for resource in ordered {
+        let kind = if resource.key == "MeshConfig" { FileKind::MeshConfig } else { FileKind::Resources };
+        let origin: Arc<str> = format!("control-plane:{}", resource.key).into();
+        loader.add_str(Some(origin), &resource.document, kind);
+    }
+    let loaded = loader.finish();
+    if loaded.has_errors() {
+        return Err(loaded.errors().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    }
+    ProxyConfig::build(version.to_owned(), &loaded.config, namespace, name).map_err(|e| e.to_string())
+}
+
+/// 100 ms doubling to 5 s: a restarted control plane is found quickly, a long outage costs
+/// one attempt every few seconds per proxy.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_fast_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(30), Duration::from_secs(5));
+    }
+}

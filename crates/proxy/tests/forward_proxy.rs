@@ -1,0 +1,445 @@
+//! The explicit HTTP proxy port end to end, in-process on loopback: a client workload's proxy
+//! with the HTTP proxy port, a server workload's proxy in front of a small HTTP app, HBONE and
+//! mTLS between them, and an AuthorizationPolicy on the server that allows only `/allowed*`.
+//! Clients are raw TCP (so every byte on the wire is the test's) and, once, curl.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use ring::rand::SystemRandom;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use zmesh_ca::{CaConfig, CertificateAuthority};
+use zmesh_config::mesh::OutboundTrafficPolicy;
+use zmesh_proxy::config::ProxyConfig;
+use zmesh_proxy::hbone::ClientOptions;
+use zmesh_proxy::run::{Listeners, Proxy, ProxyOptions};
+use zmesh_testkit::TempDir;
+use zmesh_tls::{CertStore, Identity, TrustBundle, TrustDomains};
+
+/// Long enough for anything on loopback; a test that hits it has hung.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
+const ECHO_ID: &str = "spiffe://cluster.local/ns/shop/sa/echo";
+
+/// What the app received.
+#[derive(Debug, Clone)]
+struct Seen {
+    target: String,
+    host: Option<String>,
+    xfcc: Option<String>,
+    header_names: Vec<String>,
+}
+
+/// Two workloads (`shop/client`, `shop/echo`) with their proxies, and the app behind `echo`.
+struct Mesh {
+    /// The client proxy's HTTP proxy port.
+    http_proxy: SocketAddr,
+    /// The app's port on the echo workload.
+    app_port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections the app accepted: the server proxy opens one per tunnel.
+    app_connections: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+    _dir: TempDir,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Mesh {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("no app task panicked holding the lock").clone()
+    }
+}
+
+/// Loopback addresses of their own for each test's two workloads, so tests running at once (and
+/// the ports picked for them) never collide.
+fn workload_addresses() -> (IpAddr, IpAddr) {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    let test = NEXT.fetch_add(1, Ordering::Relaxed);
+    let run = u8::try_from(std::process::id() % 200).expect("below 200") + 20;
+    (IpAddr::V4(Ipv4Addr::new(127, run, test, 2)), IpAddr::V4(Ipv4Addr::new(127, run, test, 3)))
+}
+
+/// A port free on every one of `ips` at once (HBONE uses one port number across the mesh).
+async fn free_port(ips: &[IpAddr]) -> u16 {
+    'search: loop {
+        let first = TcpListener::bind(SocketAddr::new(ips[0], 0)).await.expect("a loopback port");
+        let port = first.local_addr().expect("bound").port();
+        for ip in &ips[1..] {
+            if TcpListener::bind(SocketAddr::new(*ip, port)).await.is_err() {
+                continue 'search;
+            }
+        }
+        return port;
+    }
+}
+
+/// The app: answers `200` with the request-target as the body and records what it saw.
+async fn echo_app(ip: IpAddr) -> (u16, Arc<Mutex<Vec<Seen>>>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.expect("a port for the app");
+    let port = listener.local_addr().expect("bound").port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (recorder, accepted) = (seen.clone(), connections.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let recorder = recorder.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                let header = |name: &str| {
+                    request.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                };
+                let target = request.uri().to_string();
+                recorder.lock().expect("recorder").push(Seen {
+                    target: target.clone(),
+                    host: header("host"),
+                    xfcc: header("x-forwarded-client-cert"),
+                    header_names: request.headers().keys().map(|name| name.as_str().to_owned()).collect(),
+                });
+                async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(target)))) }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    (port, seen, connections)
+}
+
+fn mesh_yaml(client: IpAddr, echo: IpAddr, app_port: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: shop}}
+spec: {{address: {client}, serviceAccount: client, labels: {{app: client}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo, namespace: shop}}
+spec: {{address: {echo}, serviceAccount: echo, labels: {{app: echo}}, ports: {{http-web: {app_port}}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: echo-allowed-only, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/client]}}}}]
+    to: [{{operation: {{paths: [\"/allowed*\"]}}}}]
+"
+    )
+}
+
+/// An SVID for `workload` from `ca`, with the CA's bundle.
+fn store(ca: &CertificateAuthority, config: &ProxyConfig) -> Arc<CertStore> {
+    let rng = SystemRandom::new();
+    let (svid, key) =
+        ca.issue_with_new_key(&config.workload.identity, None, SystemTime::now(), &rng).expect("the CA issues");
+    let identity = Identity::from_pem(&svid.chain_pem, key.expose()).expect("an issued SVID loads");
+    let domains = TrustDomains::new("cluster.local".parse().expect("trust domain"));
+    let bundle = TrustBundle::from_pem(ca.trust_bundle_pem(), domains).expect("the CA's bundle loads");
+    Arc::new(CertStore::new(identity, bundle))
+}
+
+/// Start both proxies and the app; the mesh's outboundTrafficPolicy is `policy`.
+async fn mesh(policy: OutboundTrafficPolicy) -> Mesh {
+    let (client_ip, echo_ip) = workload_addresses();
+    let (app_port, seen, app_connections) = echo_app(echo_ip).await;
+    let loaded = zmesh_config::load_str(&mesh_yaml(client_ip, echo_ip, app_port));
+    assert!(!loaded.has_errors(), "the mesh does not load: {:?}", loaded.errors().next());
+    let dir = TempDir::new("forward-proxy");
+    let (ca, _) = CertificateAuthority::open_or_create(
+        &dir.path().join("ca"),
+        CaConfig::new("cluster.local".parse().expect("trust domain")),
+        SystemTime::now(),
+        &SystemRandom::new(),
+    )
+    .expect("a CA in a fresh directory");
+    let hbone_port = free_port(&[client_ip, echo_ip]).await;
+    let http_proxy = SocketAddr::new(client_ip, free_port(&[client_ip]).await);
+    let shutdown = CancellationToken::new();
+    for (name, ip) in [("client", client_ip), ("echo", echo_ip)] {
+        let mut config = ProxyConfig::build("test".to_owned(), &loaded.config, "shop", name).expect("workload");
+        config.mesh.outbound_traffic_policy = policy;
+        let store = store(&ca, &config);
+        let options = ProxyOptions { marked: false, hbone_port, hbone: ClientOptions::default() };
+        let proxy = Proxy::new(config, store, options, shutdown.clone());
+        let any_port = SocketAddr::new(ip, 0);
+        let listeners = Listeners {
+            hbone: SocketAddr::new(ip, hbone_port),
+            health: any_port,
+            metrics: any_port,
+            admin: any_port,
+            capture: None,
+            explicit: Vec::new(),
+            http_proxy: (name == "client").then_some(http_proxy),
+        };
+        tokio::spawn(async move {
+            if let Err(error) = zmesh_proxy::run::run(proxy, listeners).await {
+                panic!("the {name} proxy stopped: {error}");
+            }
+        });
+    }
+    for ready in [http_proxy, SocketAddr::new(echo_ip, hbone_port)] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while TcpStream::connect(ready).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "{ready} never listened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Mesh { http_proxy, app_port, seen, app_connections, shutdown, _dir: dir }
+}
+
+/// A client connection, read as bytes.
+struct Wire {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Wire {
+    async fn to(addr: SocketAddr) -> Wire {
+        Wire { stream: TcpStream::connect(addr).await.expect("connect to the HTTP proxy port"), buf: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        self.stream.write_all(bytes.as_bytes()).await.expect("write");
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0; 8192];
+        let read =
+            tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await.expect("an answer in time").unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..read]);
+        read
+    }
+
+    /// One response: its head and its Content-Length body.
+    async fn response(&mut self) -> (String, String) {
+        let end = loop {
+            if let Some(at) = self.buf.windows(4).position(|window| window == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(
+                self.fill().await > 0,
+                "closed before a response head; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end);
+        let length = header(&head, "content-length").map_or(0, |length| length.parse().expect("content-length"));
+        while self.buf.len() < length {
+            assert!(self.fill().await > 0, "closed inside a body");
+        }
+        let body = String::from_utf8_lossy(&self.buf[..length]).into_owned();
+        self.buf.drain(..length);
+        (head, body)
+    }
+
+    async fn exchange(&mut self, request: &str) -> (String, String) {
+        self.send(request).await;
+        self.response().await
+    }
+}
+
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (field, value) = line.split_once(':')?;
+        field.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+fn status(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_absolute_form_get_by_name_reaches_the_app_in_origin_form_with_the_caller_s_identity() {
+    let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
+    let port = mesh.app_port;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) = client
+        .exchange(&format!(
+            "GET http://echo.shop:{port}/allowed/hello?x=1 HTTP/1.1\r\nHost: echo.shop:{port}\r\n\
+             Proxy-Authorization: Basic dXNlcjpwYXNz\r\nProxy-Connection: keep-alive\r\n\
+             X-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/shop/sa/admin\r\n\r\n"
+        ))
+        .await;
+    assert_eq!((status(&head), body.as_str()), ("200", "/allowed/hello?x=1"), "{head}");
+    let seen = &mesh.seen()[0];
+    assert_eq!(seen.target, "/allowed/hello?x=1", "the app gets origin-form");
+    assert_eq!(seen.host.as_deref(), Some(format!("echo.shop:{port}").as_str()));
+    assert_eq!(seen.xfcc.as_deref(), Some(format!("By={ECHO_ID};URI={CLIENT_ID}").as_str()), "the verified peer");
+    assert!(
+        !seen.header_names.iter().any(|name| name.starts_with("proxy-")),
+        "proxy headers are for this hop only: {:?}",
+        seen.header_names
+    );
+
+    // The same host again: the same tunnel.
+    let (head, _) = client
+        .exchange(&format!("GET http://echo.shop:{port}/allowed/again HTTP/1.1\r\nHost: echo.shop:{port}\r\n\r\n"))
+        .await;
+    assert_eq!(status(&head), "200", "{head}");
+    assert_eq!(mesh.app_connections.load(Ordering::SeqCst), 1, "one tunnel carried both requests");
+
+    // The same connection, other spellings of the same workload's name (a tunnel each).
+    for host in [format!("ECHO.shop.svc.cluster.local:{port}"), format!("echo.shop.svc:{port}"), format!("echo:{port}")]
+    {
+        let (head, body) =
+            client.exchange(&format!("GET http://{host}/allowed/again HTTP/1.1\r\nHost: {host}\r\n\r\n")).await;
+        assert_eq!((status(&head), body.as_str()), ("200", "/allowed/again"), "{host}: {head}");
+    }
+    assert_eq!(mesh.seen().len(), 5);
+    assert_eq!(mesh.app_connections.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn a_path_the_destination_s_policy_denies_gets_the_destination_s_403() {
+    let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
+    let port = mesh.app_port;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) =
+        client.exchange(&format!("GET http://echo.shop:{port}/admin HTTP/1.1\r\nHost: echo.shop:{port}\r\n\r\n")).await;
+    assert_eq!((status(&head), body.as_str()), ("403", "RBAC: access denied"), "{head}");
+    assert!(header(&head, "x-zmesh-policy").is_some(), "the inbound proxy's decision headers pass through: {head}");
+    assert!(mesh.seen().is_empty(), "the app never saw the denied request");
+
+    // The connection stays usable for an allowed request after the denial.
+    let (head, _) = client
+        .exchange(&format!("GET http://echo.shop:{port}/allowed HTTP/1.1\r\nHost: echo.shop:{port}\r\n\r\n"))
+        .await;
+    assert_eq!(status(&head), "200", "{head}");
+}
+
+#[tokio::test]
+async fn connect_to_a_mesh_workload_tunnels_through_the_mesh() {
+    let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
+    let port = mesh.app_port;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) =
+        client.exchange(&format!("CONNECT echo.shop:{port} HTTP/1.1\r\nHost: echo.shop:{port}\r\n\r\n")).await;
+    assert_eq!((status(&head), body.as_str()), ("200", ""), "{head}");
+
+    // Raw HTTP inside the tunnel: the destination's proxy authorizes each request at L7.
+    let (head, body) = client.exchange("GET /allowed/tunnel HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("200", "/allowed/tunnel"), "{head}");
+    let (head, body) = client.exchange("GET /secret HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("403", "RBAC: access denied"), "{head}");
+    let seen = mesh.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].xfcc.as_deref(), Some(format!("By={ECHO_ID};URI={CLIENT_ID}").as_str()));
+}
+
+#[tokio::test]
+async fn an_unknown_host_under_registry_only_is_502_naming_the_host() {
+    let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) = client.exchange("GET http://nowhere.example/x HTTP/1.1\r\nHost: nowhere.example\r\n\r\n").await;
+    assert_eq!(status(&head), "502", "{head}");
+    assert!(body.contains("nowhere.example") && body.contains("not in the mesh registry"), "{body}");
+
+    let (head, body) =
+        client.exchange("CONNECT nowhere.example:443 HTTP/1.1\r\nHost: nowhere.example:443\r\n\r\n").await;
+    assert_eq!(status(&head), "502", "{head}");
+    assert!(body.contains("nowhere.example") && body.contains("not in the mesh registry"), "{body}");
+
+    // An address outside the mesh is refused as well, by the same outbound path.
+    let (head, body) = client.exchange("GET http://192.0.2.1:8080/ HTTP/1.1\r\nHost: 192.0.2.1:8080\r\n\r\n").await;
+    assert_eq!(status(&head), "502", "{head}");
+    assert!(body.contains("192.0.2.1:8080") && body.contains("REGISTRY_ONLY"), "{body}");
+    assert!(mesh.seen().is_empty());
+}
+
+#[tokio::test]
+async fn under_allow_any_a_host_outside_the_mesh_is_reached_directly() {
+    let mesh = mesh(OutboundTrafficPolicy::AllowAny).await;
+    // A plain server outside the mesh, by an address the registry does not know.
+    let outside = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let outside_addr = outside.local_addr().expect("bound");
+    tokio::spawn(async move {
+        if let Ok((mut stream, _)) = outside.accept().await {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0];
+                if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let first_line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{first_line}", first_line.len());
+            let _ = stream.write_all(reply.as_bytes()).await;
+        }
+    });
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) =
+        client.exchange(&format!("GET http://localhost:{}/out HTTP/1.1\r\nHost: x\r\n\r\n", outside_addr.port())).await;
+    assert_eq!((status(&head), body.as_str()), ("200", "GET /out HTTP/1.1"), "{head}");
+
+    let (head, body) = client.exchange("GET http://no-such-host.invalid/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status(&head), "502", "{head}");
+    assert!(body.contains("no-such-host.invalid") && body.contains("does not resolve"), "{body}");
+}
+
+#[tokio::test]
+async fn an_origin_form_request_is_400_saying_this_is_a_proxy() {
+    let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) = client.exchange(&format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", mesh.http_proxy)).await;
+    assert_eq!(status(&head), "400", "{head}");
+    assert!(body.contains("HTTP proxy") && body.contains(&format!("http_proxy=http://{}", mesh.http_proxy)), "{body}");
+    assert!(mesh.seen().is_empty());
+}
+
+#[tokio::test]
+async fn curl_reaches_a_mesh_workload_by_name_through_the_proxy() {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        eprintln!(
+            "NOTE: curl is not installed; skipping the curl client test (the raw-TCP tests cover the same paths)"
+        );
+        return;
+    }
+    let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
+    let proxy = format!("http://{}", mesh.http_proxy);
+    let url = format!("http://echo.shop:{}/allowed/curl", mesh.app_port);
+    let curl = |extra: &'static [&'static str], url: String| {
+        let proxy = proxy.clone();
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new("curl")
+                .args(["-sS", "-m", "10", "--noproxy", "", "--proxy", &proxy, "-w", "\n%{http_code}"])
+                .args(extra)
+                .arg(&url)
+                .env_remove("NO_PROXY")
+                .env_remove("no_proxy")
+                .output()
+                .expect("curl runs");
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let (body, code) = stdout.rsplit_once('\n').unwrap_or((&stdout, ""));
+            (code.to_owned(), body.to_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+        })
+    };
+    let (code, body, stderr) = curl(&[], url.clone()).await.expect("curl task");
+    assert_eq!((code.as_str(), body.as_str()), ("200", "/allowed/curl"), "{stderr}");
+    // `--proxytunnel`: curl sends CONNECT and speaks HTTP inside the tunnel.
+    let (code, body, stderr) = curl(&["--proxytunnel"], url).await.expect("curl task");
+    assert_eq!((code.as_str(), body.as_str()), ("200", "/allowed/curl"), "{stderr}");
+    let denied = format!("http://echo.shop:{}/admin", mesh.app_port);
+    let (code, body, stderr) = curl(&[], denied).await.expect("curl task");
+    assert_eq!((code.as_str(), body.as_str()), ("403", "RBAC: access denied"), "{stderr}");
+    let peer = format!("By={ECHO_ID};URI={CLIENT_ID}");
+    assert!(mesh.seen().iter().all(|seen| seen.xfcc.as_deref() == Some(peer.as_str())));
+}
