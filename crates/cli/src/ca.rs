@@ -34,6 +34,20 @@ pub(crate) enum CaCommand {
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
+    /// Print a bootstrap token proving IDENTITY to the control plane that uses this CA directory
+    /// (for `zmesh proxy --token-file`). The token key (`bootstrap-token.key`) is created next
+    /// to the CA's key if the control plane has not made it yet.
+    Token {
+        /// The SPIFFE ID the token proves, e.g. spiffe://cluster.local/ns/default/sa/web.
+        #[arg(long)]
+        identity: SpiffeId,
+        /// The control plane's CA directory (`zmesh control-plane --ca-dir`).
+        #[arg(long, visible_alias = "dir", value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// How long the token is accepted, such as 24h or 90m.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
     /// Rotate the root in stages: prepare (add the new root to the bundle), activate (sign with
     /// it), retire (drop the old root once no old leaf can be valid).
     Rotate {
@@ -139,6 +153,23 @@ pub(crate) fn ca(command: CaCommand) -> anyhow::Result<u8> {
                 outln!("note: the lifetime was shortened to the CA's maximum");
             }
             outln!("wrote cert-chain.pem, key.pem and root-cert.pem to {}", out.display());
+        }
+        CaCommand::Token { identity, ca_dir, ttl: text } => {
+            let ttl = zmesh_config::authn::parse_duration(&text)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| crate::UsageError(format!("--ttl `{text}` is not a duration such as 24h or 90m")))?;
+            // A typo must not create a key nobody uses: the directory has to exist already.
+            if !ca_dir.is_dir() {
+                return Err(crate::UsageError(format!(
+                    "--ca-dir {}: no such directory (start `zmesh control-plane --ca-dir` or run `zmesh ca init` first)",
+                    ca_dir.display()
+                ))
+                .into());
+            }
+            let expires =
+                now.checked_add(ttl).ok_or_else(|| crate::UsageError(format!("--ttl `{text}` is too long")))?;
+            let token = zmesh_control::plane::token_issuer(&ca_dir)?.issue(&identity, expires);
+            outln!("{token}");
         }
         CaCommand::Rotate { step } => {
             let status = match step {

@@ -121,12 +121,17 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
         let (source, config, store) = match (&args.control_plane, &args.config) {
             (Some(url), _) => {
                 let token = read_token(&args)?;
-                let mut subscription = Subscription::new(url, token.clone(), &args.workload, proxy_id(&args.workload))?;
+                let mut subscription = Subscription::new(url, token.clone(), &args.workload, proxy_id(&args.workload))?
+                    .marked(!args.explicit);
                 tracing::info!(control_plane = %url, workload = %args.workload, "waiting for the first configuration");
                 let Some(config) = subscription.initial(&shutdown).await else { return Ok(()) };
                 let domains = zmesh_proxy::local::trust_domains_of(&config.mesh);
                 let identity =
-                    IdentityManager::new(config.workload.identity.clone(), domains, SigningClient::new(url, token)?);
+                    IdentityManager::new(
+                    config.workload.identity.clone(),
+                    domains,
+                    SigningClient::new(url, token)?.marked(!args.explicit),
+                );
                 let (store, received) = identity.bootstrap(Duration::from_secs(60)).await?;
                 (Source::ControlPlane { subscription, identity, received }, config, store)
             }

@@ -261,6 +261,14 @@ async fn a_file_that_is_not_yaml_is_rejected_as_a_file_and_undoing_it_clears_the
     assert_eq!(status(&refused, "AuthorizationPolicy", "deny-bots").state, ResourceState::Accepted);
     assert_eq!(status(&refused, "AuthorizationPolicy", "allow-web").state, ResourceState::Accepted);
 
+    // Touching the refused file refuses nothing new.
+    std::fs::File::options()
+        .write(true)
+        .open(&b)
+        .and_then(|f| f.set_modified(SystemTime::now() + Duration::from_secs(1)))
+        .expect("touch b.yaml");
+    w.quiet().await;
+
     // Back to exactly what is in force: the refusal goes, the generation stays.
     dir.write("b.yaml", &original);
     let undone = w.next(SETTLE).await;

@@ -4,7 +4,7 @@
 //!
 //! Per request on one client connection (HTTP/1.1, hyper):
 //! - `CONNECT host:port` → resolve the host → open the same outbound connection the captured or
-//!   explicit outbound ports use ([`Proxy::open_outbound`]: an HBONE tunnel verified against the
+//!   explicit outbound ports use (`Proxy::open_outbound`: an HBONE tunnel verified against the
 //!   destination's SPIFFE ID, or outboundTrafficPolicy) → `200` → splice the bytes.
 //! - absolute-form (`GET http://host:port/path`) → resolve → open (or reuse) an outbound
 //!   connection to `host:port` → send the request in origin-form with hop-by-hop and `Proxy-*`
@@ -14,8 +14,9 @@
 //!
 //! Failures this proxy answers itself say which destination and why: `502` for a host outside
 //! the registry under REGISTRY_ONLY, a name that does not resolve, or a destination that is not
-//! who it should be; `503` when the destination's proxy cannot be reached. Bodies are streamed and
-//! never logged.
+//! who it should be; `503` when the destination's proxy cannot be reached; the destination
+//! proxy's own status and reason when it refuses the tunnel by policy (L4 ports). Bodies are
+//! streamed and never logged.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

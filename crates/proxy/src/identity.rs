@@ -45,6 +45,8 @@ pub struct SigningClient {
     token: String,
     /// Lifetime to ask for; `None` takes the CA's default.
     pub requested_ttl: Option<Duration>,
+    /// Carry the proxy's mark (transparent capture).
+    marked: bool,
 }
 
 impl SigningClient {
@@ -53,11 +55,17 @@ impl SigningClient {
             .map_err(|e| IdentityError::Unreachable { endpoint: url.to_owned(), message: e.to_string() })?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5));
-        Ok(SigningClient { endpoint, token, requested_ttl: None })
+        Ok(SigningClient { endpoint, token, requested_ttl: None, marked: false })
+    }
+
+    /// Mark this client's connections so transparent capture lets them pass.
+    pub fn marked(mut self, marked: bool) -> Self {
+        self.marked = marked;
+        self
     }
 
     async fn channel(&self) -> Result<Channel, IdentityError> {
-        self.endpoint.connect().await.map_err(|e| IdentityError::Unreachable {
+        crate::net::control_plane_channel(&self.endpoint, self.marked).await.map_err(|e| IdentityError::Unreachable {
             endpoint: self.endpoint.uri().to_string(),
             message: source_chain(&e),
         })

@@ -43,6 +43,8 @@ pub struct Subscription {
     stream: Option<Open>,
     /// Connection attempts since the last successful response, for backoff.
     failures: u32,
+    /// Carry the proxy's mark (transparent capture).
+    marked: bool,
 }
 
 #[derive(Debug)]
@@ -82,7 +84,14 @@ impl Subscription {
             version: String::new(),
             stream: None,
             failures: 0,
+            marked: false,
         })
+    }
+
+    /// Mark this subscription's connections so transparent capture lets them pass.
+    pub fn marked(mut self, marked: bool) -> Self {
+        self.marked = marked;
+        self
     }
 
     /// The version in force (empty before the first).
@@ -165,7 +174,9 @@ impl Subscription {
     }
 
     async fn connect(&self) -> Result<Open, String> {
-        let channel = self.endpoint.connect().await.map_err(|e| crate::identity::source_chain(&e))?;
+        let channel = crate::net::control_plane_channel(&self.endpoint, self.marked)
+            .await
+            .map_err(|e| crate::identity::source_chain(&e))?;
         let (requests, outgoing) = mpsc::channel(4);
         let hello = ConfigRequest {
             node: Some(self.node.clone()),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use ring::rand::SystemRandom;
@@ -27,6 +27,9 @@ use zmesh_tls::{CertStore, Identity, TrustBundle, TrustDomains};
 
 /// Long enough for anything on loopback; a test that hits it has hung.
 const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A TCP (not HTTP) port of the echo workload, which the policy's path rule can never allow.
+const TCP_PORT: u16 = 5432;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
 const ECHO_ID: &str = "spiffe://cluster.local/ns/shop/sa/echo";
@@ -110,7 +113,15 @@ async fn echo_app(ip: IpAddr) -> (u16, Arc<Mutex<Vec<Seen>>>, Arc<AtomicUsize>) 
                     xfcc: header("x-forwarded-client-cert"),
                     header_names: request.headers().keys().map(|name| name.as_str().to_owned()).collect(),
                 });
-                async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(target)))) }
+                async move {
+                    // A POST gets its body back (so bodies are seen to stream both ways), others the target.
+                    let body = if request.method() == hyper::Method::POST {
+                        request.into_body().collect().await.map(|body| body.to_bytes()).unwrap_or_default()
+                    } else {
+                        Bytes::from(target)
+                    };
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
+                }
             });
             tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
         }
@@ -128,7 +139,7 @@ spec: {{address: {client}, serviceAccount: client, labels: {{app: client}}}}
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: echo, namespace: shop}}
-spec: {{address: {echo}, serviceAccount: echo, labels: {{app: echo}}, ports: {{http-web: {app_port}}}}}
+spec: {{address: {echo}, serviceAccount: echo, labels: {{app: echo}}, ports: {{http-web: {app_port}, tcp-db: {TCP_PORT}}}}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -308,6 +319,28 @@ async fn an_absolute_form_get_by_name_reaches_the_app_in_origin_form_with_the_ca
 }
 
 #[tokio::test]
+async fn request_bodies_in_either_framing_reach_the_app_and_the_response_comes_back() {
+    let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
+    let port = mesh.app_port;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) = client
+        .exchange(&format!(
+            "POST http://echo.shop:{port}/allowed/upload HTTP/1.1\r\nHost: echo.shop:{port}\r\n\
+             Content-Length: 11\r\n\r\nhello world"
+        ))
+        .await;
+    assert_eq!((status(&head), body.as_str()), ("200", "hello world"), "{head}");
+    let (head, body) = client
+        .exchange(&format!(
+            "POST http://echo.shop:{port}/allowed/upload HTTP/1.1\r\nHost: echo.shop:{port}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        ))
+        .await;
+    assert_eq!((status(&head), body.as_str()), ("200", "hello world"), "{head}");
+    assert_eq!(mesh.app_connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn a_path_the_destination_s_policy_denies_gets_the_destination_s_403() {
     let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
     let port = mesh.app_port;
@@ -342,6 +375,16 @@ async fn connect_to_a_mesh_workload_tunnels_through_the_mesh() {
     let seen = mesh.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].xfcc.as_deref(), Some(format!("By={ECHO_ID};URI={CLIENT_ID}").as_str()));
+}
+
+#[tokio::test]
+async fn connect_to_a_tcp_port_the_destination_refuses_gets_its_403_and_reason() {
+    let mesh = mesh(OutboundTrafficPolicy::RegistryOnly).await;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) =
+        client.exchange(&format!("CONNECT echo.shop:{TCP_PORT} HTTP/1.1\r\nHost: echo.shop:{TCP_PORT}\r\n\r\n")).await;
+    assert_eq!(status(&head), "403", "{head}");
+    assert!(body.starts_with("RBAC: access denied"), "the destination proxy's reason: {body}");
 }
 
 #[tokio::test]

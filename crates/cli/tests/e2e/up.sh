@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs inside `unshare --user --map-root-user --net --mount --fork`: starts `zmesh up` (the
+# built-in demo; with `isolate` as third argument, `zmesh up --isolate`), waits for the summary
+# to show every flow as expected, runs a command as a workload with `zmesh exec`, stops `up`
+# with Ctrl-C (SIGINT) and checks that nothing it started is left. Prints `RESULT <name>
+# <value>` lines for the test.
+set -euo pipefail
+ZMESH="$1"; WORK="$2"; MODE="${3:-loopback}"
+UP_PID=""
+cleanup() { [ -n "$UP_PID" ] && kill -9 "$UP_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+result() { printf 'RESULT %s %s\n' "$1" "$2"; }
+
+mount -t tmpfs tmpfs /run
+mkdir -p /run/netns
+ip link set lo up
+
+ARGS=(up --state-dir "$WORK/state" --summary-ms 500)
+[ "$MODE" = isolate ] && ARGS+=(--isolate)
+"$ZMESH" "${ARGS[@]}" >"$WORK/up.out" 2>"$WORK/up.err" &
+UP_PID=$!
+started=$(date +%s%N)
+seen=no
+for _ in $(seq 1 300); do
+  if grep -Eq '^summary: ([0-9]+)/\1 flows as expected' "$WORK/up.out"; then seen=yes; break; fi
+  kill -0 "$UP_PID" 2>/dev/null || break
+  sleep 0.1
+done
+result all_flows_as_expected "$seen"
+result seconds_to_summary "$(( ($(date +%s%N) - started) / 1000000000 ))"
+result proxies_synced "$(grep -c 'proxies 9/9 SYNCED' "$WORK/up.out" || true)"
+
+# A command run as order-service reaches payment-processor through the mesh by name (loopback:
+# through its proxy's HTTP proxy port) or by address (isolate: captured in its namespace).
+if [ "$MODE" = isolate ]; then target=10.88.1.2; else target=payment-processor.fintech-core; fi
+code=$("$ZMESH" exec --state-dir "$WORK/state" order-service -- curl -s -m 5 -o "$WORK/exec.body" -w '%{http_code}' -X POST "http://$target:8080/api/v2/payments/process" || true)
+result exec_allowed "$code"
+result exec_peer "$(tr -d '\n' < "$WORK/exec.body" 2>/dev/null | sed -n 's/.*URI=\(spiffe:[^"]*\)".*/\1/p')"
+code=$("$ZMESH" exec --state-dir "$WORK/state" fintech-core/reporting-job -- curl -s -m 5 -o /dev/null -w '%{http_code}' -X POST "http://$target:8080/api/v2/payments/process" || true)
+result exec_denied "$code"
+result proxy_status "$("$ZMESH" proxy-status >/dev/null 2>&1 && echo synced || echo not-synced)"
+
+# Collect what `up` started, then stop it the way a user does.
+children=$(grep -lx "PPid:[[:space:]]*$UP_PID" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3 | tr '\n' ' ' || true)
+result children_started "$(echo "$children" | wc -w)"
+kill -INT "$UP_PID"
+status=0
+for _ in $(seq 1 150); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$UP_PID" 2>/dev/null; then result up_exited no; else wait "$UP_PID" || status=$?; result up_exited yes; fi
+UP_PID=""
+result up_status "$status"
+left=0
+for pid in $children; do kill -0 "$pid" 2>/dev/null && left=$((left + 1)); done
+result processes_left "$left"
+result netns_left "$(ip netns list | wc -l)"
+result bridge_left "$(ip link show zmesh0 >/dev/null 2>&1 && echo yes || echo no)"
+result up_json_left "$([ -e "$WORK/state/up.json" ] && echo yes || echo no)"
