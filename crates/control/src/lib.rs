@@ -1,7 +1,10 @@
 //! zmesh-control: the control plane.
 //!
-//! Today: the certificate-signing service (workloads prove who they are and get SVIDs).
-//! The config store, registry and push come with the control-plane work.
+//! Configuration flows one way: the config store (`store`, files today) accepts a change only
+//! when it is valid as a whole → `snapshot` indexes the accepted documents per workload →
+//! `push` streams each proxy its slice incrementally and tracks ACK/NACK → `status` serves the
+//! whole picture on 15014. Next to it, the CA's signing service (`ca_service`, `tokens`,
+//! `ratelimit`); `plane` runs them all as one process.
 
 pub mod ca_service;
 pub mod push;
