@@ -67,7 +67,7 @@ enum Command {
     /// A small echo app (HTTP/1.1, h2c or raw TCP) that shows what reached it.
     Echo(echo::EchoArgs),
     /// Run the sidecar proxy of one workload.
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Run the control plane: watch configuration, push it to proxies, sign certificates.
     ControlPlane(control::ControlPlaneArgs),
     /// SYNCED/STALE and the acknowledged version of every proxy (istioctl proxy-status).
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
         Command::Cert(command) => ca::cert(command),
         Command::Capture(command) => capture::capture(command),
         Command::Echo(args) => echo::echo(args),
-        Command::Proxy(args) => proxy::proxy(args),
+        Command::Proxy(args) => proxy::proxy(*args),
         Command::ControlPlane(args) => control::control_plane(args),
         Command::ProxyStatus(args) => control::proxy_status(args),
         Command::Up(args) => up::up(args),

@@ -96,7 +96,14 @@ enum Source {
     /// Local files, read once, and a CA directory or fixed certificate files.
     Local(Arc<Local>),
     /// The control plane: configuration pushed and followed, certificates signed and renewed.
-    ControlPlane { subscription: Subscription, identity: IdentityManager, received: SystemTime },
+    ControlPlane(Box<Following>),
+}
+
+/// The control-plane source once bootstrapped: the stream to follow and the identity to renew.
+struct Following {
+    subscription: Subscription,
+    identity: IdentityManager,
+    received: SystemTime,
 }
 
 fn read_token(args: &ProxyArgs) -> anyhow::Result<String> {
@@ -133,7 +140,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
                     SigningClient::new(url, token)?.marked(!args.explicit),
                 );
                 let (store, received) = identity.bootstrap(Duration::from_secs(60)).await?;
-                (Source::ControlPlane { subscription, identity, received }, config, store)
+                (Source::ControlPlane(Box::new(Following { subscription, identity, received })), config, store)
             }
             (None, Some(dir)) => {
                 let identity = match (&args.ca_dir, &args.cert, &args.key, &args.roots) {
@@ -181,7 +188,8 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
                 let stop = shutdown.clone();
                 tokio::spawn(async move { local.rotate(stop).await })
             }
-            Source::ControlPlane { subscription, identity, received } => {
+            Source::ControlPlane(following) => {
+                let Following { subscription, identity, received } = *following;
                 let (stop, updated) = (shutdown.clone(), proxy.clone());
                 let follow = tokio::spawn(subscription.follow(stop.clone(), move |config| updated.update(config)));
                 tokio::spawn(async move {

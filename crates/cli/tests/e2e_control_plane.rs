@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -54,15 +55,25 @@ fn logs(dir: &Path) -> String {
 }
 
 struct Run {
-    _dir: TempDir,
     results: HashMap<String, String>,
     /// Status API documents the script saved, by file name.
     saved: HashMap<&'static str, Value>,
+    /// The frontend proxy's log, without colors.
+    frontend_log: String,
     /// Everything to show when an assertion fails: stdout and every log.
     context: String,
 }
 
-fn run_script() -> Run {
+/// The script runs once per test process; every test here reads the same run.
+fn run() -> &'static Run {
+    static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
+    match RUN.get_or_init(run_script) {
+        Ok(run) => run,
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+fn run_script() -> Result<Run, String> {
     require_tools();
     let dir = TempDir::new("e2e-control-plane");
     let config = dir.path().join("config");
@@ -79,10 +90,11 @@ fn run_script() -> Run {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let context =
         format!("stdout:\n{stdout}\nstderr:\n{}\n{}", String::from_utf8_lossy(&output.stderr), logs(dir.path()));
-    assert!(
-        output.status.success(),
-        "the control-plane script failed (it needs unshare with user namespaces, iproute2, iptables and curl; CI installs them)\n{context}"
-    );
+    if !output.status.success() {
+        return Err(format!(
+            "the control-plane script failed (it needs unshare with user namespaces, iproute2, iptables and curl; CI installs them)\n{context}"
+        ));
+    }
     let results: HashMap<String, String> = stdout
         .lines()
         .filter_map(|line| line.strip_prefix("RESULT "))
@@ -90,7 +102,9 @@ fn run_script() -> Run {
             line.split_once(' ').map_or((line.to_owned(), String::new()), |(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect();
-    assert_eq!(results.get("done").map(String::as_str), Some("yes"), "the script stopped early\n{context}");
+    if results.get("done").map(String::as_str) != Some("yes") {
+        return Err(format!("the script stopped early\n{context}"));
+    }
     let mut saved = HashMap::new();
     for name in [
         "proxies-initial.json",
@@ -99,13 +113,59 @@ fn run_script() -> Run {
         "proxies-rejected.json",
         "resources-fixed.json",
         "proxies-resynced.json",
+        "proxies-after-crash.json",
     ] {
         let text = std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
-        let value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not JSON ({e}):\n{text}\n{context}"));
+        let value = serde_json::from_str(&text).map_err(|e| format!("{name} is not JSON ({e}):\n{text}\n{context}"))?;
         saved.insert(name, value);
     }
-    Run { _dir: dir, results, saved, context }
+    let frontend_log = without_colors(&std::fs::read_to_string(dir.path().join("frontend.log")).unwrap_or_default());
+    Ok(Run { results, saved, frontend_log, context })
+}
+
+/// The text without ANSI color sequences (the logs are written with them).
+fn without_colors(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Milliseconds into the day of a log line's RFC 3339 timestamp (`2026-01-02T03:04:05.678901Z`).
+fn log_millis(line: &str) -> Option<u64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1.strip_suffix('Z')?;
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    let ms: u64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    Some(((h * 60 + m) * 60 + s) * 1000 + ms)
+}
+
+/// From a proxy's log: how long each reconnect took, from the stream breaking (or being closed)
+/// to being connected again.
+fn reconnect_gaps(log: &str) -> Vec<u64> {
+    let mut gaps = Vec::new();
+    let mut broke = None;
+    for line in log.lines() {
+        if line.contains("configuration stream broke") || line.contains("the control plane closed the stream") {
+            broke = broke.or(log_millis(line));
+        } else if line.contains("connected to the control plane")
+            && let (Some(from), Some(to)) = (broke.take(), log_millis(line))
+        {
+            gaps.push((to + 86_400_000 - from) % 86_400_000);
+        }
+    }
+    gaps
 }
 
 fn millis(run: &Run, key: &str) -> u64 {
@@ -135,7 +195,7 @@ fn every_proxy_synced(run: &Run, name: &str) -> String {
 
 #[test]
 fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_control_plane() {
-    let run = run_script();
+    let run = run();
     let r = &run.results;
     let expect = |key: &str, want: &str| {
         assert_eq!(r.get(key).map(String::as_str), Some(want), "{key}: {r:#?}\n{}", run.context);
@@ -158,6 +218,8 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
         "the edit took {reload} ms to change decisions (file poll 100 ms + debounce 150 ms + push)\n{r:#?}"
     );
     expect("all_synced", "yes");
+    let all_synced = millis(&run, "all_synced_ms");
+    assert!(all_synced < 2000, "every proxy acked the edit only after {all_synced} ms\n{r:#?}");
     let v2 = every_proxy_synced(&run, "proxies-edited.json");
     assert_ne!(v1, v2, "an edit is a new version");
     expect("edited_reports", "200");
@@ -225,7 +287,18 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
     expect("resync_reports", "200");
     expect("proxy_status_exit", "0");
     expect("proxy_status_synced", &PODS.len().to_string());
-    eprintln!("reload_ms={reload} all_synced_ms={} resync_ms={resync}", r["all_synced_ms"]);
+
+    // 7. A crash (SIGKILL) and a restart with unchanged files: proxies keep enforcing, then come
+    // back SYNCED at the version they hold (nothing to send).
+    expect("crash_orders", "403");
+    expect("crash_reports", "200");
+    let crash_resync = millis(&run, "crash_resync_ms");
+    assert!(crash_resync < 10_000, "the resync after a crash took {crash_resync} ms\n{r:#?}");
+    expect("crash_resync_version_kept", "yes");
+    assert_eq!(every_proxy_synced(&run, "proxies-after-crash.json"), v2);
+    expect("crash_resync_orders", "403");
+    expect("crash_resync_reports", "200");
+    eprintln!("reload_ms={reload} all_synced_ms={all_synced} resync_ms={resync} crash_resync_ms={crash_resync}");
 }
 
 fn zmesh(args: &[&str], cwd: &Path) -> Output {

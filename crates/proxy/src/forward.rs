@@ -169,7 +169,8 @@ impl Client {
             // The destination closed the idle connection as the request went out; the request
             // was not written, so it is safe to send again on a new connection.
             if let Some(request) = failed.take_message() {
-                debug!(%destination, error = %failed.error(), "a reused upstream connection failed; retrying on a new one");
+                let error = failed.error();
+                debug!(%destination, %error, "a reused upstream connection failed; retrying on a new one");
                 sender = self.dial(authority.host(), port, &destination).await?;
                 sent = sender.try_send_request(request).await;
             }

@@ -139,7 +139,11 @@ spec: {{address: {client}, serviceAccount: client, labels: {{app: client}}}}
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: echo, namespace: shop}}
-spec: {{address: {echo}, serviceAccount: echo, labels: {{app: echo}}, ports: {{http-web: {app_port}, tcp-db: {TCP_PORT}}}}}
+spec:
+  address: {echo}
+  serviceAccount: echo
+  labels: {{app: echo}}
+  ports: {{http-web: {app_port}, tcp-db: {TCP_PORT}}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

@@ -271,4 +271,37 @@ status=0
 "$ZMESH" proxy-status --control-plane "$STATUS" >"$WORK/proxy-status.txt" 2>&1 || status=$?
 result proxy_status_exit "$status"
 result proxy_status_synced "$(awk 'NR > 1 && NF >= 6 && $3 == "SYNCED" && $4 == "'"$V4"'"' "$WORK/proxy-status.txt" | wc -l)"
+
+# --- 7. Crashes (SIGKILL), each followed at once by a restart with the files unchanged: the
+# proxies keep enforcing meanwhile, and come back SYNCED at the version they hold (a resync with
+# nothing to send). Several rounds, to see whether finding the control plane stays quick.
+RESTARTS=()
+for round in 1 2 3 4 5 6; do
+  kill -9 "$CP_PID"; wait "$CP_PID" 2>/dev/null || true
+  CP_PID=""
+  if [ "$round" = 1 ]; then
+    result crash_orders "$(http frontend "$ORDERS")"
+    result crash_reports "$(http reporting "$REPORTS")"
+  fi
+  started=$(now_ms)
+  start_control_plane
+  wait_status_api
+  V5=""
+  for _ in $(seq 1 150); do
+    fetch /api/v1/proxies proxies.json
+    if every_proxy_synced proxies.json; then V5=$(version_of proxies.json); break; fi
+    sleep 0.1
+  done
+  RESTARTS+=("$(( $(now_ms) - started ))")
+  [ -n "$V5" ] || break
+  if [ "$round" = 1 ]; then
+    result crash_resync_ms "${RESTARTS[0]}"
+    cp "$WORK/proxies.json" "$WORK/proxies-after-crash.json"
+    result crash_resync_version_kept "$([ "$V5" = "$V4" ] && echo yes || echo no)"
+    result crash_resync_orders "$(http frontend "$ORDERS")"
+    result crash_resync_reports "$(http reporting "$REPORTS")"
+  fi
+done
+result restart_resync_ms "${RESTARTS[*]}"
+result restart_rounds_synced "${#RESTARTS[@]}/$([ -n "$V5" ] && echo 6 || echo incomplete)"
 result done yes

@@ -1,0 +1,227 @@
+//! The configuration push protocol end to end, in process: the real control plane (file store,
+//! snapshots, push server) on loopback and the proxy's real subscription client. Edits reach
+//! the proxy as incremental versions; a refused version (NACK) keeps the previous one and is
+//! reported; a proxy whose token proves another identity is refused; a restarted control plane
+//! resyncs a proxy without resending what it holds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use zmesh_control::plane::{ControlPlane, Options, token_issuer};
+use zmesh_control::store::WatchOptions;
+use zmesh_id::SpiffeId;
+use zmesh_proxy::config::ProxyConfig;
+use zmesh_proxy::subscription::Subscription;
+use zmesh_testkit::TempDir;
+
+const WORKLOADS: &str = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: payments, namespace: fintech}
+spec: {address: 10.0.0.9, serviceAccount: payments, labels: {app: payments}, ports: {http: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: orders, namespace: shop}
+spec: {address: 10.0.0.10, serviceAccount: orders, labels: {app: orders}}
+";
+
+fn policy(path: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: payments-access, namespace: fintech}}
+spec:
+  selector: {{matchLabels: {{app: payments}}}}
+  rules: [{{to: [{{operation: {{paths: ['{path}']}}}}]}}]
+"
+    )
+}
+
+struct Plane {
+    dir: TempDir,
+    shutdown: CancellationToken,
+    grpc: SocketAddr,
+    plane: Option<ControlPlane>,
+}
+
+impl Plane {
+    async fn start(dir: TempDir, grpc: SocketAddr) -> Plane {
+        let shutdown = CancellationToken::new();
+        let options = Options {
+            config: dir.path().join("config"),
+            ca_dir: dir.path().join("ca"),
+            grpc,
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            watch: WatchOptions { poll: Duration::from_millis(20), debounce: Duration::from_millis(30) },
+        };
+        let plane = ControlPlane::start(options, shutdown.clone()).await.expect("control plane starts");
+        Plane { dir, shutdown, grpc: plane.grpc, plane: Some(plane) }
+    }
+
+    async fn stop(mut self) -> TempDir {
+        self.shutdown.cancel();
+        if let Some(plane) = self.plane.take() {
+            plane.wait().await;
+        }
+        self.dir
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn token(&self, identity: &str) -> String {
+        let id: SpiffeId = identity.parse().expect("spiffe id");
+        token_issuer(&self.dir.path().join("ca")).expect("tokens").issue(&id, SystemTime::now() + Duration::from_secs(600))
+    }
+
+    fn proxies(&self) -> serde_json::Value {
+        let status = self.plane.as_ref().expect("running").status.clone();
+        let snapshot = status.snapshots.borrow().clone();
+        let now = SystemTime::now();
+        serde_json::Value::Array(
+            status.proxies.list().iter().map(|p| zmesh_control::status::proxy_json(p, &snapshot, now)).collect(),
+        )
+    }
+
+    fn version(&self) -> String {
+        self.plane.as_ref().expect("running").status.snapshots.borrow().version.to_string()
+    }
+}
+
+fn config_dir(path: &str) -> TempDir {
+    let dir = TempDir::new("subscription");
+    std::fs::create_dir_all(dir.path().join("config")).expect("config dir");
+    std::fs::write(dir.path().join("config/workloads.yaml"), WORKLOADS).expect("write");
+    std::fs::write(dir.path().join("config/policy.yaml"), policy(path)).expect("write");
+    dir
+}
+
+fn rewrite(dir: &std::path::Path, text: &str) {
+    let tmp = dir.join("config/.policy.tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join("config/policy.yaml")).expect("rename");
+}
+
+/// The paths the payments policy allows, as the proxy compiled them.
+fn allowed(config: &ProxyConfig, path: &str) -> bool {
+    let peer: SpiffeId = "spiffe://cluster.local/ns/shop/sa/orders".parse().expect("id");
+    let request = zmesh_policy::Request {
+        peer: Some(&peer),
+        destination_port: 8080,
+        http: Some(zmesh_policy::HttpRequest { method: "GET", host: "payments", path, headers: &[] }),
+        ..Default::default()
+    };
+    config.policy.authorize(&request).is_allow()
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_arrive_as_versions_and_a_refused_version_keeps_the_previous_one() {
+    let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
+    let token = plane.token("spiffe://cluster.local/ns/fintech/sa/payments");
+    let mut subscription =
+        Subscription::new(&plane.url(), token, "fintech/payments", "payments.fintech-1".into()).expect("subscription");
+    let stop = CancellationToken::new();
+    let first = subscription.initial(&stop).await.expect("first configuration");
+    assert!(allowed(&first, "/v1") && !allowed(&first, "/v2"));
+    assert_eq!(first.version, plane.version());
+    assert_eq!(first.registry.len(), 2, "the proxy knows its peers");
+
+    // Follow; refuse any version whose policy allows /refuse, like a proxy that cannot apply it.
+    let (sender, mut versions) = mpsc::unbounded_channel();
+    let follower = tokio::spawn(subscription.follow(stop.clone(), move |config: ProxyConfig| {
+        if allowed(&config, "/refuse") {
+            return Err("this proxy cannot apply /refuse".into());
+        }
+        let _ = sender.send((config.version.clone(), allowed(&config, "/v2")));
+        Ok(())
+    }));
+
+    rewrite(plane.dir.path(), &policy("/v2"));
+    let (version, allows_v2) =
+        tokio::time::timeout(Duration::from_secs(2), versions.recv()).await.expect("pushed in time").expect("version");
+    assert!(allows_v2);
+    assert_eq!(version, plane.version());
+    wait_for("SYNCED", || plane.proxies()[0]["state"] == "SYNCED").await;
+    let proxies = plane.proxies();
+    assert_eq!(proxies[0]["versionAcked"], version.as_str());
+    assert_eq!(proxies[0]["resources"], 3, "two WorkloadEntries and the one policy that selects it: {proxies:#}");
+
+    rewrite(plane.dir.path(), &policy("/refuse"));
+    wait_for("NACK", || plane.proxies()[0]["state"] == "NACKED").await;
+    let proxies = plane.proxies();
+    assert_eq!(proxies[0]["versionAcked"], version.as_str(), "the proxy stays on its previous version");
+    assert_eq!(proxies[0]["nack"]["error"], "this proxy cannot apply /refuse");
+    assert!(versions.try_recv().is_err(), "nothing was put in force");
+
+    rewrite(plane.dir.path(), &policy("/v3"));
+    let (version, _) =
+        tokio::time::timeout(Duration::from_secs(2), versions.recv()).await.expect("pushed in time").expect("version");
+    wait_for("SYNCED again", || plane.proxies()[0]["state"] == "SYNCED").await;
+    assert_eq!(plane.proxies()[0]["versionAcked"], version.as_str());
+
+    stop.cancel();
+    follower.await.expect("follower stops");
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_another_identity_gets_no_configuration() {
+    let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
+    let token = plane.token("spiffe://cluster.local/ns/shop/sa/orders");
+    let mut subscription =
+        Subscription::new(&plane.url(), token, "fintech/payments", "impostor-1".into()).expect("subscription");
+    let stop = CancellationToken::new();
+    let got = tokio::time::timeout(Duration::from_millis(800), subscription.initial(&stop)).await;
+    assert!(got.is_err(), "an impostor must never receive the workload's configuration");
+    assert!(plane.proxies().as_array().expect("list").is_empty(), "and is not listed as a proxy");
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_resyncs_the_proxy_which_kept_its_configuration_meanwhile() {
+    let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
+    let grpc = plane.grpc;
+    let token = plane.token("spiffe://cluster.local/ns/fintech/sa/payments");
+    let mut subscription =
+        Subscription::new(&plane.url(), token, "fintech/payments", "payments.fintech-2".into()).expect("subscription");
+    let stop = CancellationToken::new();
+    let first = subscription.initial(&stop).await.expect("first configuration");
+    let in_force = Arc::new(std::sync::Mutex::new(first.version.clone()));
+    let follower = {
+        let in_force = in_force.clone();
+        tokio::spawn(subscription.follow(stop.clone(), move |config: ProxyConfig| {
+            *in_force.lock().expect("lock") = config.version.clone();
+            Ok(())
+        }))
+    };
+
+    // Down: the proxy keeps its version; the policy changes meanwhile.
+    let dir = plane.stop().await;
+    rewrite(dir.path(), &policy("/while-down"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*in_force.lock().expect("lock"), first.version);
+
+    // Back on the same port: the proxy reconnects (backoff ≤ 5 s) and takes the new version.
+    let plane = Plane::start(dir, grpc).await;
+    let wanted = plane.version();
+    assert_ne!(wanted, first.version);
+    wait_for("resync", || *in_force.lock().expect("lock") == wanted).await;
+    wait_for("SYNCED", || plane.proxies().get(0).is_some_and(|p| p["state"] == "SYNCED")).await;
+    assert_eq!(plane.proxies()[0]["resources"], 3);
+
+    stop.cancel();
+    follower.await.expect("follower stops");
+    plane.stop().await;
+}
