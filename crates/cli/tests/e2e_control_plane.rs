@@ -65,7 +65,7 @@ struct Run {
 }
 
 /// The script runs once per test process; every test here reads the same run.
-fn run() -> &'static Run {
+fn script_run() -> &'static Run {
     static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
     match RUN.get_or_init(run_script) {
         Ok(run) => run,
@@ -195,7 +195,7 @@ fn every_proxy_synced(run: &Run, name: &str) -> String {
 
 #[test]
 fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_control_plane() {
-    let run = run();
+    let run = script_run();
     let r = &run.results;
     let expect = |key: &str, want: &str| {
         assert_eq!(r.get(key).map(String::as_str), Some(want), "{key}: {r:#?}\n{}", run.context);
@@ -298,7 +298,31 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
     assert_eq!(every_proxy_synced(&run, "proxies-after-crash.json"), v2);
     expect("crash_resync_orders", "403");
     expect("crash_resync_reports", "200");
+    expect("restart_rounds_synced", "6/6");
     eprintln!("reload_ms={reload} all_synced_ms={all_synced} resync_ms={resync} crash_resync_ms={crash_resync}");
+}
+
+/// Restarting the control plane again and again (files unchanged) must not make proxies slower
+/// to find it each time: backoff is for outages, and every round here is back within
+/// milliseconds.
+///
+/// Fails today. `Subscription::next` (crates/proxy/src/subscription.rs) resets its `failures`
+/// count only when a response arrives, and a control plane that finds a reconnecting proxy
+/// already current sends none (`Stream::serve`, crates/control/src/push.rs). So every no-op
+/// resync leaves the count where it was, the next break waits `backoff(failures)` — 100 ms,
+/// then 200, 400, … — and after a handful of restarts each reconnect waits the 5 s cap.
+#[test]
+fn repeated_control_plane_restarts_are_found_as_quickly_as_the_first() {
+    let run = script_run();
+    let rounds: Vec<u64> = run.results["restart_resync_ms"].split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    assert_eq!(rounds.len(), 6, "{:#?}\n{}", run.results, run.context);
+    let gaps = reconnect_gaps(&run.frontend_log);
+    assert!(
+        rounds.iter().all(|&ms| ms < 1500),
+        "after each crash the control plane was back at once, yet resyncing every proxy took {rounds:?} ms in \
+         successive rounds; the frontend proxy's reconnects (stream broke → connected) took {gaps:?} ms: the \
+         reconnect backoff keeps growing across successful reconnects that receive no response"
+    );
 }
 
 fn zmesh(args: &[&str], cwd: &Path) -> Output {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs inside `unshare --user --map-root-user --net --mount --fork`: starts `zmesh up` (the
-# built-in demo; with `isolate` as third argument, `zmesh up --isolate`), waits for the summary
-# to show every flow as expected, runs a command as a workload with `zmesh exec`, stops `up`
+# built-in demo; with `isolate` as third argument, `zmesh up --isolate`; with `config`, the
+# user's own WorkloadEntries and app), waits for the summary to show every flow as expected (or
+# every proxy synced), runs commands as a workload with `zmesh exec`, stops `up`
 # with Ctrl-C (SIGINT) and checks that nothing it started is left. Prints `RESULT <name>
 # <value>` lines for the test.
 set -euo pipefail
@@ -17,19 +18,54 @@ ip link set lo up
 
 ARGS=(up --state-dir "$WORK/state" --summary-ms 500)
 [ "$MODE" = isolate ] && ARGS+=(--isolate)
+if [ "$MODE" = config ]; then
+  # The user's own mesh: two WorkloadEntries, one app the user runs, one policy.
+  mkdir -p "$WORK/mine"
+  cat >"$WORK/mine/workloads.yaml" <<'YAML'
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: hello, namespace: demo}
+spec: {address: 127.0.9.2, serviceAccount: hello, labels: {app: hello}, ports: {http: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: demo}
+spec: {address: 127.0.9.3, serviceAccount: client, labels: {app: client}}
+YAML
+  policy() { printf 'apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: hello, namespace: demo}\nspec:\n  selector: {matchLabels: {app: hello}}\n  rules: [{to: [{operation: {paths: [%s]}}]}]\n' "$1"; }
+  policy /hello >"$WORK/mine/policy.yaml"
+  "$ZMESH" echo --listen 127.0.9.2:8080 --name hello >"$WORK/app.log" 2>&1 &
+  APP_PID=$!
+  ARGS+=(--config "$WORK/mine")
+fi
 "$ZMESH" "${ARGS[@]}" >"$WORK/up.out" 2>"$WORK/up.err" &
 UP_PID=$!
 started=$(date +%s%N)
 seen=no
 for _ in $(seq 1 300); do
-  if grep -Eq '^summary: ([0-9]+)/\1 flows as expected' "$WORK/up.out"; then seen=yes; break; fi
+  if [ "$MODE" = config ]; then
+    grep -q 'proxies 2/2 SYNCED' "$WORK/up.out" && { seen=yes; break; }
+  elif grep -Eq '^summary: ([0-9]+)/\1 flows as expected' "$WORK/up.out"; then seen=yes; break; fi
   kill -0 "$UP_PID" 2>/dev/null || break
   sleep 0.1
 done
 result all_flows_as_expected "$seen"
 result seconds_to_summary "$(( ($(date +%s%N) - started) / 1000000000 ))"
-result proxies_synced "$(grep -c 'proxies 9/9 SYNCED' "$WORK/up.out" || true)"
+result proxies_synced "$(grep -c 'proxies [0-9]*/[0-9]* SYNCED' "$WORK/up.out" || true)"
 
+if [ "$MODE" = config ]; then
+  get() { "$ZMESH" exec --state-dir "$WORK/state" demo/client -- curl -s -m 5 -o /dev/null -w '%{http_code}' "http://hello.demo:8080$1" || true; }
+  result mine_allowed "$(get /hello)"
+  result mine_denied "$(get /other)"
+  policy /other >"$WORK/mine/.policy.tmp" && mv "$WORK/mine/.policy.tmp" "$WORK/mine/policy.yaml"
+  edited=$(date +%s%N); code=""
+  for _ in $(seq 1 50); do code=$(get /other); [ "$code" = 200 ] && break; sleep 0.05; done
+  result mine_after_edit "$code"
+  result mine_edit_ms "$(( ($(date +%s%N) - edited) / 1000000 ))"
+  kill "$APP_PID" 2>/dev/null || true
+fi
+
+if [ "$MODE" != config ]; then
 # A command run as order-service reaches payment-processor through the mesh by name (loopback:
 # through its proxy's HTTP proxy port) or by address (isolate: captured in its namespace).
 if [ "$MODE" = isolate ]; then target=10.88.1.2; else target=payment-processor.fintech-core; fi
@@ -38,6 +74,7 @@ result exec_allowed "$code"
 result exec_peer "$(tr -d '\n' < "$WORK/exec.body" 2>/dev/null | sed -n 's/.*URI=\(spiffe:[^"]*\)".*/\1/p')"
 code=$("$ZMESH" exec --state-dir "$WORK/state" fintech-core/reporting-job -- curl -s -m 5 -o /dev/null -w '%{http_code}' -X POST "http://$target:8080/api/v2/payments/process" || true)
 result exec_denied "$code"
+fi
 result proxy_status "$("$ZMESH" proxy-status >/dev/null 2>&1 && echo synced || echo not-synced)"
 
 # Collect what `up` started, then stop it the way a user does.
