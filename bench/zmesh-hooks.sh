@@ -45,7 +45,7 @@ YAML
   track custom client $!
   # For the new-connection test: a client-side proxy that dials a new mTLS connection per tunnel.
   "${ON_A[@]}" "$zmesh" proxy "${common[@]}" --workload default/client --cert "$CERTS/client.crt" --key "$CERTS/client.key" \
-    --hbone-connection-per-tunnel --hbone-listen "127.0.0.3:$P_CUSTOM_IN" --health 127.0.0.3:15021 --metrics 127.0.0.3:15020 --admin 127.0.0.3:15000 \
+    --hbone-connection-per-tunnel --hbone-listen "127.0.0.3:$P_CUSTOM_IN" --health 127.0.0.3:15021 --metrics 127.0.0.3:15020 --admin 127.0.0.3:15000 --http-proxy 127.0.0.3:15080 \
     --outbound "127.0.0.1:$P_CUSTOM_CC_OUT=127.0.0.1:$P_BACKEND" >"$RUN/custom-cc-client.log" 2>&1 &
   track custom cc-client $!
 }

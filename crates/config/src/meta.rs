@@ -111,12 +111,28 @@ impl Selector {
     }
 }
 
-/// A `selector` (Istio WorkloadSelector); reports label keys or values Istio refuses.
+/// A `selector` of the security and telemetry kinds (`istio.type.v1beta1.WorkloadSelector`,
+/// labels under `matchLabels`); reports label keys or values Istio refuses.
 pub(crate) fn read_selector(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &'static str) -> Option<Selector> {
+    read_labels_selector(ctx, fields, key, "matchLabels")
+}
+
+/// A `workloadSelector` of the networking kinds (ServiceEntry, EnvoyFilter:
+/// `istio.networking.v1.WorkloadSelector`), whose labels sit under `labels`.
+pub(crate) fn read_workload_selector(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>) -> Option<Selector> {
+    read_labels_selector(ctx, fields, "workloadSelector", "labels")
+}
+
+fn read_labels_selector(
+    ctx: &mut Ctx<'_>,
+    fields: &mut Fields<'_>,
+    key: &'static str,
+    labels_key: &'static str,
+) -> Option<Selector> {
     let mut selector = fields.map(ctx, key)?;
     let pos = selector.pos;
-    let labels_path = selector.path("matchLabels");
-    let match_labels = selector.string_map(ctx, "matchLabels");
+    let labels_path = selector.path(labels_key);
+    let match_labels = selector.string_map(ctx, labels_key);
     selector.finish(ctx);
     for (k, v) in &match_labels {
         if k.is_empty() {

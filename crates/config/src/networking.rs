@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::decode::{Ctx, Fields};
-use crate::meta::{Meta, Selector, read_selector};
+use crate::meta::{Meta, Selector, read_workload_selector};
 use crate::yaml::{Node, Pos};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +243,7 @@ pub(crate) fn read_service_entry(ctx: &mut Ctx<'_>, meta: Meta, spec: Option<(&N
         endpoints.push(read_workload_spec(ctx, &mut endpoint, resolution == "STATIC"));
         endpoint.finish(ctx);
     }
-    let workload_selector = read_selector(ctx, &mut fields, "workloadSelector");
+    let workload_selector = read_workload_selector(ctx, &mut fields);
     if workload_selector.is_some() && !endpoints.is_empty() {
         ctx.error(
             node.pos,
@@ -300,7 +300,7 @@ pub(crate) fn read_envoy_filter(
     let mark = ctx.diagnostics.len();
     let (node, path) = spec?;
     let mut fields = ctx.map(node, &path)?;
-    let selector = read_selector(ctx, &mut fields, "workloadSelector");
+    let selector = read_workload_selector(ctx, &mut fields);
     let patches = fields.items(ctx, "configPatches").unwrap_or_default();
     fields.ignore(&["priority", "targetRefs"]);
     fields.finish(ctx);

@@ -200,3 +200,29 @@ fn unknown_top_level_fields_are_errors_for_the_kinds_zmesh_reads() {
         ]
     );
 }
+
+#[test]
+fn a_networking_workload_selector_takes_labels_not_match_labels() {
+    let entry = |selector: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: payments, namespace: shop}}
+spec:
+  hosts: [payments.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{{selector}: {{app: payments}}}}
+"
+        )
+    };
+    let loaded = load_str(&entry("labels"));
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let selector = loaded.config.service_entries[0].workload_selector.as_ref().expect("selector");
+    assert_eq!(selector.match_labels.get("app").map(String::as_str), Some("payments"));
+    let found = messages(&entry("matchLabels"));
+    assert!(
+        found.iter().any(|m| m.contains("spec.workloadSelector.matchLabels: unknown field `matchLabels`")),
+        "{found:?}"
+    );
+}

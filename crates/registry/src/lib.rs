@@ -328,7 +328,7 @@ spec:
   location: MESH_INTERNAL
   ports: [{number: 80, name: http, protocol: HTTP}]
   resolution: STATIC
-  workloadSelector: {matchLabels: {app: payments}}
+  workloadSelector: {labels: {app: payments}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -337,7 +337,7 @@ spec:
   hosts: [ledger.example.internal]
   ports: [{number: 80, name: http, protocol: HTTP}]
   resolution: STATIC
-  workloadSelector: {matchLabels: {app: ledger}}
+  workloadSelector: {labels: {app: ledger}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
