@@ -47,6 +47,9 @@ pub struct KubeWorkload {
     pub service_account: String,
     pub replicas: u32,
     pub container_ports: Vec<ServicePort>,
+    /// A Pod's `status.podIP`, present when the document was read back from a cluster
+    /// (`kubectl get pod -o yaml`); it makes the pod an addressable mesh workload.
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 impl KubeWorkload {
@@ -83,7 +86,16 @@ pub(crate) fn read_workload(
     meta: Meta,
     kind: &str,
     spec: Option<(&Node, String)>,
+    status: Option<&Node>,
 ) -> Option<KubeWorkload> {
+    let pod_ip = status.filter(|_| kind == "Pod").and_then(|s| s.get("podIP")).and_then(|ip| {
+        let text = ip.scalar_text()?;
+        let parsed = text.parse().ok();
+        if parsed.is_none() {
+            ctx.error(ip.pos, "status.podIP", format!("`{text}` is not an IP address"), "give the pod's IP address");
+        }
+        parsed
+    });
     let (pod_meta, pod_spec, replicas) = match (kind, spec) {
         ("Pod", Some((spec, _))) => (None, Some(spec), 1),
         (_, Some((spec, path))) => {
@@ -127,6 +139,7 @@ pub(crate) fn read_workload(
         service_account,
         replicas,
         container_ports,
+        pod_ip,
     })
 }
 

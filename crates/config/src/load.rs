@@ -366,6 +366,8 @@ impl Loader {
         }
         let origin = Origin { file, pos: root.pos };
         let spec = fields.get("spec");
+        // Only a Pod's status is read (its IP, when the document was read back from a cluster).
+        let status = fields.get("status").map(|(node, _)| node.clone());
         let namespaced = !matches!(kind.as_str(), "Namespace");
         let meta = match metadata {
             Some((node, path)) => {
@@ -450,7 +452,7 @@ impl Loader {
             ("", "ServiceAccount") => config.service_accounts.extend(meta.map(|meta| ServiceAccountObject { meta })),
             ("", "Service") => config.services.extend(meta.and_then(|m| crate::kube::read_service(&mut ctx, m, spec))),
             ("", "Pod") | ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
-                config.workloads.extend(meta.and_then(|m| crate::kube::read_workload(&mut ctx, m, &kind, spec)));
+                config.workloads.extend(meta.and_then(|m| crate::kube::read_workload(&mut ctx, m, &kind, spec, status.as_ref())));
             }
             ("", "ConfigMap") => {
                 let Some(meta) = meta else { return };

@@ -1,13 +1,15 @@
 //! One accepted configuration, ready to push: every document as a wire resource with a content
 //! version, indexed so that the slice a proxy needs is found without scanning the whole mesh.
 //!
-//! What a proxy needs: the MeshConfig, every WorkloadEntry and ServiceEntry (its peers — Istio
-//! sends the whole registry too unless a Sidecar narrows it), and the policies that can select
+//! What a proxy needs: the MeshConfig, the registry — every WorkloadEntry, ServiceEntry, Pod and
+//! Service (its peers; Istio sends the whole registry too unless a Sidecar narrows it) — and the
+//! policies that can select
 //! its workload: those in the root namespace or in the workload's namespace whose selector (if
 //! any) matches its labels. That is a superset of what Istio applies (targetRefs are not
 //! examined here); the proxy's own policy engine makes the exact choice, so a superset is safe
 //! and a missing policy is impossible. Kubernetes objects that only describe workloads
-//! (Namespace, Pod, Deployment, Service, ServiceAccount) stay with the control plane.
+//! without addresses (Namespace, Deployment and the other controllers, ServiceAccount) stay
+//! with the control plane.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -137,7 +139,8 @@ impl Snapshot {
         for source in &loaded.sources {
             let key = resource_key(source);
             let scope = match source.kind.as_str() {
-                "MeshConfig" | "WorkloadEntry" | "ServiceEntry" => Scope::Everyone,
+                // The registry: peers and the Services that give pods their port protocols.
+                "MeshConfig" | "WorkloadEntry" | "ServiceEntry" | "Pod" | "Service" => Scope::Everyone,
                 _ => match selectors.get(&key) {
                     Some(selector) => {
                         Scope::Selected { namespace: source.namespace.clone(), selector: selector.clone() }

@@ -83,6 +83,41 @@ fn ports(spec: &WorkloadSpec) -> Vec<WorkloadPort> {
         .collect()
 }
 
+/// A Pod as a mesh workload. Its ports and their protocols come from the Services that select
+/// it (Istio reads the protocol from the Service port's name or appProtocol, on the target
+/// port), then from its named container ports.
+fn pod_workload(
+    pod: &zmesh_config::kube::KubeWorkload,
+    services: &[zmesh_config::kube::KubeService],
+    trust_domain: &TrustDomain,
+) -> Result<MeshWorkload, WorkloadError> {
+    let (namespace, name) = (pod.meta.namespace.as_str(), pod.meta.name.as_str());
+    let mut ports: Vec<WorkloadPort> = Vec::new();
+    let selecting = services.iter().filter(|s| {
+        s.meta.namespace == namespace
+            && !s.selector.is_empty()
+            && s.selector.iter().all(|(k, v)| pod.pod_labels.get(k) == Some(v))
+    });
+    let service_ports = selecting.flat_map(|s| s.ports.iter());
+    for port in service_ports.chain(&pod.container_ports) {
+        let number = port.target_port.unwrap_or(port.number);
+        if ports.iter().any(|p| p.number == number) {
+            continue;
+        }
+        let protocol = port.protocol.or_else(|| Protocol::parse(port.name.split('-').next().unwrap_or_default()));
+        ports.push(WorkloadPort { number, name: port.name.clone(), protocol });
+    }
+    let spec = WorkloadSpec {
+        address: pod.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        labels: pod.pod_labels.clone(),
+        service_account: Some(pod.service_account.clone()),
+        ..WorkloadSpec::default()
+    };
+    let mut workload = mesh_workload(namespace, name, &spec, trust_domain)?;
+    workload.ports = ports;
+    Ok(workload)
+}
+
 fn mesh_workload(
     namespace: &str,
     name: &str,
@@ -130,11 +165,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// WorkloadEntries with an IP address. Entries with a host name are skipped (they need DNS,
-    /// which comes with the control plane).
+    /// WorkloadEntries with an IP address, and Pods read back from a cluster (with
+    /// `status.podIP`). Entries with a host name are skipped (they need DNS). A WorkloadEntry
+    /// wins over a Pod at the same address.
     pub fn from_config(config: &Config) -> Registry {
         let trust_domain = &config.mesh.trust_domain;
         let mut registry = Registry::default();
+        for pod in config.workloads.iter().filter(|w| w.pod_ip.is_some()) {
+            if let Ok(workload) = pod_workload(pod, &config.services, trust_domain) {
+                let workload = Arc::new(workload);
+                registry.by_address.insert(workload.address, workload.clone());
+                registry.by_name.insert((workload.namespace.clone(), workload.name.clone()), workload);
+            }
+        }
         for entry in &config.workload_entries {
             if let Ok(workload) = mesh_workload(&entry.meta.namespace, &entry.meta.name, &entry.spec, trust_domain) {
                 let workload = Arc::new(workload);
@@ -426,4 +469,40 @@ spec:
             assert_eq!(registry.resolve(host), None, "{host:?}");
         }
     }
+
+    #[test]
+    fn a_pod_read_back_from_a_cluster_is_a_workload_with_its_service_ports() {
+        let loaded = zmesh_config::load_str(
+            "apiVersion: v1
+kind: Pod
+metadata: {name: payments-7d9f, namespace: fintech, labels: {app: payments}}
+spec:
+  serviceAccountName: payments
+  containers: [{name: app, image: payments:1, ports: [{name: metrics, containerPort: 9090}]}]
+status: {podIP: 10.244.1.7, phase: Running}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payments, namespace: fintech}
+spec:
+  selector: {app: payments}
+  ports: [{name: http-api, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pending, namespace: fintech}
+spec: {containers: [{name: app, image: x}]}
+",
+        );
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let registry = Registry::from_config(&loaded.config);
+        assert_eq!(registry.len(), 1, "a pod without an IP is not addressable yet");
+        let pod = registry.at("10.244.1.7".parse().unwrap()).unwrap();
+        assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("fintech", "payments-7d9f"));
+        assert_eq!(pod.identity.to_string(), "spiffe://cluster.local/ns/fintech/sa/payments");
+        assert!(pod.speaks_http(8080), "the Service's http- port, on its target port: {:?}", pod.ports);
+        assert!(!pod.speaks_http(9090));
+        assert!(pod.port(9090).is_some(), "named container ports are known too");
+    }
+
 }
