@@ -5,8 +5,11 @@
 //! checks both. It enters its own user, network and mount namespaces (`unshare`), so it needs
 //! no real root and leaves the host untouched; missing tools fail it with the reason.
 //!
-//! Also here: the contract of `zmesh ca token`, which the script uses to hand each proxy its
-//! bootstrap token.
+//! The script runs once per test process and two tests read it: the scenario of the issue
+//! (edits reach every proxy within a second, a bad edit is refused with its diagnostic, proxies
+//! outlive the control plane and resync with a new one), and a known bug: repeated restarts make
+//! proxies slower and slower to reconnect (see that test). Also here: the contract of
+//! `zmesh ca token`, which the script uses to hand each proxy its bootstrap token.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -203,7 +206,7 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
 
     // 1. Every proxy took the first configuration; it decides as written.
     expect("initial_synced", "yes");
-    let v1 = every_proxy_synced(&run, "proxies-initial.json");
+    let v1 = every_proxy_synced(run, "proxies-initial.json");
     expect("baseline_orders", "200");
     expect("baseline_admin", "403");
     expect("baseline_reports", "200");
@@ -212,15 +215,15 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
     // 2. A valid edit on disk changes decisions within a second, and every proxy acks it.
     expect("reload_code", "403");
     expect("reload_policy", "shop/backend-freeze");
-    let reload = millis(&run, "reload_ms");
+    let reload = millis(run, "reload_ms");
     assert!(
         reload < 1000,
         "the edit took {reload} ms to change decisions (file poll 100 ms + debounce 150 ms + push)\n{r:#?}"
     );
     expect("all_synced", "yes");
-    let all_synced = millis(&run, "all_synced_ms");
+    let all_synced = millis(run, "all_synced_ms");
     assert!(all_synced < 2000, "every proxy acked the edit only after {all_synced} ms\n{r:#?}");
-    let v2 = every_proxy_synced(&run, "proxies-edited.json");
+    let v2 = every_proxy_synced(run, "proxies-edited.json");
     assert_ne!(v1, v2, "an edit is a new version");
     expect("edited_reports", "200");
 
@@ -257,7 +260,7 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
     expect("invalid_reports", "200");
     expect("invalid_still_synced", "yes");
     expect("invalid_version_kept", "yes");
-    assert_eq!(every_proxy_synced(&run, "proxies-rejected.json"), v2, "nothing was pushed");
+    assert_eq!(every_proxy_synced(run, "proxies-rejected.json"), v2, "nothing was pushed");
 
     // 4. Fixing the file allows again; the same policies are the same version.
     expect("fixed_orders", "200");
@@ -280,10 +283,10 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
     // 6. A restarted control plane resyncs every proxy to the files as they are now.
     expect("resync_synced", "yes");
     expect("resync_orders", "403");
-    let resync = millis(&run, "resync_ms");
+    let resync = millis(run, "resync_ms");
     assert!(resync < 10_000, "the resync took {resync} ms (reconnect backoff is capped at 5 s)\n{r:#?}");
     expect("resync_version_is_edited", "yes");
-    assert_eq!(every_proxy_synced(&run, "proxies-resynced.json"), v2, "the edited policies, the edited version");
+    assert_eq!(every_proxy_synced(run, "proxies-resynced.json"), v2, "the edited policies, the edited version");
     expect("resync_reports", "200");
     expect("proxy_status_exit", "0");
     expect("proxy_status_synced", &PODS.len().to_string());
@@ -292,10 +295,10 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
     // back SYNCED at the version they hold (nothing to send).
     expect("crash_orders", "403");
     expect("crash_reports", "200");
-    let crash_resync = millis(&run, "crash_resync_ms");
+    let crash_resync = millis(run, "crash_resync_ms");
     assert!(crash_resync < 10_000, "the resync after a crash took {crash_resync} ms\n{r:#?}");
     expect("crash_resync_version_kept", "yes");
-    assert_eq!(every_proxy_synced(&run, "proxies-after-crash.json"), v2);
+    assert_eq!(every_proxy_synced(run, "proxies-after-crash.json"), v2);
     expect("crash_resync_orders", "403");
     expect("crash_resync_reports", "200");
     expect("restart_rounds_synced", "6/6");
@@ -316,7 +319,8 @@ fn repeated_control_plane_restarts_are_found_as_quickly_as_the_first() {
     let run = script_run();
     let rounds: Vec<u64> = run.results["restart_resync_ms"].split_whitespace().filter_map(|v| v.parse().ok()).collect();
     assert_eq!(rounds.len(), 6, "{:#?}\n{}", run.results, run.context);
-    let gaps = reconnect_gaps(&run.frontend_log);
+    // The first reconnect is the planned outage of step 5; the rest are these rounds.
+    let gaps: Vec<u64> = reconnect_gaps(&run.frontend_log).into_iter().skip(1).collect();
     assert!(
         rounds.iter().all(|&ms| ms < 1500),
         "after each crash the control plane was back at once, yet resyncing every proxy took {rounds:?} ms in \

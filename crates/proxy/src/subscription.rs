@@ -136,7 +136,15 @@ impl Subscription {
         loop {
             if self.stream.is_none() {
                 match self.connect().await {
-                    Ok(open) => self.stream = Some(open),
+                    Ok(open) => {
+                        // The control plane accepted the stream (it answers the call only after
+                        // checking the token): a success even if no response follows — a
+                        // resync at the version the proxy holds sends none — so the next break
+                        // starts the backoff afresh and a restarted control plane is found
+                        // quickly every time.
+                        self.failures = 0;
+                        self.stream = Some(open);
+                    }
                     Err(error) => {
                         let wait = backoff(self.failures);
                         self.failures = self.failures.saturating_add(1);
