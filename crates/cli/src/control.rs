@@ -39,8 +39,7 @@ pub(crate) struct ControlPlaneArgs {
 }
 
 pub(crate) fn init_logging(filter: &str) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| UsageError(format!("--log-level: {e}")))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| UsageError(format!("--log-level: {e}")))?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     Ok(())
 }
@@ -100,7 +99,9 @@ pub(crate) async fn get_json(base: &str, path: &str) -> anyhow::Result<serde_jso
     let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(authority))
         .await
         .map_err(|_| anyhow::anyhow!("{base}: no answer within 3 s"))?
-        .with_context(|| format!("cannot reach the control plane at {base} (is `zmesh up` or `zmesh control-plane` running?)"))?;
+        .with_context(|| {
+            format!("cannot reach the control plane at {base} (is `zmesh up` or `zmesh control-plane` running?)")
+        })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = http::Request::get(path)
@@ -146,6 +147,7 @@ pub(crate) fn proxy_status(args: ProxyStatusArgs) -> anyhow::Result<u8> {
             outln!("{} refused {}: {}", text(&proxy["proxyId"]), text(&nack["version"]), text(&nack["error"]));
         }
     }
-    let stale = body["proxies"].as_array().into_iter().flatten().any(|p| p["state"] != "SYNCED" && p["connected"] == true);
+    let stale =
+        body["proxies"].as_array().into_iter().flatten().any(|p| p["state"] != "SYNCED" && p["connected"] == true);
     Ok(if stale { crate::EXIT_FINDINGS } else { 0 })
 }

@@ -249,7 +249,10 @@ pub(crate) fn up(args: UpArgs) -> anyhow::Result<u8> {
         isolation.remove().await;
         let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
         let _ = std::fs::remove_file(state.join("up.json"));
-        outln!("zmesh up: stopped; every process it started has exited{}", if args.isolate { " and its namespaces are gone" } else { "" });
+        outln!(
+            "zmesh up: stopped; every process it started has exited{}",
+            if args.isolate { " and its namespaces are gone" } else { "" }
+        );
         outcome
     })?;
     Ok(0)
@@ -352,7 +355,13 @@ impl Mesh {
                         SocketAddr::new(workload.address, port.number)
                     };
                     let mut app = in_pod(&netns);
-                    app.args(["echo", "--listen", &listen.to_string(), "--name", &format!("{}/{}", workload.namespace, workload.name)]);
+                    app.args([
+                        "echo",
+                        "--listen",
+                        &listen.to_string(),
+                        "--name",
+                        &format!("{}/{}", workload.namespace, workload.name),
+                    ]);
                     processes.spawn(format!("app {key}"), &mut app, &log("app"))?;
                 }
             }
@@ -419,7 +428,12 @@ impl Mesh {
     }
 
     /// Print the summary until shutdown (or `--duration`); a process that dies ends the run.
-    async fn watch(&mut self, args: &UpArgs, shutdown: &CancellationToken, processes: &mut Processes) -> anyhow::Result<()> {
+    async fn watch(
+        &mut self,
+        args: &UpArgs,
+        shutdown: &CancellationToken,
+        processes: &mut Processes,
+    ) -> anyhow::Result<()> {
         let stop_at = (args.duration > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.duration));
         let mut tick = tokio::time::interval(Duration::from_millis(args.summary_ms.max(200)));
         loop {
@@ -598,7 +612,11 @@ pub(crate) fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         }
         many => {
             let names: Vec<&str> = many.iter().map(|w| w.workload.as_str()).collect();
-            return Err(crate::UsageError(format!("`{wanted}` is ambiguous: {}; give NAMESPACE/NAME", names.join(", "))).into());
+            return Err(crate::UsageError(format!(
+                "`{wanted}` is ambiguous: {}; give NAMESPACE/NAME",
+                names.join(", ")
+            ))
+            .into());
         }
     };
     let (program, rest) = args.command.split_first().context("no command given")?;

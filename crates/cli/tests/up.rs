@@ -36,7 +36,9 @@ fn run_up(mode: &str) -> HashMap<String, String> {
     let results: HashMap<String, String> = stdout
         .lines()
         .filter_map(|line| line.strip_prefix("RESULT "))
-        .map(|line| line.split_once(' ').map_or((line.to_owned(), String::new()), |(k, v)| (k.to_owned(), v.to_owned())))
+        .map(|line| {
+            line.split_once(' ').map_or((line.to_owned(), String::new()), |(k, v)| (k.to_owned(), v.to_owned()))
+        })
         .collect();
     assert!(results.len() >= 12, "the script stopped early:\n{stdout}\n{logs}");
     if results.get("all_flows_as_expected").map(String::as_str) != Some("yes") {

@@ -452,7 +452,9 @@ impl Loader {
             ("", "ServiceAccount") => config.service_accounts.extend(meta.map(|meta| ServiceAccountObject { meta })),
             ("", "Service") => config.services.extend(meta.and_then(|m| crate::kube::read_service(&mut ctx, m, spec))),
             ("", "Pod") | ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
-                config.workloads.extend(meta.and_then(|m| crate::kube::read_workload(&mut ctx, m, &kind, spec, status.as_ref())));
+                config
+                    .workloads
+                    .extend(meta.and_then(|m| crate::kube::read_workload(&mut ctx, m, &kind, spec, status.as_ref())));
             }
             ("", "ConfigMap") => {
                 let Some(meta) = meta else { return };

@@ -331,6 +331,7 @@ spec:
     - operation:
         methods: [\"DELETE\"]
         paths: [\"/api/v1/{resource}/*\"]
+        ports: [\"8080\"]
 "
         );
         return (name, text);
@@ -715,6 +716,19 @@ struct ProxiesStatus {
     max_lag_ms: u64,
 }
 
+/// The status API once it shows all `count` proxies SYNCED at `version` (the last ACKs may still
+/// be on their way when the simulated proxies have sent them), or after `timeout`.
+async fn wait_synced(admin: SocketAddr, version: &str, count: usize, timeout: Duration) -> Result<ProxiesStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = proxies_status(admin).await?;
+        if (status.version == version && status.synced == count) || Instant::now() > deadline {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn proxies_status(admin: SocketAddr) -> Result<ProxiesStatus> {
     let (code, body) = http_get(admin, "/api/v1/proxies").await?;
     if code != 200 {
@@ -905,7 +919,6 @@ struct Change {
     pushing_to_first: Option<Duration>,
     pushing_to_median: Option<Duration>,
     pushing_to_last: Option<Duration>,
-    rename_to_first: Duration,
     rename_to_last: Duration,
     /// Proxies whose response carried exactly the changed policy and nothing else.
     exact: usize,
@@ -950,6 +963,9 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
         return Err(format!("the generated mesh is not valid:\n{}", errors.join("\n")));
     }
     let warnings = loaded.diagnostics.len();
+    if let Some(first) = loaded.diagnostics.first() {
+        eprintln!("push_scale: the loader reports {warnings} diagnostics, the first: {first}");
+    }
     let documents = loaded.sources.len();
     let started = Instant::now();
     let snapshot = Snapshot::build(1, &loaded, SystemTime::now());
@@ -1048,7 +1064,7 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
     let (held_min, held_max) =
         (acks.iter().map(|a| a.held).min().unwrap_or(0), acks.iter().map(|a| a.held).max().unwrap_or(0));
     let (hwm_initial, rss_initial) = memory(pid)?;
-    let status = proxies_status(plane.admin).await?;
+    let status = wait_synced(plane.admin, &initial, knobs.proxies, Duration::from_secs(10)).await?;
     let initial_status_ok =
         status.version == *initial && status.listed == knobs.proxies && status.synced == knobs.proxies;
 
@@ -1100,7 +1116,7 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
         let (first, last, median) = (acked[0], acked[acked.len() - 1], acked[acked.len() / 2]);
         let at = |i: Instant| wall + (i - mono);
         let (accepted, pushing) = plane.generation_times(1 + revision as u64);
-        let status = proxies_status(plane.admin).await?;
+        let status = wait_synced(plane.admin, &next, knobs.proxies, Duration::from_secs(10)).await?;
         if status.version != *next || status.synced != knobs.proxies {
             return Err(format!(
                 "change {revision}: the status API shows {} of {} SYNCED at {} (the proxies hold {next})",
@@ -1114,7 +1130,6 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
             pushing_to_first: pushing.and_then(|p| since(at(first), p)),
             pushing_to_median: pushing.and_then(|p| since(at(median), p)),
             pushing_to_last: pushing.and_then(|p| since(at(last), p)),
-            rename_to_first: first - mono,
             rename_to_last: last - mono,
             exact: acks.iter().filter(|a| a.changed == 1 && a.removed == 0).count(),
             server_max_lag_ms: status.max_lag_ms,
@@ -1122,7 +1137,7 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
         version = next;
     }
     let (hwm_end, rss_end) = memory(pid)?;
-    let status = proxies_status(plane.admin).await?;
+    let status = wait_synced(plane.admin, &version, knobs.proxies, Duration::from_secs(10)).await?;
 
     println!();
     println!(

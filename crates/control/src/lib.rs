@@ -7,12 +7,12 @@
 //! `ratelimit`); `plane` runs them all as one process.
 
 pub mod ca_service;
+pub mod plane;
 pub mod push;
 pub mod ratelimit;
-pub mod store;
-pub mod plane;
 pub mod snapshot;
 pub mod status;
+pub mod store;
 pub mod tokens;
 
 use std::time::Duration;

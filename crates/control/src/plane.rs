@@ -115,11 +115,8 @@ impl ControlPlane {
         let tokens = Arc::new(token_issuer(&options.ca_dir)?);
         let ca = SharedCa::new(ca);
 
-        let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::build(
-            first.generation,
-            &first.loaded,
-            first.accepted_at,
-        )));
+        let (snapshot_tx, snapshots) =
+            watch::channel(Arc::new(Snapshot::build(first.generation, &first.loaded, first.accepted_at)));
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(follow_store(states.clone(), snapshot_tx, shutdown.clone()));
 

@@ -137,7 +137,9 @@ impl ConfigService for PushServer {
             .split_once('/')
             .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
             .map(|(ns, n)| (ns.to_owned(), n.to_owned()))
-            .ok_or_else(|| Status::invalid_argument(format!("node.workload `{}` is not NAMESPACE/NAME", node.workload)))?;
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("node.workload `{}` is not NAMESPACE/NAME", node.workload))
+            })?;
         if node.proxy_id.is_empty() {
             return Err(Status::invalid_argument("node.proxy_id is empty"));
         }
@@ -216,7 +218,11 @@ impl Stream {
         }
     }
 
-    async fn run(mut self, mut inbound: Streaming<ConfigRequest>, sender: mpsc::Sender<Result<ConfigResponse, Status>>) {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<ConfigRequest>,
+        sender: mpsc::Sender<Result<ConfigResponse, Status>>,
+    ) {
         let end = self.serve(&mut inbound, &sender).await;
         if let End::Refused(status) = end {
             let _ = sender.send(Err(status)).await;
@@ -299,11 +305,8 @@ impl Stream {
 
     /// What to send so the proxy holds exactly `wanted`.
     fn difference(&self, wanted: &HashMap<Arc<str>, Arc<WireResource>>) -> (Vec<Arc<WireResource>>, Vec<Arc<str>>) {
-        let changed = wanted
-            .values()
-            .filter(|r| self.held.get(&r.key).is_none_or(|v| **v != *r.version))
-            .cloned()
-            .collect();
+        let changed =
+            wanted.values().filter(|r| self.held.get(&r.key).is_none_or(|v| **v != *r.version)).cloned().collect();
         let removed = self.held.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         (changed, removed)
     }

@@ -36,7 +36,10 @@ enum Scope {
     Everyone,
     /// Policies: workloads of `namespace` (all namespaces when it is the root namespace) whose
     /// labels include `selector`.
-    Selected { namespace: String, selector: Option<BTreeMap<String, String>> },
+    Selected {
+        namespace: String,
+        selector: Option<BTreeMap<String, String>>,
+    },
     /// Kept by the control plane only.
     Nobody,
 }
@@ -292,7 +295,10 @@ metadata: {name: orders, namespace: shop}
                 "WorkloadEntry/shop/orders",
             ]
         );
-        assert_eq!(keys(&snapshot.resources_for(None)), ["WorkloadEntry/fintech/payments", "WorkloadEntry/shop/orders"]);
+        assert_eq!(
+            keys(&snapshot.resources_for(None)),
+            ["WorkloadEntry/fintech/payments", "WorkloadEntry/shop/orders"]
+        );
         assert!(snapshot.resource("ServiceAccount/shop/orders").is_some(), "kept by the control plane");
     }
 

@@ -26,11 +26,11 @@ use zmesh_id::SpiffeId;
 use zmesh_policy::{Decision, Request};
 use zmesh_tls::{CertStore, ExpectedPeers, TlsOptions};
 
+use crate::config::{Current, ProxyConfig};
 use crate::hbone::{self, HboneClient, Refusal, ServeFuture, TunnelHandler, TunnelRequest, TunnelStream};
 use crate::l7::{self, ConnectionContext};
 use crate::metrics::{Metrics, value};
 use crate::net;
-use crate::config::{Current, ProxyConfig};
 
 /// Where each listener binds.
 #[derive(Debug, Clone)]
@@ -112,12 +112,7 @@ impl Proxy {
         Ok(())
     }
 
-    fn l4_request(
-        config: &ProxyConfig,
-        peer: Option<&SpiffeId>,
-        source: SocketAddr,
-        target: SocketAddr,
-    ) -> Decision {
+    fn l4_request(config: &ProxyConfig, peer: Option<&SpiffeId>, source: SocketAddr, target: SocketAddr) -> Decision {
         let request = Request {
             peer,
             source_ip: Some(source.ip()),

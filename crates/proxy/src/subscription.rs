@@ -73,11 +73,7 @@ impl Subscription {
         Ok(Subscription {
             endpoint,
             token,
-            node: Node {
-                workload: workload.to_owned(),
-                proxy_id,
-                build_version: env!("CARGO_PKG_VERSION").to_owned(),
-            },
+            node: Node { workload: workload.to_owned(), proxy_id, build_version: env!("CARGO_PKG_VERSION").to_owned() },
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             held: BTreeMap::new(),
@@ -166,7 +162,9 @@ impl Subscription {
                     self.failures = 0;
                     return Some(self.handle(response, apply).await);
                 }
-                Ok(None) => tracing::warn!(version = %self.version, "the control plane closed the stream; reconnecting"),
+                Ok(None) => {
+                    tracing::warn!(version = %self.version, "the control plane closed the stream; reconnecting")
+                }
                 Err(status) => {
                     tracing::warn!(version = %self.version, code = ?status.code(), message = status.message(), "configuration stream broke; reconnecting")
                 }

@@ -75,7 +75,9 @@ impl Plane {
 
     fn token(&self, identity: &str) -> String {
         let id: SpiffeId = identity.parse().expect("spiffe id");
-        token_issuer(&self.dir.path().join("ca")).expect("tokens").issue(&id, SystemTime::now() + Duration::from_secs(600))
+        token_issuer(&self.dir.path().join("ca"))
+            .expect("tokens")
+            .issue(&id, SystemTime::now() + Duration::from_secs(600))
     }
 
     fn proxies(&self) -> serde_json::Value {

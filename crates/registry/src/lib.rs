@@ -504,5 +504,4 @@ spec: {containers: [{name: app, image: x}]}
         assert!(!pod.speaks_http(9090));
         assert!(pod.port(9090).is_some(), "named container ports are known too");
     }
-
 }

@@ -28,14 +28,24 @@ pub(crate) const WORKLOADS: &[DemoWorkload] = &[
         labels: &[("app", "payment-processor")],
         serves: true,
     },
-    DemoWorkload { namespace: "fintech-core", name: "order-service", labels: &[("app", "order-service")], serves: false },
+    DemoWorkload {
+        namespace: "fintech-core",
+        name: "order-service",
+        labels: &[("app", "order-service")],
+        serves: false,
+    },
     DemoWorkload {
         namespace: "fintech-core",
         name: "checkout-service",
         labels: &[("app", "checkout-service")],
         serves: false,
     },
-    DemoWorkload { namespace: "fintech-core", name: "reporting-job", labels: &[("app", "reporting-job")], serves: false },
+    DemoWorkload {
+        namespace: "fintech-core",
+        name: "reporting-job",
+        labels: &[("app", "reporting-job")],
+        serves: false,
+    },
     DemoWorkload { namespace: "production", name: "api-gateway", labels: &[("app", "api-gateway")], serves: true },
     DemoWorkload { namespace: "production", name: "frontend", labels: &[("app", "frontend")], serves: false },
     DemoWorkload {
@@ -119,7 +129,6 @@ pub(crate) const FLOWS: &[Flow] = &[
         expect_allowed: true,
         because: "baseline `*sqlmap*` is a suffix match",
     },
-
     Flow {
         from: "ecommerce/frontend",
         to: "ecommerce/backend",
@@ -175,15 +184,19 @@ pub(crate) fn address(prefix: [u8; 2], index: usize) -> Ipv4Addr {
         .position(|ns| *ns == workload.namespace)
         .unwrap_or(0);
     let within = WORKLOADS[..index].iter().filter(|w| w.namespace == workload.namespace).count();
-    Ipv4Addr::new(prefix[0], prefix[1], u8::try_from(namespace + 1).unwrap_or(255), u8::try_from(within + 2).unwrap_or(255))
+    Ipv4Addr::new(
+        prefix[0],
+        prefix[1],
+        u8::try_from(namespace + 1).unwrap_or(255),
+        u8::try_from(within + 2).unwrap_or(255),
+    )
 }
 
 /// The demo's WorkloadEntries (a Kubernetes-style List would do as well; plain documents read
 /// best).
 pub(crate) fn workload_entries(prefix: [u8; 2]) -> String {
-    let mut yaml = String::from(
-        "# The workloads of the built-in demo mesh; `zmesh up` starts an app and a proxy for each.\n",
-    );
+    let mut yaml =
+        String::from("# The workloads of the built-in demo mesh; `zmesh up` starts an app and a proxy for each.\n");
     for (index, workload) in WORKLOADS.iter().enumerate() {
         let labels: Vec<String> = workload.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let ports = if workload.serves { format!(", ports: {{http: {APP_PORT}}}") } else { String::new() };

@@ -59,8 +59,12 @@ async fn send(flow: &FlowSpec, proxy: Option<SocketAddr>) -> anyhow::Result<(u16
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     // Through a proxy the request line carries the absolute URL, as http_proxy clients send it.
-    let target = if proxy.is_some() { uri.to_string() } else { uri.path_and_query().map_or("/", |p| p.as_str()).to_owned() };
-    let mut request = http::Request::builder().method(flow.method.as_str()).uri(target).header(http::header::HOST, authority.as_str());
+    let target =
+        if proxy.is_some() { uri.to_string() } else { uri.path_and_query().map_or("/", |p| p.as_str()).to_owned() };
+    let mut request = http::Request::builder()
+        .method(flow.method.as_str())
+        .uri(target)
+        .header(http::header::HOST, authority.as_str());
     for (name, value) in &flow.headers {
         request = request.header(name.as_str(), value.as_str());
     }
@@ -85,9 +89,15 @@ pub(crate) fn traffic(args: TrafficArgs) -> anyhow::Result<u8> {
         loop {
             for flow in &flows {
                 let outcome = match tokio::time::timeout(Duration::from_secs(3), send(flow, args.proxy)).await {
-                    Ok(Ok((status, body))) => Outcome { flow: flow.id, status, peer: peer_from_echo(&body), error: None },
-                    Ok(Err(error)) => Outcome { flow: flow.id, status: 0, peer: None, error: Some(format!("{error:#}")) },
-                    Err(_) => Outcome { flow: flow.id, status: 0, peer: None, error: Some("no answer within 3 s".into()) },
+                    Ok(Ok((status, body))) => {
+                        Outcome { flow: flow.id, status, peer: peer_from_echo(&body), error: None }
+                    }
+                    Ok(Err(error)) => {
+                        Outcome { flow: flow.id, status: 0, peer: None, error: Some(format!("{error:#}")) }
+                    }
+                    Err(_) => {
+                        Outcome { flow: flow.id, status: 0, peer: None, error: Some("no answer within 3 s".into()) }
+                    }
                 };
                 outln!("{}", serde_json::to_string(&outcome)?);
             }
