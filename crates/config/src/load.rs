@@ -401,9 +401,9 @@ impl Loader {
                 | ("install.istio.io", "IstioOperator")
         );
         if handled {
-            // Top-level fields of the kinds zmesh reads; Istio kinds have only spec and status.
+            // Top-level fields of the kinds zmesh reads; Istio kinds have only spec and status
+            // (status was taken above).
             let kubernetes = matches!(group, "" | "apps");
-            fields.ignore(&["status"]);
             if kubernetes {
                 fields.ignore(&[
                     "binaryData",
