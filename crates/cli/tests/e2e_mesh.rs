@@ -43,7 +43,7 @@ fn run_mesh() -> HashMap<String, String> {
             line.split_once(' ').map_or((line.to_owned(), String::new()), |(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect();
-    assert!(results.len() >= 16, "the script stopped early:\n{stdout}\n{logs}");
+    assert!(results.len() >= 22, "the script stopped early:\n{stdout}\n{logs}");
     results
 }
 
@@ -67,6 +67,15 @@ fn a_mesh_of_pods_enforces_mtls_and_policy_end_to_end() {
     // Raw TCP: allowed for order-service by a port rule, refused for another identity.
     expect("tcp_echo", "ping");
     assert_ne!(r["tcp_other_sa"], "ping", "{r:#?}");
+    // Ports the WorkloadEntry does not declare: HTTP is detected and authorized per request
+    // (the app sees the caller's identity; GET gets the L7 403), TCP is detected and
+    // authorized at L4 by the port rule.
+    expect("detected_http_allowed", "200");
+    expect("detected_http_xfcc", "1");
+    expect("detected_http_denied", "403");
+    expect("detected_http_denied_body", "RBAC: access denied");
+    expect("detected_tcp_echo", "ping");
+    assert_ne!(r["detected_tcp_other_sa"], "ping", "{r:#?}");
     // A pod without a proxy: refused under STRICT, accepted on the DISABLE port and under
     // PERMISSIVE; health always answers.
     expect("plain_strict", "000");

@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod detect;
 pub mod forward;
 pub mod hbone;
 pub mod http2;

@@ -27,10 +27,12 @@ use zmesh_policy::{Decision, Request};
 use zmesh_tls::{CertStore, ExpectedPeers, TlsOptions};
 
 use crate::config::{Current, ProxyConfig};
+use crate::detect::Detected;
 use crate::hbone::{self, HboneClient, Refusal, ServeFuture, TunnelHandler, TunnelRequest, TunnelStream};
 use crate::l7::{self, ConnectionContext};
 use crate::metrics::{Metrics, value};
 use crate::net;
+use zmesh_registry::PortHandling;
 
 /// Where each listener binds.
 #[derive(Debug, Clone)]
@@ -145,7 +147,9 @@ impl Proxy {
         self.metrics.add("istio_tcp_connections_opened_total", labels, 1);
     }
 
-    /// Carry one inbound connection to the app: L7 on HTTP ports, bytes otherwise.
+    /// Carry one inbound connection to the app: L7 on HTTP ports, bytes on opaque ones; on a
+    /// port whose protocol is not declared, the first bytes decide, and an opaque connection
+    /// is authorized at L4 then (its admission let it through undecided).
     async fn forward<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
         config: Arc<ProxyConfig>,
@@ -154,51 +158,87 @@ impl Proxy {
         target: SocketAddr,
         mut stream: S,
     ) {
-        let marked = self.marked;
-        if config.workload.speaks_http(target.port()) {
-            let context = ConnectionContext {
-                policy: config.policy.clone(),
-                peer,
-                local_identity: Some(config.workload.identity.clone()),
-                source,
-                destination: target,
-                path_normalization: config.mesh.path_normalization,
-                limits: zmesh_http::Limits::default(),
-                timeouts: l7::Timeouts::default(),
-                shutdown: self.shutdown.clone(),
-            };
-            // HTTP/2 with prior knowledge (h2c) or HTTP/1.1: the first bytes tell.
-            let (seen, is_h2) = match crate::http2::sniff(&mut stream).await {
-                Ok(sniffed) => sniffed,
-                Err(error) => return tracing::debug!(%error, "connection closed before its first request"),
-            };
-            let stream = crate::http2::Rewind::new(seen, stream);
-            if is_h2 {
-                if let Err(error) = crate::http2::serve_h2c(stream, &context, target, marked).await {
-                    tracing::debug!(%error, %target, "HTTP/2 connection ended with an error");
-                }
-                return;
-            }
-            match l7::serve_http1(stream, &context, || net::connect(target, marked)).await {
-                Ok(stats) => {
-                    let mut labels = Self::labels(&config, context.peer.as_ref());
-                    labels.push(("request_protocol", "http".to_owned()));
-                    self.metrics.add("istio_requests_total", labels.clone(), stats.requests);
-                    self.metrics.add(
-                        "zmesh_authz_decisions_total",
-                        [labels, vec![("decision", "deny".to_owned())]].concat(),
-                        stats.denied,
+        match config.workload.port_handling(target.port()) {
+            PortHandling::Http => self.serve_http(config, peer, source, target, stream).await,
+            PortHandling::Opaque => self.pass_bytes(target, stream).await,
+            PortHandling::Detect => {
+                let (seen, detected) = match crate::detect::detect(&mut stream).await {
+                    Ok(detected) => detected,
+                    Err(error) => return tracing::debug!(%error, "connection closed before its protocol was known"),
+                };
+                let stream = crate::http2::Rewind::new(seen, stream);
+                if detected == Detected::Tcp {
+                    let decision = Self::l4_request(&config, peer.as_ref(), source, target);
+                    self.record_connection(
+                        &config,
+                        peer.as_ref(),
+                        target,
+                        if decision.is_allow() { "allow" } else { "deny" },
                     );
+                    if !decision.is_allow() {
+                        return tracing::debug!(%source, %target, "connection denied at L4 (detected as TCP)");
+                    }
+                    return self.pass_bytes(target, stream).await;
                 }
-                Err(error) => tracing::debug!(%error, %target, "HTTP connection ended with an error"),
+                self.serve_http(config, peer, source, target, stream).await
             }
-        } else {
-            match net::connect(target, marked).await {
-                Ok(mut app) => {
-                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut app).await;
-                }
-                Err(error) => tracing::warn!(%error, %target, "cannot reach the app"),
+        }
+    }
+
+    async fn pass_bytes<S: AsyncRead + AsyncWrite + Unpin>(&self, target: SocketAddr, mut stream: S) {
+        match net::connect(target, self.marked).await {
+            Ok(mut app) => {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut app).await;
             }
+            Err(error) => tracing::warn!(%error, %target, "cannot reach the app"),
+        }
+    }
+
+    /// Every request authorized at L7: HTTP/2 with prior knowledge (h2c) or HTTP/1.1.
+    async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        config: Arc<ProxyConfig>,
+        peer: Option<SpiffeId>,
+        source: SocketAddr,
+        target: SocketAddr,
+        mut stream: S,
+    ) {
+        let marked = self.marked;
+        let context = ConnectionContext {
+            policy: config.policy.clone(),
+            peer,
+            local_identity: Some(config.workload.identity.clone()),
+            source,
+            destination: target,
+            path_normalization: config.mesh.path_normalization,
+            limits: zmesh_http::Limits::default(),
+            timeouts: l7::Timeouts::default(),
+            shutdown: self.shutdown.clone(),
+        };
+        // HTTP/2 with prior knowledge (h2c) or HTTP/1.1: the first bytes tell.
+        let (seen, is_h2) = match crate::http2::sniff(&mut stream).await {
+            Ok(sniffed) => sniffed,
+            Err(error) => return tracing::debug!(%error, "connection closed before its first request"),
+        };
+        let stream = crate::http2::Rewind::new(seen, stream);
+        if is_h2 {
+            if let Err(error) = crate::http2::serve_h2c(stream, &context, target, marked).await {
+                tracing::debug!(%error, %target, "HTTP/2 connection ended with an error");
+            }
+            return;
+        }
+        match l7::serve_http1(stream, &context, || net::connect(target, marked)).await {
+            Ok(stats) => {
+                let mut labels = Self::labels(&config, context.peer.as_ref());
+                labels.push(("request_protocol", "http".to_owned()));
+                self.metrics.add("istio_requests_total", labels.clone(), stats.requests);
+                self.metrics.add(
+                    "zmesh_authz_decisions_total",
+                    [labels, vec![("decision", "deny".to_owned())]].concat(),
+                    stats.denied,
+                );
+            }
+            Err(error) => tracing::debug!(%error, %target, "HTTP connection ended with an error"),
         }
     }
 }
@@ -217,8 +257,9 @@ impl TunnelHandler for Inbound {
                 request.target, config.workload.namespace, config.workload.name
             )));
         }
-        if config.workload.speaks_http(request.target.port()) {
-            // Every request on the tunnel is authorized at L7.
+        if config.workload.port_handling(request.target.port()) != PortHandling::Opaque {
+            // Every request on the tunnel is authorized at L7 (or, for an undeclared port that
+            // turns out not to be HTTP, the connection at L4 once its first bytes are seen).
             return Ok(());
         }
         let decision = Proxy::l4_request(&config, Some(&request.peer), request.peer_addr, request.target);
@@ -316,7 +357,7 @@ impl Proxy {
             self.record_connection(&config, None, target, "strict_refused");
             return tracing::debug!(%source, %target, "plaintext refused: STRICT mTLS");
         }
-        if !config.workload.speaks_http(target.port()) {
+        if config.workload.port_handling(target.port()) == PortHandling::Opaque {
             let decision = Self::l4_request(&config, None, source, target);
             self.record_connection(&config, None, target, if decision.is_allow() { "allow" } else { "deny" });
             if !decision.is_allow() {

@@ -17,8 +17,20 @@ pub struct WorkloadPort {
     pub number: u16,
     pub name: String,
     /// From the port's name prefix (`http-web`, `grpc`, `tcp-db`) as Istio reads it; `None`
-    /// when the name says nothing, which is treated as opaque TCP.
+    /// when the name says nothing, and the inbound proxy detects it from the first bytes.
     pub protocol: Option<Protocol>,
+}
+
+/// How the inbound proxy carries a port's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortHandling {
+    /// Declared HTTP, HTTP/2 or gRPC: every request is authorized at L7.
+    Http,
+    /// Declared with a protocol that is not HTTP (TCP, TLS, MySQL, …): authorized once, at L4.
+    Opaque,
+    /// Not declared (unnamed, a name without a known prefix, or a port the workload does not
+    /// list): the first bytes decide, as Istio's protocol sniffing does.
+    Detect,
 }
 
 impl WorkloadPort {
@@ -53,9 +65,18 @@ impl MeshWorkload {
         }
     }
 
-    /// Whether `port` speaks HTTP (so every request is authorized at L7).
+    /// Whether `port` is declared to speak HTTP (so every request is authorized at L7).
     pub fn speaks_http(&self, port: u16) -> bool {
         self.port(port).is_some_and(WorkloadPort::is_http)
+    }
+
+    /// How the inbound proxy carries connections to `port`.
+    pub fn port_handling(&self, port: u16) -> PortHandling {
+        match self.port(port).and_then(|p| p.protocol) {
+            Some(protocol) if protocol.is_http() => PortHandling::Http,
+            Some(_) => PortHandling::Opaque,
+            None => PortHandling::Detect,
+        }
     }
 }
 
@@ -317,7 +338,7 @@ spec:
   address: 10.0.0.9
   serviceAccount: payment-processor
   labels: {app: payment-processor}
-  ports: {http-api: 8443, grpc: 9000, metrics: 9090}
+  ports: {http-api: 8443, grpc: 9000, metrics: 9090, tcp-db: 5432}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -335,7 +356,11 @@ spec: {address: db.internal}
         assert_eq!(payments.identity.to_string(), "spiffe://cluster.local/ns/fintech-core/sa/payment-processor");
         assert!(payments.speaks_http(8443));
         assert!(payments.speaks_http(9000));
-        assert!(!payments.speaks_http(9090), "an unprefixed port name is opaque TCP");
+        assert!(!payments.speaks_http(9090), "an unprefixed port name is not declared HTTP");
+        assert_eq!(payments.port_handling(8443), PortHandling::Http);
+        assert_eq!(payments.port_handling(9090), PortHandling::Detect, "`metrics` names no protocol");
+        assert_eq!(payments.port_handling(7000), PortHandling::Detect, "a port the entry does not list");
+        assert_eq!(payments.port_handling(5432), PortHandling::Opaque);
     }
 
     #[test]

@@ -34,6 +34,9 @@ pod client 10.77.0.2; pod server 10.77.0.3; pod plain 10.77.0.4; pod intruder 10
 bg server "$ZMESH" echo --listen 0.0.0.0:8080 --name payments
 bg server "$ZMESH" echo --listen 0.0.0.0:9090 --name payments-metrics
 bg server "$ZMESH" echo --listen 0.0.0.0:9100 --tcp
+# Ports the WorkloadEntry does not declare: the proxy detects HTTP or TCP from the first bytes.
+bg server "$ZMESH" echo --listen 0.0.0.0:7070 --name payments-undeclared
+bg server "$ZMESH" echo --listen 0.0.0.0:7100 --tcp
 bg ledger "$ZMESH" echo --listen 0.0.0.0:8080 --name ledger
 for p in client:fintech-core/order-service server:fintech-core/payment-processor intruder:fintech-core/intruder ledger:production/ledger; do
   ns=${p%%:*}; workload=${p#*:}
@@ -57,6 +60,12 @@ result other_path_denied "$(http client -X POST http://10.77.0.3:8080/api/v2/ref
 result other_sa_denied "$(http intruder -X POST http://10.77.0.3:8080/api/v2/payments/process)"
 result tcp_echo "$(ip netns exec client bash -c 'exec 3<>/dev/tcp/10.77.0.3/9100; printf ping >&3; timeout 3 head -c 4 <&3' 2>/dev/null || echo failed)"
 result tcp_other_sa "$(ip netns exec intruder bash -c 'exec 3<>/dev/tcp/10.77.0.3/9100; printf ping >&3; timeout 3 head -c 4 <&3' 2>/dev/null || echo refused)"
+result detected_http_allowed "$(http client -X POST http://10.77.0.3:7070/api/v2/payments/process)"
+result detected_http_xfcc "$(tr -d '\n' < "$WORK/body" | grep -c 'URI=spiffe://cluster.local/ns/fintech-core/sa/order-service' || true)"
+result detected_http_denied "$(http client http://10.77.0.3:7070/api/v2/payments/process)"
+result detected_http_denied_body "$(cat "$WORK/body")"
+result detected_tcp_echo "$(ip netns exec client bash -c 'exec 3<>/dev/tcp/10.77.0.3/7100; printf ping >&3; timeout 3 head -c 4 <&3' 2>/dev/null || echo failed)"
+result detected_tcp_other_sa "$(ip netns exec intruder bash -c 'exec 3<>/dev/tcp/10.77.0.3/7100; printf ping >&3; timeout 3 head -c 4 <&3' 2>/dev/null || echo refused)"
 result plain_strict "$(http plain http://10.77.0.3:8080/api/v2/payments/process)"
 result plain_port_disable "$(http plain http://10.77.0.3:9090/metrics)"
 result plain_health "$(http plain http://10.77.0.3:15021/healthz/ready)"
