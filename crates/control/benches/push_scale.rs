@@ -953,6 +953,7 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
         std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let fingerprint_cost = started.elapsed();
+    let (_, rss_before_load) = memory(std::process::id())?;
     let started = Instant::now();
     let mut loader = zmesh_config::Loader::new();
     loader.add_path(&config_dir);
@@ -970,6 +971,7 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
     let started = Instant::now();
     let snapshot = Snapshot::build(1, &loaded, SystemTime::now());
     let build_cost = started.elapsed();
+    let (_, rss_built) = memory(std::process::id())?;
     let started = Instant::now();
     let mut selected = 0;
     for workload in snapshot.registry.workloads() {
@@ -1010,6 +1012,10 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
     );
     println!("  read + validate the whole tree       {:>8.1} ms", ms(load_cost));
     println!("  Snapshot::build                      {:>8.1} ms", ms(build_cost));
+    println!(
+        "  RSS of the loaded configuration + its snapshot: {:.1} MiB (bench process, before -> after)",
+        mib(rss_built.saturating_sub(rss_before_load))
+    );
     println!(
         "  resources_for x {} workloads       {:>8.1} ms   ({:.0} resources per proxy)",
         mesh.workloads.len(),
