@@ -86,7 +86,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, source: SocketAddr) {
         // connection limit and its drain, like any outbound connection.
         match on_upgrade.await {
             Ok(upgraded) => {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut upstream).await;
+                let _ = crate::splice::splice(&mut TokioIo::new(upgraded), &mut upstream).await;
             }
             Err(error) => debug!(%error, %source, %destination, "the client left before its CONNECT tunnel started"),
         }

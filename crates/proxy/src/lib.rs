@@ -15,6 +15,7 @@ pub mod l7;
 pub mod local;
 pub mod net;
 pub mod run;
+pub mod splice;
 pub mod subscription;
 
 pub use zmesh_telemetry::{endpoints as admin, metrics};

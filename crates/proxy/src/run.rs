@@ -188,7 +188,7 @@ impl Proxy {
     async fn pass_bytes<S: AsyncRead + AsyncWrite + Unpin>(&self, target: SocketAddr, mut stream: S) {
         match net::connect(target, self.marked).await {
             Ok(mut app) => {
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut app).await;
+                let _ = crate::splice::splice(&mut stream, &mut app).await;
             }
             Err(error) => tracing::warn!(%error, %target, "cannot reach the app"),
         }
@@ -372,7 +372,7 @@ impl Proxy {
     async fn outbound(self: Arc<Self>, mut stream: TcpStream, target: SocketAddr) {
         match self.open_outbound(target).await {
             Ok(mut upstream) => {
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                let _ = crate::splice::splice(&mut stream, &mut upstream).await;
             }
             Err(error @ OutboundError::NotInRegistry { .. }) => tracing::info!(%error, %target, "connection refused"),
             Err(error) => tracing::warn!(%error, %target, "outbound connection failed"),
