@@ -136,7 +136,7 @@ where
     let outcome = loop {
         let span = tracing::debug_span!("request", method = field::Empty, path = field::Empty, status = field::Empty);
         match connection.serve_request().instrument(span).await {
-            Ok(Next::Continue) => {}
+            Ok(Next::Continue) => connection.release_idle_buffers(),
             Ok(Next::Close) => break Ok(()),
             Err(error) => break Err(error),
         }
@@ -176,6 +176,17 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::io::Result<U>>,
 {
+    /// Between requests a keep-alive connection may wait for minutes: give back the buffers a
+    /// request grew (the next one borrows what it needs when its bytes arrive).
+    fn release_idle_buffers(&mut self) {
+        self.client.reader.release_if_empty();
+        if let Some(app) = &mut self.app {
+            app.reader.release_if_empty();
+        }
+        self.upstream_head = Vec::new();
+        self.scratch = Scratch::default();
+    }
+
     async fn serve_request(&mut self) -> Result<Next, L7Error> {
         let ctx = self.ctx;
         let event = next_head(&mut self.client.reader, self.app.as_mut(), ctx).await?;

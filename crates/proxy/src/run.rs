@@ -331,7 +331,9 @@ where
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let work = handle(stream, peer);
+        // Boxed so that the task holds one pointer instead of the handler's state twice (an
+        // async block keeps a moved-in future both as its capture and as the awaited value).
+        let work = Box::pin(handle(stream, peer));
         tasks.spawn(async move {
             work.await;
             drop(slot);
@@ -387,13 +389,15 @@ impl Proxy {
             Some(destination) => {
                 let proxy_addr = SocketAddr::new(destination.address, self.hbone_port);
                 let expected = ExpectedPeers::one(destination.identity.clone());
-                match self.hbone.connect(proxy_addr, expected, target).await {
+                // Boxed: the dial (TLS and HTTP/2 handshakes) is large and over once the tunnel
+                // is open, and the caller's future lives as long as the connection.
+                match Box::pin(self.hbone.connect(proxy_addr, expected, target)).await {
                     Ok(tunnel) => Ok(Either::Left(tunnel)),
                     Err(error) => Err(OutboundError::Tunnel { target, error }),
                 }
             }
             None if config.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => {
-                net::connect(target, self.marked)
+                Box::pin(net::connect(target, self.marked))
                     .await
                     .map(Either::Right)
                     .map_err(|error| OutboundError::Passthrough { target, error })

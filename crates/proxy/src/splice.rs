@@ -37,6 +37,25 @@ fn give_back(buffer: Box<[u8]>) {
     });
 }
 
+/// Read once into `out` through a pooled buffer, so that waiting costs no buffer: the bytes
+/// read are appended to `out` (which grows to just their size). `Ready(Ok(0))` is end of
+/// stream.
+pub(crate) fn poll_read_pooled<R: AsyncRead + ?Sized>(
+    reader: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    out: &mut bytes::BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut buffer = take();
+    let mut read = ReadBuf::new(&mut buffer);
+    let polled = reader.poll_read(cx, &mut read);
+    let filled = read.filled().len();
+    if let Poll::Ready(Ok(())) = polled {
+        out.extend_from_slice(&buffer[..filled]);
+    }
+    give_back(buffer);
+    polled.map_ok(|()| filled)
+}
+
 /// One direction: bytes read but not yet written, and how far it got.
 #[derive(Default)]
 struct Direction {

@@ -62,10 +62,29 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads once more into `buf`; `Ok(0)` is end of stream. Cancel-safe: when the future is
     /// dropped before it completes, nothing was read.
     pub(super) async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.is_empty() {
+            // Typically waiting for the next request of a keep-alive connection, which may take
+            // minutes: wait holding no buffer, borrowing one only when bytes are there.
+            self.buf = BytesMut::new();
+            let buf = &mut self.buf;
+            let io = &mut self.io;
+            let read =
+                std::future::poll_fn(|cx| crate::splice::poll_read_pooled(std::pin::Pin::new(&mut *io), cx, buf))
+                    .await?;
+            self.total += read as u64;
+            return Ok(read);
+        }
         self.buf.reserve(READ_CHUNK);
         let read = self.io.read_buf(&mut self.buf).await?;
         self.total += read as u64;
         Ok(read)
+    }
+
+    /// Drop the buffer's capacity when nothing is buffered.
+    pub(super) fn release_if_empty(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// [`fill`](Self::fill), or `None` when nothing arrives within `timeout`.
