@@ -96,7 +96,8 @@ pub struct SourceDocument {
     /// PeerAuthentication ages.
     pub order: usize,
     pub origin: Origin,
-    pub json: String,
+    /// Shared, so that a snapshot of the configuration holds no second copy.
+    pub json: Arc<str>,
 }
 
 impl Loaded {
@@ -289,7 +290,7 @@ impl Loader {
                 name: String::new(),
                 order: self.loaded.documents,
                 origin: origin.clone(),
-                json: node.to_json().to_string(),
+                json: node.to_json().to_string().into(),
             });
             self.mesh_origin = Some(origin);
         }
@@ -311,7 +312,7 @@ impl Loader {
                 name,
                 order: self.loaded.documents,
                 origin,
-                json: root.to_json().to_string(),
+                json: root.to_json().to_string().into(),
             });
         }
     }

@@ -183,7 +183,9 @@ async fn follow_store(
         if state.generation == snapshots.borrow().generation {
             continue; // a refused change: status only, nothing to push
         }
-        let snapshot = Snapshot::build(state.generation, &state.loaded, state.accepted_at);
+        let previous = snapshots.borrow().clone();
+        let snapshot = Snapshot::build_after(&previous, state.generation, &state.loaded, state.accepted_at);
+        drop(previous);
         tracing::info!(generation = snapshot.generation, version = %snapshot.version, resources = snapshot.len(), "pushing a new configuration");
         snapshots.send_replace(Arc::new(snapshot));
     }

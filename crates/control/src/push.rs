@@ -151,11 +151,13 @@ impl ConfigService for PushServer {
             caller: caller.to_string(),
             snapshots: self.snapshots.clone(),
             proxies: self.proxies.clone(),
-            held: first
-                .initial_resource_versions
-                .into_iter()
-                .map(|(key, version)| (Arc::from(key), Arc::from(version)))
-                .collect(),
+            held: Held::Reported(
+                first
+                    .initial_resource_versions
+                    .into_iter()
+                    .map(|(key, version)| (Arc::from(key), Arc::from(version)))
+                    .collect(),
+            ),
             nonce: 0,
             initial_version: initial_version.clone(),
         };
@@ -172,7 +174,10 @@ impl ConfigService for PushServer {
             sent: None,
             acked: initial_version.map(|v| (v, SystemTime::now())),
             nacked: None,
-            resources: stream.held.len(),
+            resources: match &stream.held {
+                Held::Reported(held) => held.len(),
+                Held::Slice(_) => 0,
+            },
         });
         tracing::info!(proxy = %node.proxy_id, workload = %node.workload, identity = %caller, "proxy connected");
         let (sender, receiver) = mpsc::channel(1);
@@ -189,12 +194,26 @@ struct Stream {
     caller: String,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     proxies: Arc<ProxyTracker>,
-    /// What the proxy has acknowledged holding: key → version.
-    held: HashMap<Arc<str>, Arc<str>>,
+    /// What the proxy has acknowledged holding.
+    held: Held,
     nonce: u64,
     /// The version the proxy said it holds when it connected.
     initial_version: Option<Arc<str>>,
 }
+
+/// What a proxy holds, as the stream knows it.
+enum Held {
+    /// Exactly its slice of this snapshot (it acknowledged that version). Keeping the snapshot
+    /// costs nothing while it is current; an older one stays alive only for proxies that have
+    /// not taken a newer version.
+    Slice(Arc<Snapshot>),
+    /// What the proxy reported on connect (key → version), until its first acknowledgement.
+    Reported(HashMap<Arc<str>, Arc<str>>),
+}
+
+/// Responses are split so that none is much larger than this: tonic keeps a stream's encode
+/// buffer at the size of the largest message it sent, for the life of the stream.
+const RESPONSE_BYTES: usize = 16 * 1024;
 
 /// How a stream ended.
 enum End {
@@ -249,34 +268,26 @@ impl Stream {
                 return End::Refused(status);
             }
             if proxy_version.as_deref() != Some(&*snapshot.version) {
-                let workload = snapshot.registry.workload_named(&self.namespace, &self.name);
-                let wanted = snapshot.resources_for(workload.map(|w| &**w));
-                let (changed, removed) = self.difference(&wanted);
+                let (changed, removed) = self.difference(&snapshot);
                 self.nonce += 1;
                 let nonce = self.nonce.to_string();
-                let response = ConfigResponse {
-                    version_info: snapshot.version.to_string(),
-                    nonce: nonce.clone(),
-                    resources: changed.iter().map(|r| r.to_proto()).collect(),
-                    removed: removed.iter().map(ToString::to_string).collect(),
-                };
-                if sender.send(Ok(response)).await.is_err() {
-                    return End::Closed;
+                for response in split(&snapshot.version, &nonce, &changed, &removed) {
+                    if sender.send(Ok(response)).await.is_err() {
+                        return End::Closed;
+                    }
                 }
                 let sent_at = SystemTime::now();
                 self.proxies.update(&self.proxy_id, |s| s.sent = Some((snapshot.version.clone(), sent_at)));
                 match self.await_answer(inbound, &nonce).await {
                     Answer::Ack(version) => {
-                        for resource in &changed {
-                            self.held.insert(resource.key.clone(), resource.version.clone());
-                        }
-                        for key in &removed {
-                            self.held.remove(key);
-                        }
-                        let (now, held) = (SystemTime::now(), self.held.len());
+                        let holds = snapshot.resources_count_for(
+                            snapshot.registry.workload_named(&self.namespace, &self.name).map(|w| &**w),
+                        );
+                        self.held = Held::Slice(snapshot.clone());
+                        let now = SystemTime::now();
                         self.proxies.update(&self.proxy_id, |s| {
                             s.acked = Some((version.clone(), now));
-                            s.resources = held;
+                            s.resources = holds;
                         });
                         proxy_version = Some(version);
                     }
@@ -303,11 +314,42 @@ impl Stream {
         }
     }
 
-    /// What to send so the proxy holds exactly `wanted`.
-    fn difference(&self, wanted: &HashMap<Arc<str>, Arc<WireResource>>) -> (Vec<Arc<WireResource>>, Vec<Arc<str>>) {
-        let changed =
-            wanted.values().filter(|r| self.held.get(&r.key).is_none_or(|v| **v != *r.version)).cloned().collect();
-        let removed = self.held.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+    /// What to send so the proxy holds exactly its slice of `snapshot`. When it holds the
+    /// slice of the snapshot this one was built after, and its own workload did not change,
+    /// only the keys that changed are looked at; otherwise its whole slice is compared.
+    fn difference(&self, snapshot: &Snapshot) -> (Vec<Arc<WireResource>>, Vec<Arc<str>>) {
+        let workload = snapshot.registry.workload_named(&self.namespace, &self.name).map(|w| &**w);
+        if let Held::Slice(old) = &self.held {
+            let old_workload = old.registry.workload_named(&self.namespace, &self.name).map(|w| &**w);
+            let incremental = snapshot.previous.as_deref() == Some(&*old.version)
+                && old_workload == workload
+                && !snapshot.changed.iter().any(|k| &**k == "MeshConfig");
+            if incremental {
+                let mut changed = Vec::new();
+                let mut removed = Vec::new();
+                for key in &snapshot.changed {
+                    let before = old.applies(key, old_workload);
+                    match (before, snapshot.applies(key, workload)) {
+                        (before, Some(now)) if before.is_none_or(|b| b.version != now.version) => {
+                            changed.push(now.clone());
+                        }
+                        (Some(_), None) => removed.push(key.clone()),
+                        _ => {}
+                    }
+                }
+                return (changed, removed);
+            }
+        }
+        let wanted = snapshot.resources_for(workload);
+        let held: HashMap<Arc<str>, Arc<str>> = match &self.held {
+            Held::Reported(held) => held.clone(),
+            Held::Slice(old) => {
+                let old_workload = old.registry.workload_named(&self.namespace, &self.name).map(|w| &**w);
+                old.resources_for(old_workload).into_iter().map(|(k, r)| (k, r.version.clone())).collect()
+            }
+        };
+        let changed = wanted.values().filter(|r| held.get(&r.key).is_none_or(|v| **v != *r.version)).cloned().collect();
+        let removed = held.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         (changed, removed)
     }
 
@@ -333,4 +375,39 @@ enum Answer {
     Ack(Arc<str>),
     Nack(String),
     End(End),
+}
+
+/// The responses that bring a proxy to `version`: removals first, then the resources in pieces
+/// of about [`RESPONSE_BYTES`]; every one but the last says `more`.
+fn split(version: &str, nonce: &str, changed: &[Arc<WireResource>], removed: &[Arc<str>]) -> Vec<ConfigResponse> {
+    let response = || ConfigResponse {
+        version_info: version.to_owned(),
+        nonce: nonce.to_owned(),
+        resources: Vec::new(),
+        removed: Vec::new(),
+        more: true,
+    };
+    let mut responses = vec![response()];
+    let mut size = 0;
+    for key in removed {
+        size += key.len();
+        if let Some(last) = responses.last_mut() {
+            last.removed.push(key.to_string());
+        }
+    }
+    for resource in changed {
+        let resource_size = resource.document.len() + resource.key.len() + resource.version.len();
+        if size > 0 && size + resource_size > RESPONSE_BYTES {
+            responses.push(response());
+            size = 0;
+        }
+        size += resource_size;
+        if let Some(last) = responses.last_mut() {
+            last.resources.push(resource.to_proto());
+        }
+    }
+    if let Some(last) = responses.last_mut() {
+        last.more = false;
+    }
+    responses
 }

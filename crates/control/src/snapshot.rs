@@ -123,7 +123,10 @@ pub struct Snapshot {
     pub version: Arc<str>,
     pub created_at: SystemTime,
     pub registry: Registry,
-    pub config: Arc<Config>,
+    /// The version this snapshot was built after, and the keys that differ from it (added,
+    /// changed or removed): a proxy that holds that version needs only these looked at.
+    pub previous: Option<Arc<str>>,
+    pub changed: Vec<Arc<str>>,
     root_namespace: String,
     everyone: Vec<Arc<WireResource>>,
     by_namespace: HashMap<String, Vec<Arc<WireResource>>>,
@@ -162,7 +165,7 @@ impl Snapshot {
             let resource = Arc::new(WireResource {
                 key: key.into(),
                 version: version.into(),
-                document: source.json.as_str().into(),
+                document: source.json.clone(),
                 order,
                 scope,
             });
@@ -184,7 +187,8 @@ impl Snapshot {
             version: digest(&flat).into(),
             created_at,
             registry: Registry::from_config(config),
-            config: Arc::new(config.clone()),
+            previous: None,
+            changed: Vec::new(),
             root_namespace,
             everyone,
             by_namespace,
@@ -192,9 +196,35 @@ impl Snapshot {
         }
     }
 
+    /// Index an accepted load that follows `previous`, recording which keys differ from it.
+    pub fn build_after(previous: &Snapshot, generation: u64, loaded: &Loaded, created_at: SystemTime) -> Snapshot {
+        let mut snapshot = Snapshot::build(generation, loaded, created_at);
+        let mut changed: Vec<Arc<str>> = snapshot
+            .by_key
+            .values()
+            .filter(|r| previous.by_key.get(&r.key).is_none_or(|p| p.version != r.version))
+            .map(|r| r.key.clone())
+            .collect();
+        changed.extend(previous.by_key.keys().filter(|k| !snapshot.by_key.contains_key(*k)).cloned());
+        snapshot.previous = Some(previous.version.clone());
+        snapshot.changed = changed;
+        snapshot
+    }
+
     /// Every resource, by key (the control plane's own view).
     pub fn resource(&self, key: &str) -> Option<&Arc<WireResource>> {
         self.by_key.get(key)
+    }
+
+    /// The resource `key` if the proxy of `workload` gets it.
+    pub fn applies(&self, key: &str, workload: Option<&MeshWorkload>) -> Option<&Arc<WireResource>> {
+        let resource = self.by_key.get(key)?;
+        let selected = match (&resource.scope, workload) {
+            (Scope::Everyone, _) => true,
+            (Scope::Selected { .. }, Some(workload)) => resource.selects(workload, &self.root_namespace),
+            _ => false,
+        };
+        selected.then_some(resource)
     }
 
     pub fn len(&self) -> usize {
@@ -205,28 +235,33 @@ impl Snapshot {
         self.by_key.is_empty()
     }
 
-    /// The resources the proxy of `workload` needs, by key. A workload the registry does not
-    /// know (yet) gets what every proxy gets; its proxy then reports what is missing.
+    /// The resources the proxy of `workload` gets (each once: a document repeated under one key
+    /// counts as its last version only). A workload the registry does not know (yet) gets what
+    /// every proxy gets; its proxy then reports what is missing.
+    fn slice<'a>(&'a self, workload: Option<&'a MeshWorkload>) -> impl Iterator<Item = &'a Arc<WireResource>> + 'a {
+        let live = |r: &&Arc<WireResource>| self.by_key.get(&r.key).is_some_and(|l| Arc::ptr_eq(l, r));
+        let namespaces = workload.map(|w| {
+            let own = (w.namespace != self.root_namespace).then_some(w.namespace.as_str());
+            [Some(self.root_namespace.as_str()), own]
+        });
+        let selected = namespaces.into_iter().flatten().flatten().flat_map(move |namespace| {
+            self.by_namespace
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .filter(move |r| workload.is_some_and(|w| r.selects(w, &self.root_namespace)))
+        });
+        self.everyone.iter().chain(selected).filter(live)
+    }
+
+    /// How many resources the proxy of `workload` holds once it has this version.
+    pub fn resources_count_for(&self, workload: Option<&MeshWorkload>) -> usize {
+        self.slice(workload).count()
+    }
+
+    /// The resources the proxy of `workload` needs, by key.
     pub fn resources_for(&self, workload: Option<&MeshWorkload>) -> HashMap<Arc<str>, Arc<WireResource>> {
-        let mut selected: HashMap<Arc<str>, Arc<WireResource>> = HashMap::new();
-        let mut take = |resource: &Arc<WireResource>| {
-            if self.by_key.get(&resource.key).is_some_and(|r| Arc::ptr_eq(r, resource)) {
-                selected.insert(resource.key.clone(), resource.clone());
-            }
-        };
-        self.everyone.iter().for_each(&mut take);
-        if let Some(workload) = workload {
-            let namespaces = [self.root_namespace.as_str(), workload.namespace.as_str()];
-            let own_is_root = namespaces[0] == namespaces[1];
-            for namespace in &namespaces[..if own_is_root { 1 } else { 2 }] {
-                for resource in self.by_namespace.get(*namespace).into_iter().flatten() {
-                    if resource.selects(workload, &self.root_namespace) {
-                        take(resource);
-                    }
-                }
-            }
-        }
-        selected
+        self.slice(workload).map(|r| (r.key.clone(), r.clone())).collect()
     }
 }
 
@@ -300,6 +335,35 @@ metadata: {name: orders, namespace: shop}
             ["WorkloadEntry/fintech/payments", "WorkloadEntry/shop/orders"]
         );
         assert!(snapshot.resource("ServiceAccount/shop/orders").is_some(), "kept by the control plane");
+    }
+
+    #[test]
+    fn a_snapshot_knows_what_changed_since_the_one_before() {
+        let a = Snapshot::build(1, &zmesh_config::load_str(MESH), SystemTime::UNIX_EPOCH);
+        let edited = MESH.replace("/admin", "/debug").replace(
+            "---\napiVersion: v1\nkind: ServiceAccount",
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: new, namespace: shop}\nspec: {}\n---\napiVersion: v1\nkind: ServiceAccount",
+        );
+        let edited = edited.replace(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: shop-strict, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n",
+            "",
+        );
+        let b = Snapshot::build_after(&a, 2, &zmesh_config::load_str(&edited), SystemTime::now());
+        let mut changed: Vec<&str> = b.changed.iter().map(|k| &**k).collect();
+        changed.sort_unstable();
+        assert_eq!(
+            changed,
+            [
+                "AuthorizationPolicy/fintech/payments-only",
+                "AuthorizationPolicy/shop/new",
+                "PeerAuthentication/shop/shop-strict"
+            ]
+        );
+        assert_eq!(b.previous.as_deref(), Some(&*a.version));
+        let orders = b.registry.at("10.0.0.10".parse().expect("ip")).cloned();
+        assert!(b.applies("AuthorizationPolicy/shop/new", orders.as_deref()).is_some());
+        assert!(b.applies("AuthorizationPolicy/fintech/payments-only", orders.as_deref()).is_none());
+        assert!(b.applies("WorkloadEntry/shop/orders", None).is_some(), "the registry goes to everyone");
     }
 
     #[test]

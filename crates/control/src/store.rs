@@ -215,7 +215,7 @@ impl StoreState {
 
         let mut resources = Vec::new();
         let in_force: BTreeSet<(Key, &str)> =
-            self.loaded.sources.iter().map(|s| (source_key(&s.kind, &s.namespace, &s.name), s.json.as_str())).collect();
+            self.loaded.sources.iter().map(|s| (source_key(&s.kind, &s.namespace, &s.name), &*s.json)).collect();
         let mut in_files = BTreeSet::new();
         for source in &attempt.sources {
             let key = source_key(&source.kind, &source.namespace, &source.name);
@@ -227,7 +227,7 @@ impl StoreState {
                 entry.0 = source.origin.pos.line;
                 continue;
             }
-            let state = if in_force.contains(&(key.clone(), source.json.as_str())) {
+            let state = if in_force.contains(&(key.clone(), &*source.json)) {
                 ResourceState::Accepted
             } else {
                 ResourceState::Pending { because: format!("valid, but not in force: {because_change}") }

@@ -45,6 +45,8 @@ pub struct Subscription {
     failures: u32,
     /// Carry the proxy's mark (transparent capture).
     marked: bool,
+    /// The first parts of a response split in several (`more`), until its last part arrives.
+    partial: Option<ConfigResponse>,
 }
 
 #[derive(Debug)]
@@ -57,6 +59,8 @@ struct Open {
 enum Applied {
     Accepted,
     Refused,
+    /// A part of a split response; the rest follows.
+    Partial,
 }
 
 impl Subscription {
@@ -81,6 +85,7 @@ impl Subscription {
             stream: None,
             failures: 0,
             marked: false,
+            partial: None,
         })
     }
 
@@ -106,7 +111,7 @@ impl Subscription {
                     Ok(())
                 })
                 .await?;
-            if let Applied::Refused = applied {
+            if !matches!(applied, Applied::Accepted) {
                 continue;
             }
         }
@@ -139,6 +144,7 @@ impl Subscription {
                         // starts the backoff afresh and a restarted control plane is found
                         // quickly every time.
                         self.failures = 0;
+                        self.partial = None;
                         self.stream = Some(open);
                     }
                     Err(error) => {
@@ -209,6 +215,20 @@ impl Subscription {
         response: ConfigResponse,
         apply: &mut (dyn FnMut(ProxyConfig) -> Result<(), String> + Send),
     ) -> Applied {
+        // A split response is applied whole, once its last part is here.
+        let response = match self.partial.take() {
+            Some(mut first) if first.nonce == response.nonce => {
+                first.resources.extend(response.resources);
+                first.removed.extend(response.removed);
+                first.more = response.more;
+                first
+            }
+            _ => response,
+        };
+        if response.more {
+            self.partial = Some(response);
+            return Applied::Partial;
+        }
         let mut candidate = self.held.clone();
         for key in &response.removed {
             candidate.remove(key);

@@ -227,3 +227,29 @@ async fn a_restarted_control_plane_resyncs_the_proxy_which_kept_its_configuratio
     follower.await.expect("follower stops");
     plane.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_configuration_arrives_in_parts_and_is_applied_whole() {
+    let dir = config_dir("/v1");
+    let many: String = (0..400)
+        .map(|i| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: peer-{i}, namespace: crowd}}\nspec: {{address: 10.9.{}.{}, serviceAccount: peer-{i}, labels: {{app: peer-{i}, team: crowd}}}}\n",
+                i / 200,
+                i % 200 + 1
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("config/crowd.yaml"), many).expect("write");
+    let plane = Plane::start(dir, "127.0.0.1:0".parse().expect("addr")).await;
+    let token = plane.token("spiffe://cluster.local/ns/fintech/sa/payments");
+    let mut subscription =
+        Subscription::new(&plane.url(), token, "fintech/payments", "payments.fintech-3".into()).expect("subscription");
+    let stop = CancellationToken::new();
+    let first = subscription.initial(&stop).await.expect("first configuration");
+    assert_eq!(first.registry.len(), 402, "every peer, though they did not fit in one message");
+    assert!(allowed(&first, "/v1"));
+    wait_for("SYNCED", || plane.proxies()[0]["state"] == "SYNCED").await;
+    assert_eq!(plane.proxies()[0]["resources"], 403);
+    plane.stop().await;
+}
