@@ -56,8 +56,9 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "LISTEN=TARGET", value_parser = parse_mapping)]
     outbound: Vec<(SocketAddr, SocketAddr)>,
     /// The HTTP proxy port: apps started with `http_proxy=http://ADDR` reach mesh workloads by
-    /// name (`name.namespace`) through the mesh. Default with --explicit: the workload's address
-    /// on 15080; without --explicit (capture routes outbound traffic): none unless given.
+    /// name (`name.namespace`) through the mesh. Default with --explicit: port 15080 on the
+    /// workload's address if it is a loopback address, else on 127.0.0.1 (whoever reaches the
+    /// port acts as the workload); without --explicit (capture routes outbound traffic): none.
     #[arg(long, value_name = "ADDR")]
     http_proxy: Option<SocketAddr>,
     /// Override where this proxy's own HBONE listener binds (default: the workload's address, or
@@ -168,7 +169,11 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
             admin: args.admin.unwrap_or(at(admin_ip, 15000)),
             capture: (!args.explicit).then(|| (at(any, INBOUND_CAPTURE_PORT), at(any, OUTBOUND_CAPTURE_PORT))),
             explicit: args.outbound,
-            http_proxy: args.http_proxy.or(args.explicit.then(|| at(address, HTTP_PROXY_PORT))),
+            // Whoever reaches this port acts as the workload: it listens on the workload's address
+            // only when that is a loopback address (single-host meshes), else on localhost.
+            http_proxy: args.http_proxy.or(args.explicit.then(|| {
+                at(if address.is_loopback() { address } else { IpAddr::V4(Ipv4Addr::LOCALHOST) }, HTTP_PROXY_PORT)
+            })),
         };
         let proxy = Proxy::new(
             config,

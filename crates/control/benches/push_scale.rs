@@ -43,9 +43,8 @@ type Result<T, E = String> = std::result::Result<T, E>;
 
 const ROOT_NAMESPACE: &str = "istio-system";
 const TRUST_DOMAIN: &str = "cluster.local";
-/// The control plane's default debounce (`WatchOptions::default()`); not a CLI flag.
-const DEBOUNCE_MS: u64 = 150;
-/// What the store's poll pause is at least, in multiples of the last poll's cost.
+/// The store stretches its pause between polls to this many times what the last poll cost
+/// (mirrors `POLL_COST_RATIO` in `zmesh_control::store`), so a large tree is polled less often.
 const POLL_COST_RATIO: u32 = 10;
 const LOG_FILTER: &str = "warn,zmesh_control::store=info,zmesh_control::plane=info";
 
@@ -289,7 +288,7 @@ fn namespace_policy(n: usize, namespaces: usize, q: usize) -> (String, String) {
     let namespace = namespace_name(n);
     let app = APPS[q % APPS.len()];
     let resource = RESOURCES[q % RESOURCES.len()];
-    if q % 50 == 0 {
+    if q.is_multiple_of(50) {
         let name = format!("allow-same-namespace-{q}");
         let text = format!(
             "apiVersion: security.istio.io/v1
@@ -339,7 +338,7 @@ spec:
     let name = format!("{app}-allow-{q}");
     let caller_namespace = namespace_name((n + q) % namespaces);
     let caller = APPS[(q * 7 + 3) % APPS.len()];
-    let methods = if q % 3 == 0 { "[\"GET\"]" } else { "[\"GET\", \"POST\", \"PUT\"]" };
+    let methods = if q.is_multiple_of(3) { "[\"GET\"]" } else { "[\"GET\", \"POST\", \"PUT\"]" };
     let when = if q % 4 == 1 {
         format!("    when:\n    - key: request.headers[x-tenant]\n      values: [\"tenant-{}\"]\n", q % 13)
     } else {
@@ -925,6 +924,9 @@ struct Change {
     server_max_lag_ms: u64,
 }
 
+/// One column of the results table: a measure of one change.
+type Column = fn(&Change) -> Option<Duration>;
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -939,6 +941,8 @@ fn since(later: SystemTime, earlier: SystemTime) -> Option<Duration> {
 
 async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    // Not a CLI flag: the control plane always runs with the default debounce.
+    let debounce_ms = zmesh_control::store::WatchOptions::default().debounce.as_millis();
     let config_dir = dir.join("config");
     let ca_dir = dir.join("ca");
 
@@ -999,7 +1003,7 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
         ms(written)
     );
     println!(
-        "control plane: --poll-ms {} (debounce {DEBOUNCE_MS} ms, the default); simulated proxies: {} streams over {} HTTP/2 connections, {} client threads on the same machine",
+        "control plane: --poll-ms {} (debounce {debounce_ms} ms, the default); simulated proxies: {} streams over {} HTTP/2 connections, {} client threads on the same machine",
         knobs.poll_ms, knobs.proxies, knobs.channels, knobs.client_threads
     );
     println!();
@@ -1178,7 +1182,7 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
             format!("{}/{}", c.exact, knobs.proxies),
         );
     }
-    let stats = |pick: &dyn Fn(&Change) -> Option<Duration>| -> [String; 3] {
+    let stats = |pick: Column| -> [String; 3] {
         let mut values: Vec<Duration> = changes.iter().filter_map(pick).collect();
         values.sort();
         if values.is_empty() {
@@ -1186,14 +1190,14 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
         }
         [values[0], values[values.len() / 2], values[values.len() - 1]].map(|d| format!("{:.0}", ms(d)))
     };
-    let columns: [&dyn Fn(&Change) -> Option<Duration>; 7] = [
-        &|c| c.rename_to_accepted,
-        &|c| c.accepted_to_pushing,
-        &|c| c.pushing_to_first,
-        &|c| c.pushing_to_median,
-        &|c| c.pushing_to_last,
-        &|c| Some(c.rename_to_last),
-        &|c| Some(Duration::from_millis(c.server_max_lag_ms)),
+    let columns: [Column; 7] = [
+        |c| c.rename_to_accepted,
+        |c| c.accepted_to_pushing,
+        |c| c.pushing_to_first,
+        |c| c.pushing_to_median,
+        |c| c.pushing_to_last,
+        |c| Some(c.rename_to_last),
+        |c| Some(Duration::from_millis(c.server_max_lag_ms)),
     ];
     let summaries: Vec<[String; 3]> = columns.iter().map(|f| stats(*f)).collect();
     for (row, label) in ["min", "median", "max"].iter().enumerate() {
@@ -1211,7 +1215,7 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
     }
     println!("  (the changed file: {})", changes.first().map_or_else(String::new, |c| c.file.display().to_string()));
     println!(
-        "  rename→accept = wait for a poll + debounce ({DEBOUNCE_MS} ms of an unchanged listing) + read and validate every file;"
+        "  rename→accept = wait for a poll + debounce ({debounce_ms} ms of an unchanged listing) + read and validate every file;"
     );
     println!("  accept→snap = StoreState + Snapshot::build; snap→ACK = every stream diffs, sends, the proxy ACKs;");
     println!("  server max lag = the status API's largest lagMs (acceptance → ACK received, ms, server clock)");
