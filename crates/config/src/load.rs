@@ -140,22 +140,50 @@ const VERSIONS: &[(&str, &[&str])] = &[
 /// Files below a directory that are read: `*.yaml` and `*.yml`, sorted so the order (which
 /// decides PeerAuthentication age when no creation time is given) is stable.
 pub fn yaml_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt as _;
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
+    let root = std::fs::metadata(path)?;
+    // Directories already listed, so a symlink to a parent cannot loop forever.
+    let mut seen = std::collections::HashSet::from([(root.dev(), root.ino())]);
     let mut pending = vec![path.to_path_buf()];
-    while let Some(dir) = pending.pop() {
+    // Symlinked directories are followed after every real one, so a directory reachable both
+    // ways is listed under its real path.
+    let mut linked = Vec::new();
+    loop {
+        let Some(dir) = pending.pop().or_else(|| {
+            linked.sort();
+            linked.retain(|link: &PathBuf| {
+                std::fs::metadata(link).is_ok_and(|m| m.is_dir() && !seen.contains(&(m.dev(), m.ino())))
+            });
+            let next = linked.pop();
+            if let Some(link) = &next
+                && let Ok(m) = std::fs::metadata(link)
+            {
+                seen.insert((m.dev(), m.ino()));
+            }
+            next
+        }) else {
+            break;
+        };
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
-            let path = entry.path();
             let name = entry.file_name();
             // Kubernetes ConfigMap mounts keep data in hidden `..data` directories.
             if name.to_string_lossy().starts_with('.') {
                 continue;
             }
-            if path.is_dir() {
-                pending.push(path);
+            let path = entry.path();
+            // The entry's own type costs no system call; only a symlink needs its target's.
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                if entry.metadata().is_ok_and(|m| seen.insert((m.dev(), m.ino()))) {
+                    pending.push(path);
+                }
+            } else if file_type.is_symlink() && path.is_dir() {
+                linked.push(path);
             } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 files.push(path);
             }

@@ -41,3 +41,17 @@ fn a_list_records_each_item_and_a_rejected_document_records_nothing() {
     assert_eq!(names, [("AuthorizationPolicy", "x", "a")]);
     assert!(loaded.has_errors());
 }
+
+#[test]
+fn a_directory_symlinked_into_itself_is_listed_once() {
+    let dir = zmesh_testkit::TempDir::new("yaml-files-loop");
+    dir.write("a.yaml", "");
+    std::fs::create_dir_all(dir.path().join("sub")).expect("sub");
+    dir.write("sub/b.yml", "");
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop")).expect("symlink");
+    std::os::unix::fs::symlink(dir.path().join("sub"), dir.path().join("again")).expect("symlink");
+    let files = zmesh_config::yaml_files(dir.path()).expect("listing");
+    let names: Vec<String> =
+        files.iter().map(|f| f.strip_prefix(dir.path()).expect("inside").display().to_string()).collect();
+    assert_eq!(names, ["a.yaml", "sub/b.yml"]);
+}
