@@ -152,22 +152,16 @@ pub fn yaml_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     // Symlinked directories are followed after every real one, so a directory reachable both
     // ways is listed under its real path.
     let mut linked = Vec::new();
-    loop {
-        let Some(dir) = pending.pop().or_else(|| {
-            linked.sort();
-            linked.retain(|link: &PathBuf| {
-                std::fs::metadata(link).is_ok_and(|m| m.is_dir() && !seen.contains(&(m.dev(), m.ino())))
-            });
-            let next = linked.pop();
-            if let Some(link) = &next
-                && let Ok(m) = std::fs::metadata(link)
-            {
-                seen.insert((m.dev(), m.ino()));
-            }
-            next
-        }) else {
-            break;
-        };
+    let next_linked = |seen: &mut std::collections::HashSet<(u64, u64)>, linked: &mut Vec<PathBuf>| {
+        linked.sort();
+        linked.retain(|link| std::fs::metadata(link).is_ok_and(|m| m.is_dir() && !seen.contains(&(m.dev(), m.ino()))));
+        let next = linked.pop();
+        if let Some(m) = next.as_ref().and_then(|link| std::fs::metadata(link).ok()) {
+            seen.insert((m.dev(), m.ino()));
+        }
+        next
+    };
+    while let Some(dir) = pending.pop().or_else(|| next_linked(&mut seen, &mut linked)) {
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name();
