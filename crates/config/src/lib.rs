@@ -18,5 +18,5 @@ pub mod yaml;
 
 pub use decode::Spanned;
 pub use diag::{Diagnostic, ObjectRef, Origin, Severity};
-pub use load::{Config, FileKind, Loaded, Loader, SourceDocument, load_paths, load_str, yaml_files};
+pub use load::{Config, FileKind, Loaded, Loader, ParsedFile, SourceDocument, load_paths, load_str, yaml_files};
 pub use zmesh_http::PathNormalization;

@@ -118,6 +118,14 @@ pub enum FileKind {
     MeshConfig,
 }
 
+/// A file's YAML, parsed and not yet read (see [`Loader::parse`]).
+#[derive(Debug)]
+pub struct ParsedFile {
+    file: Option<Arc<str>>,
+    kind: FileKind,
+    documents: Result<Vec<yaml::Document>, yaml::YamlError>,
+}
+
 /// Accumulates sources, then produces one [`Loaded`].
 #[derive(Debug, Default)]
 pub struct Loader {
@@ -255,8 +263,22 @@ impl Loader {
 
     /// Add YAML text; `file` names it in diagnostics.
     pub fn add_str(&mut self, file: Option<Arc<str>>, text: &str, kind: FileKind) {
+        let parsed = self.parse(file, text, kind);
+        self.add_parsed(parsed);
+    }
+
+    /// The first half of [`add_str`](Self::add_str): parse a file's YAML. It needs nothing from
+    /// the files before it, so a caller may parse the next file on another thread while this
+    /// loader reads the documents of the current one.
+    pub fn parse(&self, file: Option<Arc<str>>, text: &str, kind: FileKind) -> ParsedFile {
+        ParsedFile { documents: yaml::parse_stream(text, &self.limits), file, kind }
+    }
+
+    /// The second half of [`add_str`](Self::add_str): read a parsed file's documents, in order.
+    pub fn add_parsed(&mut self, parsed: ParsedFile) {
+        let ParsedFile { file, kind, documents } = parsed;
         self.loaded.files += 1;
-        let documents = match yaml::parse_stream(text, &self.limits) {
+        let documents = match documents {
             Ok(documents) => documents,
             Err(error) => {
                 let pos = error.pos().unwrap_or_default();

@@ -519,16 +519,35 @@ impl Snapshot {
 
     /// Validate the whole tree with one loader, files in sorted order (as `Loader::add_path`
     /// does, so PeerAuthentication ages come out the same).
+    ///
+    /// Two stages run at once: one thread parses the YAML of the next files while this one
+    /// reads and validates the documents of the current file. The queue between them is short,
+    /// so only a couple of parsed files exist at a time.
     fn load(&self) -> Loaded {
         let mut loader = Loader::new();
         let mut not_utf8 = Vec::new();
-        for (path, bytes) in &self.files {
-            let name: Arc<str> = path.display().to_string().into();
-            match std::str::from_utf8(bytes) {
-                Ok(text) => loader.add_str(Some(name), text, FileKind::Resources),
-                Err(error) => not_utf8.push(not_utf8_diagnostic(name, bytes, &error)),
+        std::thread::scope(|scope| {
+            let (parsed, files) = std::sync::mpsc::sync_channel(2);
+            let parser = Loader::new();
+            scope.spawn(move || {
+                for (path, bytes) in &self.files {
+                    let name: Arc<str> = path.display().to_string().into();
+                    let file = match std::str::from_utf8(bytes) {
+                        Ok(text) => Ok(parser.parse(Some(name), text, FileKind::Resources)),
+                        Err(error) => Err(not_utf8_diagnostic(name, bytes, &error)),
+                    };
+                    if parsed.send(file).is_err() {
+                        return;
+                    }
+                }
+            });
+            for file in files {
+                match file {
+                    Ok(file) => loader.add_parsed(file),
+                    Err(diagnostic) => not_utf8.push(diagnostic),
+                }
             }
-        }
+        });
         let mut loaded = loader.finish();
         loaded.files += not_utf8.len();
         loaded.diagnostics.extend(not_utf8);
