@@ -211,9 +211,10 @@ enum Held {
     Reported(HashMap<Arc<str>, Arc<str>>),
 }
 
-/// Responses are split so that none is much larger than this: tonic keeps a stream's encode
-/// buffer at the size of the largest message it sent, for the life of the stream.
-const RESPONSE_BYTES: usize = 16 * 1024;
+/// Responses are split so that none is larger than tonic's encode buffer (8 KiB): tonic keeps a
+/// stream's encode buffer at the size of the largest message it sent, for the life of the
+/// stream, and a thousand streams with one large message each would hold hundreds of MiB.
+const RESPONSE_BYTES: usize = 6 * 1024;
 
 /// How a stream ended.
 enum End {
@@ -377,37 +378,76 @@ enum Answer {
     End(End),
 }
 
-/// The responses that bring a proxy to `version`: removals first, then the resources in pieces
-/// of about [`RESPONSE_BYTES`]; every one but the last says `more`.
-fn split(version: &str, nonce: &str, changed: &[Arc<WireResource>], removed: &[Arc<str>]) -> Vec<ConfigResponse> {
-    let response = || ConfigResponse {
-        version_info: version.to_owned(),
-        nonce: nonce.to_owned(),
-        resources: Vec::new(),
-        removed: Vec::new(),
-        more: true,
-    };
-    let mut responses = vec![response()];
-    let mut size = 0;
-    for key in removed {
-        size += key.len();
-        if let Some(last) = responses.last_mut() {
-            last.removed.push(key.to_string());
+/// The responses that bring a proxy to `version`: removals first, then the resources in parts
+/// of about [`RESPONSE_BYTES`]; every one but the last says `more`. Each part is built only when
+/// it is about to be sent, so a thousand streams syncing at once hold one part each.
+fn split<'a>(
+    version: &'a str,
+    nonce: &'a str,
+    changed: &'a [Arc<WireResource>],
+    removed: &'a [Arc<str>],
+) -> impl Iterator<Item = ConfigResponse> + Send + 'a {
+    let mut next = 0;
+    let mut first = true;
+    std::iter::from_fn(move || {
+        if !first && next >= changed.len() {
+            return None;
         }
-    }
-    for resource in changed {
-        let resource_size = resource.document.len() + resource.key.len() + resource.version.len();
-        if size > 0 && size + resource_size > RESPONSE_BYTES {
-            responses.push(response());
-            size = 0;
+        let mut part = ConfigResponse {
+            version_info: version.to_owned(),
+            nonce: nonce.to_owned(),
+            resources: Vec::new(),
+            removed: Vec::new(),
+            more: false,
+        };
+        let mut size = 0;
+        if std::mem::take(&mut first) {
+            part.removed = removed.iter().map(ToString::to_string).collect();
+            size = removed.iter().map(|k| k.len()).sum();
         }
-        size += resource_size;
-        if let Some(last) = responses.last_mut() {
-            last.resources.push(resource.to_proto());
+        while let Some(resource) = changed.get(next) {
+            let resource_size = resource.document.len() + resource.key.len() + resource.version.len();
+            if size > 0 && size + resource_size > RESPONSE_BYTES {
+                break;
+            }
+            size += resource_size;
+            part.resources.push(resource.to_proto());
+            next += 1;
         }
+        part.more = next < changed.len();
+        Some(part)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    #[test]
+    fn a_large_push_is_split_into_parts_that_carry_everything_once() {
+        let entries: String = (0..100)
+            .map(|i| format!("---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: w{i}, namespace: ns}}\nspec: {{address: 10.0.0.{i}, labels: {{app: w{i}, padding: {}}}}}\n", "x".repeat(50)))
+            .collect();
+        let snapshot = Snapshot::build(1, &zmesh_config::load_str(&entries), SystemTime::UNIX_EPOCH);
+        let mut changed: Vec<Arc<WireResource>> = snapshot.resources_for(None).into_values().collect();
+        changed.sort_by(|a, b| a.key.cmp(&b.key));
+        let removed: Vec<Arc<str>> = vec!["AuthorizationPolicy/ns/gone".into()];
+        let parts: Vec<ConfigResponse> = split("v2", "7", &changed, &removed).collect();
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| p.version_info == "v2" && p.nonce == "7"));
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.more) && !parts[parts.len() - 1].more);
+        assert_eq!(parts[0].removed, ["AuthorizationPolicy/ns/gone"]);
+        let sent: Vec<&str> = parts.iter().flat_map(|p| p.resources.iter().map(|r| r.key.as_str())).collect();
+        let expected: Vec<&str> = changed.iter().map(|r| &*r.key).collect();
+        assert_eq!(sent, expected);
+        for part in &parts {
+            let size: usize = part.resources.iter().map(|r| r.document.len() + r.key.len() + r.version.len()).sum();
+            assert!(size <= RESPONSE_BYTES || part.resources.len() == 1, "{size}");
+        }
+        let empty: Vec<ConfigResponse> = split("v3", "8", &[], &[]).collect();
+        assert_eq!(empty.len(), 1, "a version with nothing to change is still one answerable response");
+        assert!(!empty[0].more);
     }
-    if let Some(last) = responses.last_mut() {
-        last.more = false;
-    }
-    responses
 }
