@@ -624,7 +624,13 @@ impl Watcher {
                 () = async {
                     tokio::time::sleep(pause).await;
                     let spent = self.poll().await;
-                    pause = self.options.poll.max(spent * POLL_COST_RATIO);
+                    // A change seen and waiting out its debounce is confirmed as soon as the
+                    // debounce allows, not after a large tree's long pause.
+                    pause = if self.candidate.is_some() {
+                        self.options.debounce.max(self.options.poll)
+                    } else {
+                        self.options.poll.max(spent * POLL_COST_RATIO)
+                    };
                 } => {}
             }
         }
