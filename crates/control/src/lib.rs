@@ -7,6 +7,7 @@
 //! `ratelimit`); `plane` runs them all as one process.
 
 pub mod ca_service;
+pub mod memory;
 pub mod plane;
 pub mod push;
 pub mod ratelimit;

@@ -188,5 +188,11 @@ async fn follow_store(
         drop(previous);
         tracing::info!(generation = snapshot.generation, version = %snapshot.version, resources = snapshot.len(), "pushing a new configuration");
         snapshots.send_replace(Arc::new(snapshot));
+        // The previous generation is freed as proxies take the new one (within a second or so
+        // for a healthy mesh); then give its pages back.
+        tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let _ = tokio::task::spawn_blocking(crate::memory::release_freed).await;
+        });
     }
 }
