@@ -118,7 +118,11 @@ impl ControlPlane {
         let (snapshot_tx, snapshots) =
             watch::channel(Arc::new(Snapshot::build(first.generation, &first.loaded, first.accepted_at)));
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(follow_store(states.clone(), snapshot_tx, shutdown.clone()));
+        let store = Arc::new(store);
+        let generation = first.generation;
+        drop(first);
+        store.release_resources(generation);
+        tasks.spawn(follow_store(store.clone(), states.clone(), snapshot_tx, shutdown.clone()));
 
         let proxies = Arc::new(ProxyTracker::default());
         let issued = Arc::new(IssuedCertificates::default());
@@ -156,9 +160,7 @@ impl ControlPlane {
         let status = StatusSources { store: states, snapshots, proxies, issued, ca };
         let routes = status.clone().routes();
         tasks.spawn(zmesh_telemetry::endpoints::serve(admin_listener, routes, shutdown.clone()));
-        tracing::info!(%grpc, %admin, source = %store.source(), generation = first.generation, "control plane serving");
-        // The store's watcher lives as long as the shutdown token; dropping the handle is fine.
-        drop(store);
+        tracing::info!(%grpc, %admin, source = %store.source(), generation, "control plane serving");
         Ok(ControlPlane { grpc, admin, status, tasks })
     }
 
@@ -170,6 +172,7 @@ impl ControlPlane {
 
 /// Turn each accepted store generation into a snapshot for the push streams.
 async fn follow_store(
+    store: Arc<FileStore>,
     mut states: watch::Receiver<Arc<StoreState>>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     shutdown: CancellationToken,
@@ -186,6 +189,10 @@ async fn follow_store(
         let previous = snapshots.borrow().clone();
         let snapshot = Snapshot::build_after(&previous, state.generation, &state.loaded, state.accepted_at);
         drop(previous);
+        let generation = state.generation;
+        drop(state);
+        // The snapshot holds what the proxies need; the typed resources can go.
+        store.release_resources(generation);
         tracing::info!(generation = snapshot.generation, version = %snapshot.version, resources = snapshot.len(), "pushing a new configuration");
         snapshots.send_replace(Arc::new(snapshot));
         // The previous generation is freed as proxies take the new one (within a second or so

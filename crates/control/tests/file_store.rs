@@ -431,3 +431,24 @@ fn opening_outside_a_runtime_is_an_error() {
         .expect_err("no runtime to run the watcher");
     assert!(matches!(error, StoreError::NoRuntime), "{error}");
 }
+
+#[tokio::test]
+async fn releasing_a_generations_resources_keeps_what_the_status_pages_show() {
+    let dir = TempDir::new("store-release");
+    dir.write("mesh.yaml", "rootNamespace: mesh-root\n");
+    dir.write("policies.yaml", &documents(&[policy("allow-web", "ALLOW"), policy("deny-bots", "DENY")]));
+    let mut w = open(dir.path());
+    let before = w.now();
+    w.store.release_resources(before.generation + 1);
+    assert_eq!(policies(&w.now()), ["shop/allow-web", "shop/deny-bots"], "another generation is left alone");
+    w.store.release_resources(before.generation);
+    let after = w.now();
+    assert!(after.loaded.config.authorization_policies.is_empty(), "the typed resources are gone");
+    assert_eq!(after.loaded.config.mesh.root_namespace, "mesh-root", "the MeshConfig stays");
+    assert_eq!(after.loaded.sources, before.loaded.sources, "the accepted documents stay");
+    assert_eq!(after.to_json(), before.to_json(), "the status pages show the same");
+    w.quiet().await;
+    dir.write("policies.yaml", &documents(&[policy("allow-web", "DENY")]));
+    let next = w.until(SETTLE, |s| s.generation == before.generation + 1).await;
+    assert_eq!(policies(&next), ["shop/allow-web"], "the next generation is whole");
+}
