@@ -191,10 +191,10 @@ async fn follow_store(
         drop(previous);
         let generation = state.generation;
         drop(state);
-        // The snapshot holds what the proxies need; the typed resources can go.
-        store.release_resources(generation);
         tracing::info!(generation = snapshot.generation, version = %snapshot.version, resources = snapshot.len(), "pushing a new configuration");
         snapshots.send_replace(Arc::new(snapshot));
+        // The snapshot holds what the proxies need; the typed resources can go.
+        store.release_resources(generation);
         // The previous generation is freed as proxies take the new one (within a second or so
         // for a healthy mesh); then give its pages back.
         tokio::spawn(async {
