@@ -137,6 +137,18 @@ impl Processes {
     }
 }
 
+/// `program`, run inside the workload's network namespace when it has one.
+fn as_workload(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    match netns {
+        Some(ns) => {
+            let mut command = std::process::Command::new("ip");
+            command.args(["netns", "exec", ns]).arg(program);
+            command
+        }
+        None => std::process::Command::new(program),
+    }
+}
+
 /// Run `ip …` (or any setup command) and fail with its stderr.
 async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new(program).args(args).output().await.with_context(|| format!("cannot run {program}"))?;
@@ -328,16 +340,7 @@ impl Mesh {
             write_private(&token_file, &tokens.issue(&workload.identity, expires))?;
             let log = |what: &str| state.join("logs").join(format!("{key}.{what}.log"));
             let netns = args.isolate.then(|| format!("zm-{}-{}", workload.namespace, workload.name));
-            let in_pod = |netns: &Option<String>| -> Command {
-                match netns {
-                    Some(ns) => {
-                        let mut command = Command::new("ip");
-                        command.args(["netns", "exec", ns]).arg(&exe);
-                        command
-                    }
-                    None => Command::new(&exe),
-                }
-            };
+            let in_pod = |netns: &Option<String>| Command::from(as_workload(netns.as_deref(), &exe));
             if let (Some(ns), IpAddr::V4(address)) = (&netns, workload.address) {
                 isolation.pod(ns, address, index).await?;
                 let mut capture = in_pod(&netns);
@@ -541,14 +544,7 @@ fn start_traffic(
             .iter()
             .find(|w| w.workload == caller)
             .with_context(|| format!("the demo caller {caller} is missing"))?;
-        let mut command = match &own.netns {
-            Some(ns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", ns]).arg(exe);
-                command
-            }
-            None => Command::new(exe),
-        };
+        let mut command = Command::from(as_workload(own.netns.as_deref(), exe));
         command.arg("traffic").arg("--flows").arg(serde_json::Value::Array(flows).to_string());
         if let Some(proxy) = own.http_proxy {
             command.arg("--proxy").arg(proxy.to_string());
@@ -620,14 +616,7 @@ pub(crate) fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         }
     };
     let (program, rest) = args.command.split_first().context("no command given")?;
-    let mut command = match &workload.netns {
-        Some(ns) => {
-            let mut command = std::process::Command::new("ip");
-            command.args(["netns", "exec", ns, program]);
-            command
-        }
-        None => std::process::Command::new(program),
-    };
+    let mut command = as_workload(workload.netns.as_deref(), program);
     command.args(rest).env("ZMESH_WORKLOAD", &workload.workload);
     if let Some(proxy) = workload.http_proxy {
         let url = format!("http://{proxy}");
