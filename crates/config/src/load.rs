@@ -4,6 +4,7 @@
 //! decides whether a load with errors may be used (the CLI refuses it; the control plane keeps
 //! its last good configuration).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +17,26 @@ use crate::mesh::MeshConfig;
 use crate::networking::{LocalRateLimit, ServiceEntry, WorkloadEntry};
 use crate::telemetry::Telemetry;
 use crate::yaml::{self, Node, Pos};
+
+/// Applies the macro `$apply` to the names of every resource list of [`Config`].
+macro_rules! resource_lists {
+    ($apply:ident) => {
+        $apply!(
+            authorization_policies,
+            peer_authentications,
+            request_authentications,
+            telemetries,
+            workload_entries,
+            service_entries,
+            rate_limits,
+            network_policies,
+            namespaces,
+            workloads,
+            services,
+            service_accounts
+        )
+    };
+}
 
 /// Every resource zmesh read, in load order.
 #[derive(Debug, Clone, Default)]
@@ -39,18 +60,47 @@ pub struct Config {
 impl Config {
     /// How many resources were read (MeshConfig not counted).
     pub fn resource_count(&self) -> usize {
-        self.authorization_policies.len()
-            + self.peer_authentications.len()
-            + self.request_authentications.len()
-            + self.telemetries.len()
-            + self.workload_entries.len()
-            + self.service_entries.len()
-            + self.rate_limits.len()
-            + self.network_policies.len()
-            + self.namespaces.len()
-            + self.workloads.len()
-            + self.services.len()
-            + self.service_accounts.len()
+        macro_rules! count {
+            ($($list:ident),*) => { 0 $(+ self.$list.len())* };
+        }
+        resource_lists!(count)
+    }
+
+    /// Add `offset` to the load order of every resource (see [`Loaded::append`]).
+    fn shift_order(&mut self, offset: usize) {
+        macro_rules! shift {
+            ($($list:ident),*) => {$(
+                for resource in &mut self.$list {
+                    resource.meta.order += offset;
+                }
+            )*};
+        }
+        resource_lists!(shift);
+    }
+
+    /// Move every resource of `other` after this config's own (the MeshConfig is not touched).
+    fn extend(&mut self, other: Config) {
+        macro_rules! extend {
+            ($($list:ident),*) => {$(
+                self.$list.extend(other.$list);
+            )*};
+        }
+        resource_lists!(extend);
+    }
+
+    /// The labels a workload must carry for the policy of `kind` read last to apply to it;
+    /// `None` when it has no selector (or its kind has none: NetworkPolicy's own selector is
+    /// a full label selector, and other kinds are not policies).
+    fn last_selector(&self, kind: &str) -> Option<BTreeMap<String, String>> {
+        let selector = match kind {
+            "AuthorizationPolicy" => self.authorization_policies.last().and_then(|r| r.selector.as_ref()),
+            "PeerAuthentication" => self.peer_authentications.last().and_then(|r| r.selector.as_ref()),
+            "RequestAuthentication" => self.request_authentications.last().and_then(|r| r.selector.as_ref()),
+            "Telemetry" => self.telemetries.last().and_then(|r| r.selector.as_ref()),
+            "EnvoyFilter" => self.rate_limits.last().and_then(|r| r.selector.as_ref()),
+            _ => None,
+        };
+        selector.map(|s| s.match_labels.clone())
     }
 
     /// The metadata of the resource of `kind` read last.
@@ -98,6 +148,10 @@ pub struct SourceDocument {
     pub origin: Origin,
     /// Shared, so that a snapshot of the configuration holds no second copy.
     pub json: Arc<str>,
+    /// For the policy kinds with a workload selector (AuthorizationPolicy, PeerAuthentication,
+    /// RequestAuthentication, Telemetry, EnvoyFilter): the labels a workload must carry for the
+    /// document to apply to it. `None` selects every workload in its scope.
+    pub selector: Option<BTreeMap<String, String>>,
 }
 
 impl Loaded {
@@ -107,6 +161,40 @@ impl Loaded {
 
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics.iter().filter(|d| d.is_error())
+    }
+
+    /// Append what another loader read from the files that come after this load's, with the
+    /// result one loader reading all of them in that order would give: load order continues
+    /// (so PeerAuthentication ages agree), and a MeshConfig given again is an error. Lets a
+    /// caller keep each file's load and read again only the files that changed.
+    pub fn append(&mut self, part: &Loaded) {
+        let offset = self.documents;
+        let mut config = part.config.clone();
+        config.shift_order(offset);
+        let mesh = std::mem::take(&mut config.mesh);
+        self.config.extend(config);
+        self.diagnostics.extend(part.diagnostics.iter().cloned());
+        self.files += part.files;
+        self.documents += part.documents;
+        let first_mesh = self.sources.iter().find(|s| s.kind == "MeshConfig").map(|s| s.origin.to_string());
+        for source in &part.sources {
+            if source.kind == "MeshConfig" {
+                if let Some(first) = &first_mesh {
+                    self.diagnostics.push(Diagnostic {
+                        severity: Severity::Error,
+                        code: Some(crate::diag::codes::SCHEMA),
+                        origin: source.origin.clone(),
+                        object: None,
+                        field: String::new(),
+                        message: format!("MeshConfig is given a second time (first at {first})"),
+                        hint: Some("keep one MeshConfig source".to_owned()),
+                    });
+                    continue;
+                }
+                self.config.mesh = mesh.clone();
+            }
+            self.sources.push(SourceDocument { order: source.order + offset, ..source.clone() });
+        }
     }
 }
 
@@ -335,6 +423,7 @@ impl Loader {
                 order: self.loaded.documents,
                 origin: origin.clone(),
                 json: node.to_json().to_string().into(),
+                selector: None,
             });
             self.mesh_origin = Some(origin);
         }
@@ -350,6 +439,7 @@ impl Loader {
             let meta = self.loaded.config.last_of_kind(&kind);
             let (namespace, name) = meta.map(|m| (m.namespace.clone(), m.name.clone())).unwrap_or_default();
             let namespace = if kind == "Namespace" { String::new() } else { namespace };
+            let selector = self.loaded.config.last_selector(&kind);
             self.loaded.sources.push(SourceDocument {
                 kind,
                 namespace,
@@ -357,6 +447,7 @@ impl Loader {
                 order: self.loaded.documents,
                 origin,
                 json: root.to_json().to_string().into(),
+                selector,
             });
         }
     }

@@ -55,3 +55,27 @@ fn a_directory_symlinked_into_itself_is_listed_once() {
         files.iter().map(|f| f.strip_prefix(dir.path()).expect("inside").display().to_string()).collect();
     assert_eq!(names, ["a.yaml", "sub/b.yml"]);
 }
+
+#[test]
+fn appending_per_file_loads_gives_what_one_loader_reads() {
+    let mut files: Vec<std::path::PathBuf> =
+        zmesh_config::yaml_files(&zmesh_testkit::testdata().join("seed-configs")).expect("seed directory");
+    // More MeshConfig sources (a seed has one in an IstioOperator): all but the first are
+    // refused by both ways of loading.
+    let dir = zmesh_testkit::TempDir::new("append-mesh");
+    files.push(dir.write("mesh.yaml", "rootNamespace: first-root\n"));
+    files.push(dir.write("mesh.yml", "rootNamespace: second-root\n"));
+    let whole = load_paths(&files, None);
+
+    let mut appended = zmesh_config::Loaded::default();
+    for file in &files {
+        appended.append(&load_paths(std::slice::from_ref(file), None));
+    }
+    assert_eq!(appended.sources, whole.sources, "same documents, selectors and load order");
+    assert_eq!((appended.files, appended.documents), (whole.files, whole.documents));
+    let rendered = |l: &zmesh_config::Loaded| l.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(rendered(&appended), rendered(&whole));
+    assert!(rendered(&whole).iter().any(|d| d.contains("MeshConfig is given a second time")), "{:?}", rendered(&whole));
+    assert_eq!(format!("{:?}", appended.config), format!("{:?}", whole.config), "typed resources and their ages");
+    assert!(whole.sources.iter().any(|s| s.selector.is_some()), "some seed policy has a selector");
+}

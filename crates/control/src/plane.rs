@@ -118,11 +118,9 @@ impl ControlPlane {
         let (snapshot_tx, snapshots) =
             watch::channel(Arc::new(Snapshot::build(first.generation, &first.loaded, first.accepted_at)));
         let mut tasks = tokio::task::JoinSet::new();
-        let store = Arc::new(store);
         let generation = first.generation;
         drop(first);
-        store.release_resources(generation);
-        tasks.spawn(follow_store(store.clone(), states.clone(), snapshot_tx, shutdown.clone()));
+        tasks.spawn(follow_store(states.clone(), snapshot_tx, shutdown.clone()));
 
         let proxies = Arc::new(ProxyTracker::default());
         let issued = Arc::new(IssuedCertificates::default());
@@ -172,7 +170,6 @@ impl ControlPlane {
 
 /// Turn each accepted store generation into a snapshot for the push streams.
 async fn follow_store(
-    store: Arc<FileStore>,
     mut states: watch::Receiver<Arc<StoreState>>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     shutdown: CancellationToken,
@@ -189,12 +186,9 @@ async fn follow_store(
         let previous = snapshots.borrow().clone();
         let snapshot = Snapshot::build_after(&previous, state.generation, &state.loaded, state.accepted_at);
         drop(previous);
-        let generation = state.generation;
         drop(state);
         tracing::info!(generation = snapshot.generation, version = %snapshot.version, resources = snapshot.len(), "pushing a new configuration");
         snapshots.send_replace(Arc::new(snapshot));
-        // The snapshot holds what the proxies need; the typed resources can go.
-        store.release_resources(generation);
         // The previous generation is freed as proxies take the new one (within a second or so
         // for a healthy mesh); then give its pages back.
         tokio::spawn(async {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use zmesh_config::{Config, Loaded, SourceDocument};
+use zmesh_config::{Loaded, SourceDocument};
 use zmesh_registry::{MeshWorkload, Registry};
 
 /// One document as it goes on the wire.
@@ -84,35 +84,6 @@ fn digest(parts: &[&[u8]]) -> String {
     context.finish().as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Each policy kind's selector, by `Kind/namespace/name`.
-fn selectors(config: &Config) -> HashMap<String, Option<BTreeMap<String, String>>> {
-    let labels = |s: &Option<zmesh_config::meta::Selector>| s.as_ref().map(|s| s.match_labels.clone());
-    let mut selectors = HashMap::new();
-    let mut add = |kind: &str, meta: &zmesh_config::meta::Meta, selector| {
-        selectors.insert(format!("{kind}/{}/{}", meta.namespace, meta.name), selector);
-    };
-    for p in &config.authorization_policies {
-        add("AuthorizationPolicy", &p.meta, labels(&p.selector));
-    }
-    for p in &config.peer_authentications {
-        add("PeerAuthentication", &p.meta, labels(&p.selector));
-    }
-    for p in &config.request_authentications {
-        add("RequestAuthentication", &p.meta, labels(&p.selector));
-    }
-    for p in &config.telemetries {
-        add("Telemetry", &p.meta, labels(&p.selector));
-    }
-    for p in &config.rate_limits {
-        add("EnvoyFilter", &p.meta, labels(&p.selector));
-    }
-    // NetworkPolicy selectors have expressions; every one in the namespace goes to its proxies.
-    for p in &config.network_policies {
-        add("NetworkPolicy", &p.meta, None);
-    }
-    selectors
-}
-
 /// An accepted configuration, as pushed.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -137,7 +108,6 @@ impl Snapshot {
     /// Index an accepted load (one without errors).
     pub fn build(generation: u64, loaded: &Loaded, created_at: SystemTime) -> Snapshot {
         let config = &loaded.config;
-        let selectors = selectors(config);
         let root_namespace = config.mesh.root_namespace.clone();
         let mut everyone = Vec::new();
         let mut by_namespace: HashMap<String, Vec<Arc<WireResource>>> = HashMap::new();
@@ -147,12 +117,17 @@ impl Snapshot {
             let scope = match source.kind.as_str() {
                 // The registry: peers and the Services that give pods their port protocols.
                 "MeshConfig" | "WorkloadEntry" | "ServiceEntry" | "Pod" | "Service" => Scope::Everyone,
-                _ => match selectors.get(&key) {
-                    Some(selector) => {
-                        Scope::Selected { namespace: source.namespace.clone(), selector: selector.clone() }
-                    }
-                    None => Scope::Nobody,
-                },
+                // NetworkPolicy selectors have expressions; every one in the namespace goes to
+                // its proxies (the loader records no selector for it).
+                "AuthorizationPolicy"
+                | "PeerAuthentication"
+                | "RequestAuthentication"
+                | "Telemetry"
+                | "EnvoyFilter"
+                | "NetworkPolicy" => {
+                    Scope::Selected { namespace: source.namespace.clone(), selector: source.selector.clone() }
+                }
+                _ => Scope::Nobody,
             };
             let order = source.order as u64;
             // Load order decides only which PeerAuthentication is oldest; for other kinds it

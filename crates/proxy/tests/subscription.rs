@@ -55,7 +55,7 @@ impl Plane {
             ca_dir: dir.path().join("ca"),
             grpc,
             admin: "127.0.0.1:0".parse().expect("addr"),
-            watch: WatchOptions { poll: Duration::from_millis(20), debounce: Duration::from_millis(30) },
+            watch: WatchOptions { poll: Duration::from_millis(20), debounce: Duration::from_millis(30), notify: true },
         };
         let plane = ControlPlane::start(options, shutdown.clone()).await.expect("control plane starts");
         Plane { dir, shutdown, grpc: plane.grpc, plane: Some(plane) }

@@ -10,41 +10,44 @@
 //! in force: the last good configuration stays, and the refusal is published next to it with
 //! every diagnostic, so the mesh never runs on a half-applied change.
 //!
-//! # Why the file store polls instead of using inotify
+//! # How the file store sees changes
 //!
-//! Every `poll` (100 ms by default) the watcher lists the tree and stats every file *through*
-//! its symlinks (size, mtime, ctime, inode, device). Whatever happens to a file, what it
-//! resolves to is compared, so these need no special cases:
+//! What the tree *is* is always decided by its fingerprint: the watcher lists the tree and
+//! stats every file *through* its symlinks (size, mtime, ctime, inode, device). Whatever happens
+//! to a file, what it resolves to is compared, so these need no special cases:
 //!
 //! - an in-place write (size or mtime changes);
 //! - an atomic replace, where a temporary file is renamed over the old one (new inode);
 //! - a Kubernetes ConfigMap volume, where `x.yaml -> ..data/x.yaml` and the kubelet swaps the
 //!   `..data` symlink to a new timestamped directory (the same path now resolves to another
-//!   inode). With inotify the watches would have to follow symlink targets and be set up again
-//!   after every rename and swap.
+//!   inode).
 //!
-//! Polling also works on every filesystem, including network mounts where inotify never hears
-//! about writes made by other hosts. The cost is a directory listing (which stats every entry to
-//! tell directories from files) and one `stat` per file per poll, on a blocking thread. For the
-//! usual few dozen files that is well under a millisecond. For 10,000 files in 100 directories it
-//! measured about 30 ms per poll (ext4, warm cache, 2-CPU VM), mostly the listing; so the pause
-//! between polls stretches to ten times the last poll's cost, and watching never takes more
-//! than about a tenth of one thread. The price is latency: a change is acted on after up to
-//! `poll` plus `debounce` rounded up to whole polls (300 ms with the defaults), later for huge
-//! trees.
+//! *When* to look comes from two sources. Every `poll` (100 ms by default) the watcher looks,
+//! which works on every filesystem, including network mounts where the kernel never hears of
+//! writes made by other hosts. A listing costs well under a millisecond for a few dozen files
+//! and about 30–50 ms for 10,000 (ext4, warm cache, 2-CPU VM), so the pause between polls
+//! stretches to ten times the last listing's cost and polling never takes more than about a
+//! tenth of one thread. Where inotify is available, the watcher also wakes on events in the
+//! root and in every directory holding a listed file (`store::notify`): a change is then looked at as
+//! soon as the events stop for `debounce`, instead of at the next poll (for a large tree, up to
+//! half a second later).
 //!
 //! A changed fingerprint is not acted on at once: editors and deployment tools write in several
-//! steps, so the watcher waits until the fingerprint has stayed the same for
-//! `debounce`. Only then are the files read, and a content hash decides whether anything
-//! changed (a `touch` publishes nothing).
+//! steps, so the watcher waits until the change has settled — the events stopped, or, when it
+//! was found by polling, the fingerprint stayed the same — for `debounce`. Only then are the
+//! files read: only those whose stamp changed, and only those whose content changed are
+//! validated again (`store::tree`). A content hash decides whether anything changed (a `touch`
+//! publishes nothing).
 //!
 //! Timestamps are coarse on some filesystems (a few milliseconds on ext4, up to seconds on
 //! others), so a file rewritten with the same size just after it was read could keep its
 //! fingerprint. As git does for its index, files modified shortly before they were read are
 //! read once more [`RACY_WINDOW`] later.
 
+mod notify;
+mod tree;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -54,9 +57,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zmesh_ca::Rfc3339;
-use zmesh_config::diag::codes;
-use zmesh_config::yaml::Pos;
-use zmesh_config::{Diagnostic, FileKind, Loaded, Loader, ObjectRef, Origin, Severity};
+use zmesh_config::{Diagnostic, Loaded, ObjectRef, Origin, Severity};
+
+use notify::TreeEvents;
+use tree::{Digest, Fingerprint, Tree, first_read, read_error};
 
 /// Where configuration comes from. Implementations validate every change as a whole and publish
 /// a new [`StoreState`] for every accepted or refused change.
@@ -314,16 +318,20 @@ impl ResourceStatus {
     }
 }
 
-/// How often the file store looks, and how long a change must hold still before it is read.
+/// How often the file store looks, how long a change must hold still before it is read, and
+/// whether to hear about changes from the kernel as well.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchOptions {
     pub poll: Duration,
     pub debounce: Duration,
+    /// Wake on inotify events (where available) instead of waiting for the next poll. Polling
+    /// goes on either way; `false` leaves changes to polling alone.
+    pub notify: bool,
 }
 
 impl Default for WatchOptions {
     fn default() -> Self {
-        WatchOptions { poll: Duration::from_millis(100), debounce: Duration::from_millis(150) }
+        WatchOptions { poll: Duration::from_millis(100), debounce: Duration::from_millis(150), notify: true }
     }
 }
 
@@ -355,8 +363,13 @@ impl FileStore {
     pub fn open(path: &Path, options: WatchOptions, shutdown: CancellationToken) -> Result<FileStore, StoreError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StoreError::NoRuntime)?;
         let root = path.to_path_buf();
-        let (fingerprint, snapshot) = first_read(&root, options.poll)?;
-        let loaded = snapshot.load();
+        // Listening before the first read: a change made while it runs is heard.
+        let mut events = if options.notify { TreeEvents::new() } else { None };
+        if let Some(events) = &mut events {
+            events.watch(top_directory(&root));
+        }
+        let (fingerprint, tree) = first_read(&root, options.poll)?;
+        let loaded = tree.load();
         if loaded.has_errors() {
             return Err(StoreError::Invalid { errors: loaded.errors().map(ToString::to_string).collect() });
         }
@@ -372,9 +385,11 @@ impl FileStore {
             states: states.clone(),
             last: fingerprint,
             candidate: None,
-            recheck_at: snapshot.racy.then(|| Instant::now() + RACY_WINDOW),
-            seen: snapshot.digest,
-            in_force: snapshot.digest,
+            recheck_at: tree.racy().then(|| Instant::now() + RACY_WINDOW),
+            seen: tree.digest(),
+            in_force: tree.digest(),
+            tree: Arc::new(tree),
+            events,
             failures: 0,
         };
         runtime.spawn(watcher.run(shutdown));
@@ -388,31 +403,6 @@ impl FileStore {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-impl FileStore {
-    /// The consumer has built what it needs from generation `generation`'s typed resources (the
-    /// control plane's snapshot): drop them from the state kept here, keeping the MeshConfig,
-    /// the accepted documents and the diagnostics the status pages use. A generation then costs
-    /// about half as much while the next one loads. Subscribers are not woken: nothing they
-    /// show changes.
-    pub fn release_resources(&self, generation: u64) {
-        self.states.send_if_modified(|state| {
-            if state.generation != generation || state.loaded.config.resource_count() == 0 {
-                return false;
-            }
-            let loaded = &state.loaded;
-            let slim = Loaded {
-                config: zmesh_config::Config { mesh: loaded.config.mesh.clone(), ..zmesh_config::Config::default() },
-                diagnostics: loaded.diagnostics.clone(),
-                files: loaded.files,
-                documents: loaded.documents,
-                sources: loaded.sources.clone(),
-            };
-            *state = Arc::new(StoreState { loaded: Arc::new(slim), ..(**state).clone() });
-            false
-        });
     }
 }
 
@@ -433,188 +423,6 @@ fn log_accepted(generation: u64, loaded: &Loaded, source: &str) {
     info!(generation, resources = loaded.sources.len(), files = loaded.files, source, "configuration accepted");
 }
 
-/// What the tree looks like without reading it: every listed file and what it resolves to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    files: Vec<(PathBuf, Stamp)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stamp {
-    File {
-        len: u64,
-        mtime: (i64, i64),
-        ctime: (i64, i64),
-        ino: u64,
-        dev: u64,
-    },
-    /// A symlink to nothing: in a ConfigMap volume, a key being removed (the kubelet swaps
-    /// `..data` first and deletes the stale link after).
-    Dangling,
-}
-
-impl Stamp {
-    fn modified(&self) -> Option<SystemTime> {
-        match *self {
-            Stamp::File { mtime: (seconds, nanos), .. } => {
-                let seconds = u64::try_from(seconds).ok()?;
-                let nanos = u32::try_from(nanos).ok()?;
-                SystemTime::UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
-            }
-            Stamp::Dangling => None,
-        }
-    }
-}
-
-fn read_error(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Read { path: path.to_path_buf(), source }
-}
-
-/// Whether `error` reading `path` means a dangling symlink below the root. The root itself never
-/// counts: a single configuration file vanishing is a failure to retry, not an empty config.
-fn is_dangling(root: &Path, path: &Path, error: &std::io::Error) -> bool {
-    path != root
-        && error.kind() == std::io::ErrorKind::NotFound
-        && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-}
-
-impl Fingerprint {
-    fn take(root: &Path) -> Result<Fingerprint, StoreError> {
-        let paths = zmesh_config::yaml_files(root).map_err(|e| read_error(root, e))?;
-        let mut files = Vec::with_capacity(paths.len());
-        for path in paths {
-            let stamp = match std::fs::metadata(&path) {
-                Ok(m) => Stamp::File {
-                    len: m.len(),
-                    mtime: (m.mtime(), m.mtime_nsec()),
-                    ctime: (m.ctime(), m.ctime_nsec()),
-                    ino: m.ino(),
-                    dev: m.dev(),
-                },
-                Err(error) if is_dangling(root, &path, &error) => Stamp::Dangling,
-                Err(error) => return Err(read_error(&path, error)),
-            };
-            files.push((path, stamp));
-        }
-        Ok(Fingerprint { files })
-    }
-}
-
-type Digest = [u8; 32];
-
-/// The contents of every file of a fingerprint.
-#[derive(Debug)]
-struct Snapshot {
-    files: Vec<(PathBuf, Vec<u8>)>,
-    /// SHA-256 over every path and content, length-prefixed.
-    digest: Digest,
-    /// Some file was modified so shortly before this read that a same-size rewrite could go
-    /// unseen by its timestamps.
-    racy: bool,
-}
-
-impl Snapshot {
-    fn read(root: &Path, fingerprint: &Fingerprint) -> Result<Snapshot, StoreError> {
-        let started = SystemTime::now();
-        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut files = Vec::with_capacity(fingerprint.files.len());
-        for (path, _) in &fingerprint.files {
-            let bytes = match std::fs::read(path) {
-                Ok(bytes) => bytes,
-                Err(error) if is_dangling(root, path, &error) => continue,
-                Err(error) => return Err(read_error(path, error)),
-            };
-            let name = path.as_os_str().as_encoded_bytes();
-            hasher.update(&(name.len() as u64).to_le_bytes());
-            hasher.update(name);
-            hasher.update(&(bytes.len() as u64).to_le_bytes());
-            hasher.update(&bytes);
-            files.push((path.clone(), bytes));
-        }
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(hasher.finish().as_ref());
-        // A timestamp in the future (clock skew on a network mount) counts as racy too.
-        let racy = fingerprint
-            .files
-            .iter()
-            .filter_map(|(_, stamp)| stamp.modified())
-            .any(|modified| modified + RACY_WINDOW > started);
-        Ok(Snapshot { files, digest, racy })
-    }
-
-    /// Validate the whole tree with one loader, files in sorted order (as `Loader::add_path`
-    /// does, so PeerAuthentication ages come out the same).
-    ///
-    /// Two stages run at once: one thread parses the YAML of the next files while this one
-    /// reads and validates the documents of the current file. The queue between them is short,
-    /// so only a couple of parsed files exist at a time.
-    fn load(&self) -> Loaded {
-        let mut loader = Loader::new();
-        let mut not_utf8 = Vec::new();
-        std::thread::scope(|scope| {
-            let (parsed, files) = std::sync::mpsc::sync_channel(2);
-            let parser = Loader::new();
-            scope.spawn(move || {
-                for (path, bytes) in &self.files {
-                    let name: Arc<str> = path.display().to_string().into();
-                    let file = match std::str::from_utf8(bytes) {
-                        Ok(text) => Ok(parser.parse(Some(name), text, FileKind::Resources)),
-                        Err(error) => Err(not_utf8_diagnostic(name, bytes, &error)),
-                    };
-                    if parsed.send(file).is_err() {
-                        return;
-                    }
-                }
-            });
-            for file in files {
-                match file {
-                    Ok(file) => loader.add_parsed(file),
-                    Err(diagnostic) => not_utf8.push(diagnostic),
-                }
-            }
-        });
-        let mut loaded = loader.finish();
-        loaded.files += not_utf8.len();
-        loaded.diagnostics.extend(not_utf8);
-        loaded
-    }
-}
-
-/// The loader's own "not UTF-8" error, with the position of the first bad byte.
-fn not_utf8_diagnostic(file: Arc<str>, bytes: &[u8], error: &std::str::Utf8Error) -> Diagnostic {
-    let valid = &bytes[..error.valid_up_to()];
-    let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
-    Diagnostic {
-        severity: Severity::Error,
-        code: Some(codes::SCHEMA),
-        origin: Origin { file: Some(file), pos: Pos { line, column } },
-        object: None,
-        field: String::new(),
-        message: "the file is not UTF-8 text".into(),
-        hint: Some("save it as UTF-8".into()),
-    }
-}
-
-/// The first read, retried briefly when a file vanishes between listing and reading (a rename
-/// in progress), so that a store opened during an update does not fail for nothing.
-fn first_read(root: &Path, pause: Duration) -> Result<(Fingerprint, Snapshot), StoreError> {
-    let mut attempts = 0;
-    loop {
-        let result = Fingerprint::take(root).and_then(|fingerprint| {
-            let snapshot = Snapshot::read(root, &fingerprint)?;
-            Ok((fingerprint, snapshot))
-        });
-        match result {
-            Err(StoreError::Read { source, .. }) if attempts < 2 && source.kind() == std::io::ErrorKind::NotFound => {
-                attempts += 1;
-                std::thread::sleep(pause);
-            }
-            other => return other,
-        }
-    }
-}
-
 /// The background task of a [`FileStore`].
 struct Watcher {
     root: PathBuf,
@@ -627,42 +435,58 @@ struct Watcher {
     candidate: Option<(Fingerprint, Instant)>,
     /// When to read again although the fingerprint did not change (see [`RACY_WINDOW`]).
     recheck_at: Option<Instant>,
+    /// Every file as last read (accepted or not), reused for the files a change leaves alone.
+    tree: Arc<Tree>,
     /// The content last loaded, accepted or not.
     seen: Digest,
     /// The content of the configuration in force.
     in_force: Digest,
+    /// Where inotify is available (and wanted): the events that wake the watcher early.
+    events: Option<TreeEvents>,
     /// Reads that failed in a row.
     failures: u32,
 }
 
 impl Watcher {
     async fn run(mut self, shutdown: CancellationToken) {
-        let mut pause = self.options.poll;
+        // The first look is at once: the watches on directories below the root were set after
+        // the first read.
+        let mut pause = Duration::ZERO;
         loop {
             // Nobody can ever see another state: the store and every receiver are gone.
             if Arc::strong_count(&self.states) == 1 && self.states.is_closed() {
                 debug!(source = %self.source, "config store dropped; watcher stops");
                 return;
             }
+            let directories: Vec<&Path> =
+                top_directory(&self.root).into_iter().chain(self.last.directories()).collect();
+            if let Some(events) = &mut self.events {
+                events.watch(directories);
+            }
+            let settled = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => false,
+                () = settled(self.events.as_mut(), self.options.debounce) => true,
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = async {
-                    tokio::time::sleep(pause).await;
-                    let spent = self.poll().await;
+                spent = self.look(settled) => {
                     // A change seen and waiting out its debounce is confirmed as soon as the
                     // debounce allows, not after a large tree's long pause.
                     pause = if self.candidate.is_some() {
-                        self.options.debounce.max(self.options.poll)
+                        self.options.debounce
                     } else {
                         self.options.poll.max(spent * POLL_COST_RATIO)
                     };
-                } => {}
+                }
             }
         }
     }
 
-    /// One look at the tree; returns what taking its fingerprint cost.
-    async fn poll(&mut self) -> Duration {
+    /// One look at the tree; returns what taking its fingerprint cost. A new fingerprint is read
+    /// once it has held still for the debounce, or at once when the change has `settled` (the
+    /// events that announced it stopped for that long).
+    async fn look(&mut self, settled: bool) -> Duration {
         let root = self.root.clone();
         let started = Instant::now();
         let fingerprint = blocking(&self.root, move || Fingerprint::take(&root)).await;
@@ -684,6 +508,7 @@ impl Watcher {
             return spent;
         }
         match &self.candidate {
+            _ if settled => self.read(fingerprint).await,
             Some((candidate, since)) if *candidate == fingerprint => {
                 if now.duration_since(*since) >= self.options.debounce {
                     self.read(fingerprint).await;
@@ -698,8 +523,9 @@ impl Watcher {
     async fn read(&mut self, fingerprint: Fingerprint) {
         let root = self.root.clone();
         let stamps = fingerprint.clone();
-        let snapshot = match blocking(&self.root, move || Snapshot::read(&root, &stamps)).await {
-            Ok(snapshot) => snapshot,
+        let previous = self.tree.clone();
+        let tree = match blocking(&self.root, move || previous.refresh(&root, &stamps)).await {
+            Ok(tree) => Arc::new(tree),
             // The candidate stays, so the next poll tries again (a file vanished mid-rename).
             Err(error) => return self.failed(&error),
         };
@@ -707,14 +533,15 @@ impl Watcher {
         // The fingerprint taken before the read: a write during the read changes the next one.
         self.last = fingerprint;
         self.candidate = None;
-        self.recheck_at = snapshot.racy.then(|| Instant::now() + RACY_WINDOW);
-        if snapshot.digest == self.seen {
+        self.recheck_at = tree.racy().then(|| Instant::now() + RACY_WINDOW);
+        self.tree = tree.clone();
+        let digest = tree.digest();
+        if digest == self.seen {
             debug!(source = %self.source, "files touched, content unchanged");
             return;
         }
-        self.seen = snapshot.digest;
-        let digest = snapshot.digest;
-        let loaded = match blocking(&self.root, move || Ok(snapshot.load())).await {
+        self.seen = digest;
+        let loaded = match blocking(&self.root, move || Ok(tree.load())).await {
             Ok(loaded) => loaded,
             Err(error) => return self.failed(&error),
         };
@@ -771,6 +598,20 @@ impl Watcher {
     }
 }
 
+/// The directory whose events are worth waking for besides those holding a listed file: the
+/// root, or for a single file the directory it is renamed into.
+fn top_directory(root: &Path) -> Option<&Path> {
+    if root.is_dir() { Some(root) } else { root.parent() }
+}
+
+/// Until `events` report a change that then held still for `quiet`; forever without events.
+async fn settled(events: Option<&mut TreeEvents>, quiet: Duration) {
+    match events {
+        Some(events) => events.settled(quiet).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Run filesystem work off the async threads (a large tree takes milliseconds to stat or read).
 async fn blocking<T: Send + 'static>(
     root: &Path,
@@ -796,32 +637,6 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_file_modified_just_before_it_was_read_is_read_again_later() {
-        let dir = zmesh_testkit::TempDir::new("store-racy");
-        let file = dir.write("a.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n");
-        let fresh = Fingerprint::take(dir.path()).expect("fingerprint");
-        assert!(Snapshot::read(dir.path(), &fresh).expect("read").racy);
-
-        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
-        std::fs::File::options().write(true).open(&file).and_then(|f| f.set_modified(an_hour_ago)).expect("set mtime");
-        let old = Fingerprint::take(dir.path()).expect("fingerprint");
-        assert_ne!(old, fresh, "mtime is part of the fingerprint");
-        assert!(!Snapshot::read(dir.path(), &old).expect("read").racy);
-    }
-
-    #[test]
-    fn a_file_that_is_not_utf8_is_an_error_at_its_first_bad_byte() {
-        let dir = zmesh_testkit::TempDir::new("store-utf8");
-        let path = dir.path().join("a.yaml");
-        std::fs::write(&path, b"kind: x\nab: \xff\n").expect("write");
-        let fingerprint = Fingerprint::take(dir.path()).expect("fingerprint");
-        let loaded = Snapshot::read(dir.path(), &fingerprint).expect("read").load();
-        let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
-        assert_eq!(errors, [format!("{}:2:5: error: the file is not UTF-8 text; save it as UTF-8", path.display())]);
-        assert_eq!(loaded.files, 1);
-    }
 
     #[test]
     fn a_namespace_with_an_error_has_one_status() {
