@@ -3,20 +3,26 @@
 //! ServiceEntry hosts) through the mesh, without capture and without DNS for mesh names.
 //!
 //! Per request on one client connection (HTTP/1.1, hyper):
-//! - `CONNECT host:port` → resolve the host → open the same outbound connection the captured or
-//!   explicit outbound ports use (`Proxy::open_outbound`: an HBONE tunnel verified against the
-//!   destination's SPIFFE ID, or outboundTrafficPolicy) → `200` → splice the bytes.
-//! - absolute-form (`GET http://host:port/path`) → resolve → open (or reuse) an outbound
+//! - `CONNECT host:port` → route the host and port in the registry (`Registry::route_host`) →
+//!   open the outbound connection → `200` → splice the bytes. A mesh workload (or an IP
+//!   literal) takes the same path as the captured or explicit outbound ports
+//!   (`Proxy::open_outbound`: an HBONE tunnel verified against the destination's SPIFFE ID, a
+//!   ServiceEntry, or outboundTrafficPolicy); a ServiceEntry host on a port the entry declares
+//!   goes to the entry's endpoints, its host resolved by DNS, or (resolution NONE) the
+//!   addresses it declares or the host by DNS, over plain TCP (`Proxy::open_service_entry`).
+//!   ServiceEntry hosts are in the registry, so REGISTRY_ONLY lets them through — on their
+//!   declared ports only, as Istio does.
+//! - absolute-form (`GET http://host:port/path`) → route → open (or reuse) an outbound
 //!   connection to `host:port` → send the request in origin-form with hop-by-hop and `Proxy-*`
 //!   headers removed → stream the response back unchanged, so the destination's own answer
 //!   (such as its `403 RBAC: access denied`) is what the app sees.
 //! - origin-form (the port used as if it were a web server) → `400` saying how to use it.
 //!
-//! Failures this proxy answers itself say which destination and why: `502` for a host outside
-//! the registry under REGISTRY_ONLY, a name that does not resolve, or a destination that is not
-//! who it should be; `503` when the destination's proxy cannot be reached; the destination
-//! proxy's own status and reason when it refuses the tunnel by policy (L4 ports). Bodies are
-//! streamed and never logged.
+//! Failures this proxy answers itself say which destination and why: `502` for a host (or a
+//! ServiceEntry host's port) outside the registry under REGISTRY_ONLY, a name that does not
+//! resolve, or a destination that is not who it should be; `503` when the destination's proxy
+//! or a ServiceEntry's endpoints cannot be reached; the destination proxy's own status and
+//! reason when it refuses the tunnel by policy (L4 ports). Bodies are streamed and never logged.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +42,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 use zmesh_config::mesh::OutboundTrafficPolicy;
+use zmesh_registry::HostRoute;
 
 use crate::hbone::{HboneError, Side};
 use crate::run::{Outbound, OutboundError, Proxy};
@@ -52,9 +59,6 @@ const UPSTREAM_READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A client that sends half a request head is cut off after this (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// DNS for a host outside the mesh registry (ALLOW_ANY); getaddrinfo may otherwise retry for long.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serve one client connection of the HTTP proxy port until it closes or the proxy shuts down.
 pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, source: SocketAddr) {
@@ -201,11 +205,64 @@ impl Client {
         )
     }
 
-    /// The outbound connection to `host:port`, trying each address a DNS name has in turn (a
-    /// name such as `localhost` may resolve to an IPv6 address first that nothing listens on).
+    /// The outbound connection to `host:port`, as the registry routes it: a workload or an IP
+    /// literal by address, a ServiceEntry host on a declared port to the entry's upstreams;
+    /// anything else only under ALLOW_ANY.
     async fn open(&self, host: &str, port: u16, destination: &str) -> Result<Outbound, Answer> {
+        let config = self.proxy.config();
+        let opened = match config.registry.route_host(host, port) {
+            HostRoute::Address(ip) => self.proxy.open_outbound(SocketAddr::new(ip, port)).await,
+            HostRoute::ServiceEntry(route) => {
+                debug!(%destination, service_entry = %route.service_entry, "HTTP proxy request to a ServiceEntry");
+                self.proxy.open_service_entry(&route).await
+            }
+            _ if config.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => {
+                return self.open_outside(host, port, destination).await;
+            }
+            HostRoute::UndeclaredPort { service_entry, declared } => {
+                let ports = if declared.len() == 1 { "port" } else { "ports" };
+                let declared: Vec<String> = declared.iter().map(u16::to_string).collect();
+                info!(%destination, %service_entry, "REGISTRY_ONLY: the ServiceEntry does not declare the port; refused");
+                return Err(Answer::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "{destination} is not in the mesh registry: ServiceEntry {service_entry} declares {host} on \
+                         {ports} {} only, and outboundTrafficPolicy is REGISTRY_ONLY",
+                        declared.join(", ")
+                    ),
+                ));
+            }
+            HostRoute::Unknown => {
+                info!(%host, "REGISTRY_ONLY: the host is not in the mesh registry; request refused");
+                return Err(Answer::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "{host} is not in the mesh registry (no WorkloadEntry or ServiceEntry has that name), and \
+                         outboundTrafficPolicy is REGISTRY_ONLY; mesh workloads are reached as name.namespace"
+                    ),
+                ));
+            }
+        };
+        opened.map_err(|error| outbound_failure(destination, &error))
+    }
+
+    /// ALLOW_ANY, for a host the registry does not route: where the registry's names point
+    /// (a ServiceEntry endpoint's address on a port the entry does not declare), else what DNS
+    /// says, trying each address in turn (a name such as `localhost` may resolve to an IPv6
+    /// address first that nothing listens on).
+    async fn open_outside(&self, host: &str, port: u16, destination: &str) -> Result<Outbound, Answer> {
+        let targets = match self.proxy.config().registry.resolve(host) {
+            Some(ip) => vec![SocketAddr::new(ip, port)],
+            None => crate::run::lookup(host, port).await.map_err(|error| {
+                info!(%host, %error, "cannot resolve a host outside the mesh");
+                Answer::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{host} is not in the mesh registry and does not resolve: {error}"),
+                )
+            })?,
+        };
         let mut failed = None;
-        for target in self.resolve(host, port).await? {
+        for target in targets {
             match self.proxy.open_outbound(target).await {
                 Ok(upstream) => return Ok(upstream),
                 Err(error) => failed = Some(error),
@@ -215,40 +272,6 @@ impl Client {
             || Answer::new(StatusCode::BAD_GATEWAY, format!("{host} resolves to no address")),
             |error| outbound_failure(destination, &error),
         ))
-    }
-
-    /// Where `host:port` is: the mesh registry first (workload names, ServiceEntry hosts, IP
-    /// literals); other names only under ALLOW_ANY, through DNS.
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Answer> {
-        let config = self.proxy.config();
-        if let Some(ip) = config.registry.resolve(host) {
-            return Ok(vec![SocketAddr::new(ip, port)]);
-        }
-        if config.mesh.outbound_traffic_policy != OutboundTrafficPolicy::AllowAny {
-            info!(%host, "REGISTRY_ONLY: the host is not in the mesh registry; request refused");
-            return Err(Answer::new(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "{host} is not in the mesh registry (no WorkloadEntry or ServiceEntry has that name), and \
-                     outboundTrafficPolicy is REGISTRY_ONLY; mesh workloads are reached as name.namespace"
-                ),
-            ));
-        }
-        let unresolved = |why: String| {
-            info!(%host, %why, "cannot resolve a host outside the mesh");
-            Answer::new(
-                StatusCode::BAD_GATEWAY,
-                format!("{host} is not in the mesh registry and does not resolve: {why}"),
-            )
-        };
-        match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
-            Ok(Ok(addresses)) => {
-                let addresses: Vec<SocketAddr> = addresses.collect();
-                if addresses.is_empty() { Err(unresolved("no addresses".to_owned())) } else { Ok(addresses) }
-            }
-            Ok(Err(error)) => Err(unresolved(error.to_string())),
-            Err(_) => Err(unresolved(format!("no answer within {LOOKUP_TIMEOUT:?}"))),
-        }
     }
 
     /// A new upstream HTTP/1.1 connection to `host:port` through the mesh (or passthrough).
@@ -377,6 +400,12 @@ fn outbound_failure(destination: &str, error: &OutboundError) -> Answer {
         OutboundError::Passthrough { .. } => {
             info!(%destination, %error, "passthrough connect failed");
             Answer::new(StatusCode::BAD_GATEWAY, format!("cannot reach {destination}: {error}"))
+        }
+        // The service is in the registry, but none of its upstreams took the connection (as
+        // Envoy answers for a cluster without a reachable endpoint).
+        OutboundError::ServiceEntry { .. } | OutboundError::NoEndpoints { .. } => {
+            info!(%destination, %error, "no ServiceEntry upstream accepted the connection");
+            Answer::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach {destination}: {error}"))
         }
     }
 }

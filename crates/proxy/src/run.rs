@@ -6,14 +6,20 @@
 //! - Plaintext inbound (15006, transparent mode): the effective PeerAuthentication mode of the
 //!   port decides (STRICT refuses), then the same L4/L7 policy with no peer identity.
 //! - Outbound (15001 transparent, or explicit `listen=target` ports): a mesh destination gets an
-//!   HBONE tunnel to its proxy, verified against its SPIFFE ID; others follow
-//!   outboundTrafficPolicy (ALLOW_ANY passes through, REGISTRY_ONLY refuses).
+//!   HBONE tunnel to its proxy, verified against its SPIFFE ID; a destination a ServiceEntry
+//!   puts in the registry (by its addresses, an endpoint's address, or a port it routes by port
+//!   alone; see `Registry::route_address`) goes to the entry's endpoints, its host resolved by
+//!   DNS, or the original destination, over plain TCP (the destination has no mesh proxy to
+//!   speak HBONE to, unless an endpoint is itself a mesh workload); others follow
+//!   outboundTrafficPolicy (ALLOW_ANY passes through, REGISTRY_ONLY refuses). ServiceEntries
+//!   route in both modes, as in Istio: REGISTRY_ONLY only decides what is *not* in the registry.
 //! - Health (15021), metrics (15020) and admin (15000, localhost).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -32,7 +38,28 @@ use crate::hbone::{self, HboneClient, Refusal, ServeFuture, TunnelHandler, Tunne
 use crate::l7::{self, ConnectionContext};
 use crate::metrics::{Metrics, value};
 use crate::net;
-use zmesh_registry::PortHandling;
+use zmesh_registry::{MeshWorkload, PortHandling, ServiceEntryRoute, Upstream};
+
+/// DNS for a name outside the mesh (a DNS ServiceEntry's host, or any host under ALLOW_ANY);
+/// getaddrinfo may otherwise retry for long.
+pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection to a ServiceEntry's endpoint may take to open before the next one is
+/// tried: Istio's default cluster `connectTimeout`.
+const SERVICE_ENTRY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The addresses DNS gives `host`, each with `port`; never an empty list.
+pub(crate) async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::io::{Error, ErrorKind};
+    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addresses)) => {
+            let addresses: Vec<SocketAddr> = addresses.collect();
+            if addresses.is_empty() { Err(Error::new(ErrorKind::NotFound, "no addresses")) } else { Ok(addresses) }
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(Error::new(ErrorKind::TimedOut, format!("no answer within {LOOKUP_TIMEOUT:?}"))),
+    }
+}
 
 /// Where each listener binds.
 #[derive(Debug, Clone)]
@@ -72,6 +99,9 @@ pub struct Proxy {
     pub hbone_port: u16,
     pub shutdown: CancellationToken,
     hbone: HboneClient,
+    /// Where the next connection to a ServiceEntry with several endpoints starts trying, so
+    /// connections spread over them (Envoy balances a ServiceEntry's endpoints too).
+    next_upstream: AtomicUsize,
 }
 
 impl Proxy {
@@ -91,6 +121,7 @@ impl Proxy {
             hbone_port,
             shutdown,
             hbone,
+            next_upstream: AtomicUsize::new(0),
         })
     }
 
@@ -369,8 +400,9 @@ impl Proxy {
         self.forward(config, None, source, target, stream).await;
     }
 
-    /// Outbound: through the mesh when the destination is a mesh workload, else as
-    /// outboundTrafficPolicy says.
+    /// Outbound: through the mesh when the destination is a mesh workload, to a ServiceEntry's
+    /// upstreams when one puts the destination in the registry, else as outboundTrafficPolicy
+    /// says.
     async fn outbound(self: Arc<Self>, mut stream: TcpStream, target: SocketAddr) {
         match self.open_outbound(target).await {
             Ok(mut upstream) => {
@@ -385,24 +417,88 @@ impl Proxy {
     /// caller that speaks a protocol (the HTTP proxy port) can answer a failure in it.
     pub(crate) async fn open_outbound(&self, target: SocketAddr) -> Result<Outbound, OutboundError> {
         let config = self.config();
-        match config.registry.destination(target) {
-            Some(destination) => {
-                let proxy_addr = SocketAddr::new(destination.address, self.hbone_port);
-                let expected = ExpectedPeers::one(destination.identity.clone());
-                // Boxed: the dial (TLS and HTTP/2 handshakes) is large and over once the tunnel
-                // is open, and the caller's future lives as long as the connection.
-                match Box::pin(self.hbone.connect(proxy_addr, expected, target)).await {
-                    Ok(tunnel) => Ok(Either::Left(tunnel)),
-                    Err(error) => Err(OutboundError::Tunnel { target, error }),
+        if let Some(destination) = config.registry.destination(target) {
+            return self.tunnel(destination, target).await;
+        }
+        if let Some(route) = config.registry.route_address(target) {
+            tracing::debug!(%target, service_entry = %route.service_entry, "outbound to a ServiceEntry");
+            return self.open_service_entry(&route).await;
+        }
+        if config.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny {
+            Box::pin(net::connect(target, self.marked))
+                .await
+                .map(Either::Right)
+                .map_err(|error| OutboundError::Passthrough { target, error })
+        } else {
+            Err(OutboundError::NotInRegistry { target })
+        }
+    }
+
+    /// An HBONE tunnel to `target` through the proxy of the mesh workload `destination`,
+    /// verified against its SPIFFE ID.
+    async fn tunnel(&self, destination: &MeshWorkload, target: SocketAddr) -> Result<Outbound, OutboundError> {
+        let proxy_addr = SocketAddr::new(destination.address, self.hbone_port);
+        let expected = ExpectedPeers::one(destination.identity.clone());
+        // Boxed: the dial (TLS and HTTP/2 handshakes) is large and over once the tunnel is open,
+        // and the caller's future lives as long as the connection.
+        match Box::pin(self.hbone.connect(proxy_addr, expected, target)).await {
+            Ok(tunnel) => Ok(Either::Left(tunnel)),
+            Err(error) => Err(OutboundError::Tunnel { target, error }),
+        }
+    }
+
+    /// A connection for a ServiceEntry's service: the first of its upstreams that accepts,
+    /// starting from a different one each time. Plain TCP, since a service outside the mesh
+    /// has no proxy to speak HBONE to; an endpoint that is a mesh workload gets its tunnel.
+    pub(crate) async fn open_service_entry(&self, route: &ServiceEntryRoute) -> Result<Outbound, OutboundError> {
+        let config = self.config();
+        let count = route.upstreams.len();
+        let start = if count > 1 { self.next_upstream.fetch_add(1, Ordering::Relaxed) % count } else { 0 };
+        let failure = |target: String, error: std::io::Error| OutboundError::ServiceEntry {
+            service_entry: route.service_entry.clone(),
+            target,
+            error,
+        };
+        let mut failed = None;
+        for upstream in route.upstreams.iter().cycle().skip(start).take(count) {
+            let targets = match upstream {
+                Upstream::Address(address) => vec![*address],
+                Upstream::Name { host, port } => match lookup(host, *port).await {
+                    Ok(addresses) => addresses,
+                    Err(error) => {
+                        failed = Some(failure(format!("{host}:{port}"), error));
+                        continue;
+                    }
+                },
+            };
+            for target in targets {
+                let opened = match config.registry.destination(target) {
+                    Some(destination) => self.tunnel(destination, target).await,
+                    None => self
+                        .connect_endpoint(target)
+                        .await
+                        .map(Either::Right)
+                        .map_err(|error| failure(target.to_string(), error)),
+                };
+                match opened {
+                    Ok(upstream) => return Ok(upstream),
+                    Err(error) => failed = Some(error),
                 }
             }
-            None if config.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => {
-                Box::pin(net::connect(target, self.marked))
-                    .await
-                    .map(Either::Right)
-                    .map_err(|error| OutboundError::Passthrough { target, error })
-            }
-            None => Err(OutboundError::NotInRegistry { target }),
+        }
+        Err(failed.unwrap_or_else(|| OutboundError::NoEndpoints { service_entry: route.service_entry.clone() }))
+    }
+
+    /// A plain connection to a ServiceEntry's endpoint, given up after Istio's default
+    /// `connectTimeout` so that an endpoint that never answers does not hold up the next one.
+    async fn connect_endpoint(&self, target: SocketAddr) -> std::io::Result<TcpStream> {
+        // Boxed like the other dials: the caller's future lives as long as the connection.
+        match tokio::time::timeout(SERVICE_ENTRY_CONNECT_TIMEOUT, Box::pin(net::connect(target, self.marked))).await {
+            Ok(connected) => connected,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {SERVICE_ENTRY_CONNECT_TIMEOUT:?}"),
+            )),
         }
     }
 
@@ -478,6 +574,10 @@ pub(crate) enum OutboundError {
     Passthrough { target: SocketAddr, error: std::io::Error },
     #[error("{target} is not in the mesh registry and outboundTrafficPolicy is REGISTRY_ONLY")]
     NotInRegistry { target: SocketAddr },
+    #[error("cannot reach {target} for ServiceEntry {service_entry}: {error}")]
+    ServiceEntry { service_entry: String, target: String, error: std::io::Error },
+    #[error("ServiceEntry {service_entry} lists no endpoint to connect to")]
+    NoEndpoints { service_entry: String },
 }
 
 /// Bind every listener and serve until `shutdown`.

@@ -2,6 +2,11 @@
 //! with the HTTP proxy port, a server workload's proxy in front of a small HTTP app, HBONE and
 //! mTLS between them, and an AuthorizationPolicy on the server that allows only `/allowed*`.
 //! Clients are raw TCP (so every byte on the wire is the test's) and, once, curl.
+//!
+//! ServiceEntries under REGISTRY_ONLY: plain HTTP servers on loopback addresses of their own
+//! stand in for services outside the mesh, reached through the HTTP proxy port by host name and
+//! through explicit outbound ports, which take the path captured connections take by their
+//! original destination.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -68,13 +73,25 @@ impl Mesh {
     }
 }
 
-/// Loopback addresses of their own for each test's two workloads, so tests running at once (and
-/// the ports picked for them) never collide.
-fn workload_addresses() -> (IpAddr, IpAddr) {
-    static NEXT: AtomicU8 = AtomicU8::new(1);
-    let test = NEXT.fetch_add(1, Ordering::Relaxed);
-    let run = u8::try_from(std::process::id() % 200).expect("below 200") + 20;
-    (IpAddr::V4(Ipv4Addr::new(127, run, test, 2)), IpAddr::V4(Ipv4Addr::new(127, run, test, 3)))
+/// A loopback /24 of its own for each test, so tests running at once (and the ports picked for
+/// them) never collide: the client workload at `.2`, the echo workload at `.3`, and servers
+/// outside the mesh at any other host number.
+struct Net {
+    run: u8,
+    test: u8,
+}
+
+impl Net {
+    fn new() -> Net {
+        static NEXT: AtomicU8 = AtomicU8::new(1);
+        let test = NEXT.fetch_add(1, Ordering::Relaxed);
+        let run = u8::try_from(std::process::id() % 200).expect("below 200") + 20;
+        Net { run, test }
+    }
+
+    fn ip(&self, host: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.run, self.test, host))
+    }
 }
 
 /// A port free on every one of `ips` at once (HBONE uses one port number across the mesh).
@@ -129,6 +146,31 @@ async fn echo_app(ip: IpAddr) -> (u16, Arc<Mutex<Vec<Seen>>>, Arc<AtomicUsize>) 
     (port, seen, connections)
 }
 
+/// A server outside the mesh at `ip` on a port of its own: answers every request `200` with
+/// `{name} {method} {target}`; counts the connections it accepts.
+async fn outside(ip: IpAddr, name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.expect("a port for a server outside the mesh");
+    let addr = listener.local_addr().expect("bound");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| async move {
+                let body = format!("{name} {} {}", request.method(), request.uri());
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    (addr, connections)
+}
+
+/// An explicit outbound port of the client proxy toward `target`.
+async fn explicit_port(net: &Net, target: SocketAddr) -> (SocketAddr, SocketAddr) {
+    (SocketAddr::new(net.ip(2), free_port(&[net.ip(2)]).await), target)
+}
+
 fn mesh_yaml(client: IpAddr, echo: IpAddr, app_port: u16) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
@@ -171,9 +213,25 @@ fn store(ca: &CertificateAuthority, config: &ProxyConfig) -> Arc<CertStore> {
 
 /// Start both proxies and the app; the mesh's outboundTrafficPolicy is `policy`.
 async fn mesh(policy: OutboundTrafficPolicy) -> Mesh {
-    let (client_ip, echo_ip) = workload_addresses();
+    mesh_in(&Net::new(), policy, |_, _| String::new(), Vec::new()).await
+}
+
+/// [`mesh`] on `net`, with the documents `extra` makes (given the echo workload's address and
+/// app port) added to the configuration, and the client proxy's explicit outbound ports
+/// `explicit` (listen → target), which take the path captured connections take by original
+/// destination.
+async fn mesh_in(
+    net: &Net,
+    policy: OutboundTrafficPolicy,
+    extra: impl FnOnce(IpAddr, u16) -> String,
+    explicit: Vec<(SocketAddr, SocketAddr)>,
+) -> Mesh {
+    let (client_ip, echo_ip) = (net.ip(2), net.ip(3));
     let (app_port, seen, app_connections) = echo_app(echo_ip).await;
-    let loaded = zmesh_config::load_str(&mesh_yaml(client_ip, echo_ip, app_port));
+    let yaml = mesh_yaml(client_ip, echo_ip, app_port);
+    let added = extra(echo_ip, app_port);
+    let yaml = if added.is_empty() { yaml } else { format!("{yaml}---\n{added}") };
+    let loaded = zmesh_config::load_str(&yaml);
     assert!(!loaded.has_errors(), "the mesh does not load: {:?}", loaded.errors().next());
     let dir = TempDir::new("forward-proxy");
     let (ca, _) = CertificateAuthority::open_or_create(
@@ -199,7 +257,7 @@ async fn mesh(policy: OutboundTrafficPolicy) -> Mesh {
             metrics: any_port,
             admin: any_port,
             capture: None,
-            explicit: Vec::new(),
+            explicit: if name == "client" { explicit.clone() } else { Vec::new() },
             http_proxy: (name == "client").then_some(http_proxy),
         };
         tokio::spawn(async move {
@@ -489,4 +547,271 @@ async fn curl_reaches_a_mesh_workload_by_name_through_the_proxy() {
     assert_eq!((code.as_str(), body.as_str()), ("403", "RBAC: access denied"), "{stderr}");
     let peer = format!("By={ECHO_ID};URI={CLIENT_ID}");
     assert!(mesh.seen().iter().all(|seen| seen.xfcc.as_deref() == Some(peer.as_str())));
+}
+
+/// `partner/api`: the host `api.partner.test`, outside the mesh, on port 80 only, served by the
+/// endpoint `api` on its own port.
+fn partner_api(api: SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: partner}}
+spec:
+  hosts: [api.partner.test]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+",
+        ip = api.ip(),
+        port = api.port()
+    )
+}
+
+#[tokio::test]
+async fn under_registry_only_connect_and_get_reach_a_static_service_entry_endpoint_on_a_declared_port() {
+    let net = Net::new();
+    let (api, api_connections) = outside(net.ip(10), "partner").await;
+    let mesh = mesh_in(&net, OutboundTrafficPolicy::RegistryOnly, |_, _| partner_api(api), Vec::new()).await;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) =
+        client.exchange("GET http://api.partner.test/v1/quote?x=1 HTTP/1.1\r\nHost: api.partner.test\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("200", "partner GET /v1/quote?x=1"), "{head}");
+
+    let mut tunnel = Wire::to(mesh.http_proxy).await;
+    let (head, body) =
+        tunnel.exchange("CONNECT api.partner.test:80 HTTP/1.1\r\nHost: api.partner.test:80\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("200", ""), "{head}");
+    let (head, body) = tunnel.exchange("GET /inside HTTP/1.1\r\nHost: api.partner.test\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("200", "partner GET /inside"), "{head}");
+
+    // The endpoint's own address on the declared port: the same service, by original destination.
+    let mut by_ip = Wire::to(mesh.http_proxy).await;
+    let (head, body) =
+        by_ip.exchange(&format!("GET http://{}:80/by-ip HTTP/1.1\r\nHost: api.partner.test\r\n\r\n", api.ip())).await;
+    assert_eq!((status(&head), body.as_str()), ("200", "partner GET /by-ip"), "{head}");
+    assert_eq!(api_connections.load(Ordering::SeqCst), 3);
+    assert!(mesh.seen().is_empty(), "nothing went to the mesh workload");
+}
+
+#[tokio::test]
+async fn under_registry_only_ports_a_service_entry_does_not_declare_and_hosts_in_none_are_refused() {
+    let net = Net::new();
+    let (api, api_connections) = outside(net.ip(10), "partner").await;
+    let (other, other_connections) = outside(net.ip(10), "other").await;
+    let mesh = mesh_in(&net, OutboundTrafficPolicy::RegistryOnly, |_, _| partner_api(api), Vec::new()).await;
+    let mut client = Wire::to(mesh.http_proxy).await;
+
+    // The endpoint's own port is not a port the entry declares (80 is).
+    let (head, body) = client
+        .exchange(&format!(
+            "GET http://api.partner.test:{0}/ HTTP/1.1\r\nHost: api.partner.test:{0}\r\n\r\n",
+            api.port()
+        ))
+        .await;
+    assert_eq!(status(&head), "502", "{head}");
+    assert!(body.contains("not in the mesh registry") && body.contains("REGISTRY_ONLY"), "{body}");
+    assert!(body.contains("ServiceEntry partner/api declares api.partner.test on port 80 only"), "{body}");
+
+    let (head, body) = client
+        .exchange(&format!("CONNECT api.partner.test:{0} HTTP/1.1\r\nHost: api.partner.test:{0}\r\n\r\n", other.port()))
+        .await;
+    assert_eq!(status(&head), "502", "{head}");
+    assert!(body.contains("not in the mesh registry"), "{body}");
+
+    // The endpoint's address on a port the entry does not declare.
+    let (head, body) = client.exchange(&format!("CONNECT {other} HTTP/1.1\r\nHost: {other}\r\n\r\n")).await;
+    assert_eq!(status(&head), "502", "{head}");
+    assert!(body.contains("not in the mesh registry") && body.contains("REGISTRY_ONLY"), "{body}");
+
+    // A host no ServiceEntry names, next to one that does.
+    for request in [
+        "GET http://www.partner.test/ HTTP/1.1\r\nHost: www.partner.test\r\n\r\n",
+        "CONNECT www.partner.test:80 HTTP/1.1\r\nHost: www.partner.test:80\r\n\r\n",
+    ] {
+        let (head, body) = client.exchange(request).await;
+        assert_eq!(status(&head), "502", "{head}");
+        assert!(body.contains("www.partner.test is not in the mesh registry"), "{body}");
+    }
+    assert_eq!(api_connections.load(Ordering::SeqCst) + other_connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn under_registry_only_a_dns_service_entry_reaches_its_host_or_its_endpoints_by_dns() {
+    let net = Net::new();
+    let (server, connections) = outside(IpAddr::V4(Ipv4Addr::LOCALHOST), "dns").await;
+    let port = server.port();
+    let entries = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: local, namespace: partner}}
+spec:
+  hosts: [localhost]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: partner}}
+spec:
+  hosts: [db.partner.test]
+  ports: [{{number: 7000, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: DNS
+  endpoints: [{{address: localhost}}]
+"
+    );
+    let mesh = mesh_in(&net, OutboundTrafficPolicy::RegistryOnly, |_, _| entries, Vec::new()).await;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) = client.exchange(&format!("GET http://localhost:{port}/own HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+    assert_eq!((status(&head), body.as_str()), ("200", "dns GET /own"), "the host itself, by DNS: {head}");
+    let (head, body) = client.exchange("GET http://db.partner.test:7000/endpoint HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("200", "dns GET /endpoint"), "the endpoint's name, by DNS: {head}");
+
+    let mut tunnel = Wire::to(mesh.http_proxy).await;
+    let (head, _) =
+        tunnel.exchange("CONNECT db.partner.test:7000 HTTP/1.1\r\nHost: db.partner.test:7000\r\n\r\n").await;
+    assert_eq!(status(&head), "200", "{head}");
+    let (head, body) = tunnel.exchange("GET /tunnel HTTP/1.1\r\nHost: db.partner.test\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("200", "dns GET /tunnel"), "{head}");
+
+    let (head, body) = client.exchange("GET http://localhost:7000/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status(&head), "502", "an undeclared port of the host: {head}");
+    assert!(body.contains("not in the mesh registry"), "{body}");
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn under_registry_only_a_resolution_none_service_entry_goes_to_the_original_destination() {
+    let net = Net::new();
+    let (legacy, connections) = outside(net.ip(11), "legacy").await;
+    let port = legacy.port();
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: legacy, namespace: partner}}
+spec:
+  hosts: [legacy.partner.test]
+  addresses: [{ip}]
+  location: MESH_EXTERNAL
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: NONE
+",
+        ip = legacy.ip()
+    );
+    let explicit = vec![explicit_port(&net, legacy).await];
+    let listen = explicit[0].0;
+    let mesh = mesh_in(&net, OutboundTrafficPolicy::RegistryOnly, |_, _| entry, explicit).await;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) = client
+        .exchange(&format!(
+            "GET http://legacy.partner.test:{port}/by-name HTTP/1.1\r\nHost: legacy.partner.test\r\n\r\n"
+        ))
+        .await;
+    assert_eq!((status(&head), body.as_str()), ("200", "legacy GET /by-name"), "the entry's address: {head}");
+    let (head, body) = client.exchange(&format!("GET http://{legacy}/by-ip HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+    assert_eq!((status(&head), body.as_str()), ("200", "legacy GET /by-ip"), "{head}");
+
+    let mut captured = Wire::to(listen).await;
+    let (head, body) = captured.exchange("GET /by-original-destination HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("200", "legacy GET /by-original-destination"), "{head}");
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn under_registry_only_the_outbound_path_by_ip_admits_service_entry_endpoints_and_addresses_on_declared_ports() {
+    let net = Net::new();
+    let (endpoint, endpoint_connections) = outside(net.ip(12), "static").await;
+    let (undeclared, undeclared_connections) = outside(net.ip(12), "undeclared").await;
+    let (tcp, tcp_connections) = outside(net.ip(14), "tcp").await;
+    // Nothing listens on the entry's virtual address: only routing to the endpoint answers.
+    let vip = SocketAddr::new(net.ip(13), endpoint.port());
+    let entries = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: static, namespace: partner}}
+spec:
+  hosts: [static.partner.test]
+  addresses: [{vip_ip}]
+  location: MESH_EXTERNAL
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: any-tcp, namespace: partner}}
+spec:
+  hosts: [tcp.partner.test]
+  location: MESH_EXTERNAL
+  ports: [{{number: {tcp_port}, name: tcp, protocol: TCP}}]
+  resolution: NONE
+",
+        vip_ip = vip.ip(),
+        port = endpoint.port(),
+        ip = endpoint.ip(),
+        tcp_port = tcp.port()
+    );
+    let explicit = vec![
+        explicit_port(&net, endpoint).await,
+        explicit_port(&net, vip).await,
+        explicit_port(&net, tcp).await,
+        explicit_port(&net, undeclared).await,
+    ];
+    let listens: Vec<SocketAddr> = explicit.iter().map(|(listen, _)| *listen).collect();
+    let _mesh = mesh_in(&net, OutboundTrafficPolicy::RegistryOnly, |_, _| entries, explicit).await;
+    for (listen, answer) in [
+        (listens[0], "static GET /through"),
+        (listens[1], "static GET /through"),
+        // A TCP port of an entry without addresses: any address, as it was going (NONE).
+        (listens[2], "tcp GET /through"),
+    ] {
+        let mut client = Wire::to(listen).await;
+        let (head, body) = client.exchange("GET /through HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!((status(&head), body.as_str()), ("200", answer), "{listen}: {head}");
+    }
+    assert_eq!(endpoint_connections.load(Ordering::SeqCst), 2, "the endpoint, and the entry's address");
+    assert_eq!(tcp_connections.load(Ordering::SeqCst), 1);
+
+    // The endpoint's address on a port the entry does not declare: closed, nothing reached.
+    let mut refused = Wire::to(listens[3]).await;
+    assert_eq!(refused.fill().await, 0, "the proxy closes the connection: {:?}", String::from_utf8_lossy(&refused.buf));
+    assert_eq!(undeclared_connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_mesh_internal_service_entry_whose_endpoint_is_a_mesh_workload_still_goes_through_hbone() {
+    let net = Net::new();
+    let entry = |echo: IpAddr, app_port: u16| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo-alias, namespace: shop}}
+spec:
+  hosts: [echo.internal.test]
+  location: MESH_INTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {app_port}}}]
+  resolution: STATIC
+  endpoints: [{{address: {echo}}}]
+"
+        )
+    };
+    let mesh = mesh_in(&net, OutboundTrafficPolicy::RegistryOnly, entry, Vec::new()).await;
+    let mut client = Wire::to(mesh.http_proxy).await;
+    let (head, body) = client
+        .exchange("GET http://echo.internal.test/allowed/alias HTTP/1.1\r\nHost: echo.internal.test\r\n\r\n")
+        .await;
+    assert_eq!((status(&head), body.as_str()), ("200", "/allowed/alias"), "{head}");
+    let seen = mesh.seen();
+    assert_eq!(seen[0].xfcc.as_deref(), Some(format!("By={ECHO_ID};URI={CLIENT_ID}").as_str()), "a verified tunnel");
+    let (head, body) =
+        client.exchange("GET http://echo.internal.test/admin HTTP/1.1\r\nHost: echo.internal.test\r\n\r\n").await;
+    assert_eq!((status(&head), body.as_str()), ("403", "RBAC: access denied"), "the destination's policy: {head}");
+
+    let port = mesh.app_port;
+    let (head, body) = client
+        .exchange(&format!("GET http://echo.internal.test:{port}/allowed HTTP/1.1\r\nHost: echo.internal.test\r\n\r\n"))
+        .await;
+    assert_eq!(status(&head), "502", "only the entry's declared port: {head}");
+    assert!(body.contains("not in the mesh registry"), "{body}");
+    assert_eq!(mesh.seen().len(), 1);
 }
