@@ -77,7 +77,8 @@ pub(crate) struct ProxyArgs {
     /// handshake cost; never what a mesh wants).
     #[arg(long)]
     hbone_connection_per_tunnel: bool,
-    /// Worker threads.
+    /// Worker threads. With 1, the whole proxy runs on one thread (no thread hands work to
+    /// another, so no cross-thread wakeups).
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
     /// Log filter (RUST_LOG syntax).
@@ -121,8 +122,10 @@ fn proxy_id(workload: &str) -> String {
 
 pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
     crate::control::init_logging(&args.log_level)?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.concurrency.max(1)).enable_all().build()?;
+    let runtime = match args.concurrency {
+        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        workers => tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?,
+    };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::control::cancel_on_signal(shutdown.clone())?;

@@ -5,6 +5,7 @@
 //! what they negotiated: TLS never looks at the certificate again after the handshake.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::SignatureScheme;
@@ -19,11 +20,23 @@ use crate::identity::Identity;
 pub struct CertStore {
     identity: RwLock<Arc<Identity>>,
     bundle: RwLock<Arc<TrustBundle>>,
+    /// One more at every swap of either: resumed sessions belong to one generation.
+    generation: AtomicU64,
 }
 
 impl CertStore {
     pub fn new(identity: impl Into<Arc<Identity>>, bundle: impl Into<Arc<TrustBundle>>) -> Self {
-        Self { identity: RwLock::new(identity.into()), bundle: RwLock::new(bundle.into()) }
+        Self {
+            identity: RwLock::new(identity.into()),
+            bundle: RwLock::new(bundle.into()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Changes whenever the SVID or the bundle is replaced. A TLS session verified under one
+    /// generation is never resumed under another (see `resumption`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The SVID new handshakes present.
@@ -45,7 +58,9 @@ impl CertStore {
             serial = identity.serial(),
             "new handshakes present a new SVID"
         );
-        std::mem::replace(&mut *self.identity.write().unwrap_or_else(PoisonError::into_inner), identity)
+        let old = std::mem::replace(&mut *self.identity.write().unwrap_or_else(PoisonError::into_inner), identity);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        old
     }
 
     /// Verify peers against `bundle` from the next handshake on; returns the one it replaces.
@@ -56,7 +71,9 @@ impl CertStore {
             trust_domains = %bundle.trust_domains(),
             "new handshakes verify peers against a new trust bundle"
         );
-        std::mem::replace(&mut *self.bundle.write().unwrap_or_else(PoisonError::into_inner), bundle)
+        let old = std::mem::replace(&mut *self.bundle.write().unwrap_or_else(PoisonError::into_inner), bundle);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        old
     }
 }
 

@@ -6,3 +6,4 @@ mod handshake;
 mod hot_swap;
 mod loading;
 mod rejections;
+mod resumption;
