@@ -8,36 +8,10 @@
 #   PERF=server|client records a perf profile of that proxy into $PWD/perf-<side>.data
 set -euo pipefail
 ZMESH=${1:-target/release/zmesh}; DURATION=${2:-10}
-WORK=$(mktemp -d); PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-mkdir -p "$WORK/config"
-cat >"$WORK/config/mesh.yaml" <<YAML
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: client, namespace: bench}
-spec: {address: 127.0.0.72, serviceAccount: client}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: server, namespace: bench}
-spec: {address: 127.0.0.73, serviceAccount: server, labels: {app: server}, ports: {http: 8080}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: server, namespace: bench}
-spec:
-  selector: {matchLabels: {app: server}}
-  rules: [{from: [{source: {principals: ["cluster.local/ns/bench/sa/client"]}}]}]
-YAML
-"$ZMESH" ca init --dir "$WORK/ca" >/dev/null
-taskset -c 1 "$ZMESH" echo --listen 127.0.0.73:8080 >/dev/null 2>&1 & PIDS+=($!)
-taskset -c 1 "$ZMESH" proxy --config "$WORK/config" --ca-dir "$WORK/ca" --workload bench/server --explicit \
-  --concurrency 1 --log-level error & SERVER=$!; PIDS+=($SERVER)
-taskset -c 0 "$ZMESH" proxy --config "$WORK/config" --ca-dir "$WORK/ca" --workload bench/client --explicit \
-  --concurrency 1 --log-level error --hbone-connection-per-tunnel --outbound 127.0.0.72:9000=127.0.0.73:8080 & CLIENT=$!
-PIDS+=($CLIENT)
-for _ in $(seq 1 100); do curl -s -m 1 -o /dev/null http://127.0.0.72:9000/ && break; sleep 0.1; done
+ON_CLIENT="taskset -c 0"; ON_SERVER="taskset -c 1"
+source "$(dirname "$0")/pair.sh"
+trap pair_stop EXIT
+pair_start 127.0.0.72 127.0.0.73 --hbone-connection-per-tunnel
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, clock ticks
 ticks=$(getconf CLK_TCK)
 case "${PERF:-}" in

@@ -35,6 +35,9 @@ async fn used(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> 
     tls
 }
 
+/// What is swapped, and the swap.
+type Swap<'a> = (&'a str, Box<dyn Fn() + 'a>);
+
 struct Pair {
     server_store: Arc<zmesh_tls::CertStore>,
     client_store: Arc<zmesh_tls::CertStore>,
@@ -75,7 +78,7 @@ async fn a_changed_certificate_or_bundle_on_either_side_means_a_full_handshake()
     let (addr, mut reports) = echo_server(mesh_server(p.server_store.clone())).await;
     let client = mesh_client(p.client_store.clone(), &[SERVER_ID]);
     let same_bundle = || bundle(&[&p.ca], domains("cluster.local", &[]));
-    let swaps: [(&str, Box<dyn Fn()>); 4] = [
+    let swaps: [Swap; 4] = [
         ("server SVID", Box::new(|| drop(p.server_store.set_identity(p.ca.issue(Leaf::spiffe(SERVER_ID)).identity())))),
         ("server bundle", Box::new(|| drop(p.server_store.set_bundle(same_bundle())))),
         ("client SVID", Box::new(|| drop(p.client_store.set_identity(p.ca.issue(Leaf::spiffe(CLIENT_ID)).identity())))),
