@@ -77,8 +77,7 @@ pub(crate) struct ProxyArgs {
     /// handshake cost; never what a mesh wants).
     #[arg(long)]
     hbone_connection_per_tunnel: bool,
-    /// Worker threads. With 1, the whole proxy runs on one thread (no thread hands work to
-    /// another, so no cross-thread wakeups).
+    /// Worker threads.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
     /// Log filter (RUST_LOG syntax).
@@ -122,11 +121,12 @@ fn proxy_id(workload: &str) -> String {
 
 pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
     crate::control::init_logging(&args.log_level)?;
-    let runtime = match args.concurrency {
-        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        workers => tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?,
-    };
-    runtime.block_on(async move {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.concurrency.max(1)).enable_all().build()?;
+    // The proxy runs as a task on the workers rather than on this thread inside `block_on`:
+    // there, its listeners would hand every accepted connection from this thread to a worker,
+    // two cross-thread wakeups per connection.
+    let serve = async move {
         let shutdown = CancellationToken::new();
         crate::control::cancel_on_signal(shutdown.clone())?;
         let (source, config, store) = match (&args.control_plane, &args.config) {
@@ -211,6 +211,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
         shutdown.cancel();
         let _ = background.await;
         result.context("the proxy stopped")
-    })?;
+    };
+    runtime.block_on(async move { tokio::spawn(serve).await.context("the proxy task panicked")? })?;
     Ok(0)
 }
