@@ -13,11 +13,12 @@
 //! Tickets are stateless (the session is sealed into the ticket under a key that never leaves the
 //! process), so resumption costs the server no memory per session.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::NamedGroup;
-use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::server::ProducesTickets;
 use rustls::time_provider::TimeProvider;
 use rustls_pki_types::ServerName;
@@ -29,8 +30,8 @@ use crate::store::CertStore;
 /// which reconnect often almost never need a full handshake.
 pub const TICKET_LIFETIME: u32 = 10 * 60;
 
-/// Saved sessions per client config (one per set of expected peers): enough for every proxy of
-/// a destination service to be resumed with, for a few tickets each.
+/// Servers a client config (one per set of expected peers) keeps sessions for: every proxy of a
+/// large destination service.
 const CLIENT_SESSIONS: usize = 256;
 
 /// Seals sessions into tickets under a key of the store's current generation.
@@ -108,35 +109,70 @@ impl fmt::Debug for GenerationTickets {
 }
 
 /// A client's saved sessions, all of the store's current generation.
+///
+/// Tickets are single-use, so a proxy that opens several connections to one peer at once needs
+/// several in stock; rustls' own cache keeps 8 per server, which a burst of dials to a busy
+/// peer runs through (the rest pay for full handshakes). This one keeps
+/// [`TICKETS_PER_SERVER`].
 pub(crate) struct GenerationSessions {
     store: Arc<CertStore>,
-    current: Mutex<(u64, Arc<ClientSessionMemoryCache>)>,
+    current: Mutex<Sessions>,
+}
+
+/// Tickets kept per server (each about a kilobyte: it carries the server's certificate chain).
+const TICKETS_PER_SERVER: usize = 32;
+
+#[derive(Default)]
+struct Sessions {
+    generation: u64,
+    servers: HashMap<ServerName<'static>, Server>,
+}
+
+#[derive(Default)]
+struct Server {
+    kx_hint: Option<NamedGroup>,
+    /// Oldest first.
+    tickets: VecDeque<Tls13ClientSessionValue>,
 }
 
 impl GenerationSessions {
     pub(crate) fn new(store: Arc<CertStore>) -> Self {
         let generation = store.generation();
-        Self { store, current: Mutex::new((generation, Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSIONS)))) }
+        Self { store, current: Mutex::new(Sessions { generation, servers: HashMap::new() }) }
     }
 
-    /// The sessions saved under the current generation (none, after it moved on).
-    fn sessions(&self) -> Arc<ClientSessionMemoryCache> {
+    /// Work on the sessions saved under the current generation (none, after it moved on).
+    fn with<T>(&self, work: impl FnOnce(&mut HashMap<ServerName<'static>, Server>) -> T) -> T {
         let generation = self.store.generation();
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.0 != generation {
-            *current = (generation, Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSIONS)));
+        if current.generation != generation {
+            *current = Sessions { generation, servers: HashMap::new() };
         }
-        Arc::clone(&current.1)
+        work(&mut current.servers)
+    }
+
+    /// The entry of `server_name`, making room for it among [`CLIENT_SESSIONS`] servers.
+    fn server<'a>(
+        servers: &'a mut HashMap<ServerName<'static>, Server>,
+        server_name: ServerName<'static>,
+    ) -> &'a mut Server {
+        if servers.len() >= CLIENT_SESSIONS && !servers.contains_key(&server_name) {
+            // Any one: a dropped server costs one full handshake, later.
+            if let Some(evicted) = servers.keys().next().cloned() {
+                servers.remove(&evicted);
+            }
+        }
+        servers.entry(server_name).or_default()
     }
 }
 
 impl ClientSessionStore for GenerationSessions {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.sessions().set_kx_hint(server_name, group);
+        self.with(|servers| Self::server(servers, server_name).kx_hint = Some(group));
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.sessions().kx_hint(server_name)
+        self.with(|servers| servers.get(&server_name.to_owned()).and_then(|s| s.kx_hint))
     }
 
     // Mesh connections are TLS 1.3 only; a TLS 1.2 session is never made or used.
@@ -149,11 +185,18 @@ impl ClientSessionStore for GenerationSessions {
     fn remove_tls12_session(&self, _server_name: &ServerName<'static>) {}
 
     fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.sessions().insert_tls13_ticket(server_name, value);
+        self.with(|servers| {
+            let tickets = &mut Self::server(servers, server_name).tickets;
+            if tickets.len() == TICKETS_PER_SERVER {
+                tickets.pop_front();
+            }
+            tickets.push_back(value);
+        });
     }
 
+    /// The newest ticket: the furthest from expiring.
     fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.sessions().take_tls13_ticket(server_name)
+        self.with(|servers| servers.get_mut(server_name).and_then(|s| s.tickets.pop_back()))
     }
 }
 

@@ -110,3 +110,22 @@ async fn a_ticket_older_than_its_lifetime_is_refused_by_the_server() {
     clock.0.fetch_add(u64::from(TICKET_LIFETIME) + 1, Ordering::SeqCst);
     assert_eq!(kind(&used(addr, client).await), Some(HandshakeKind::Full), "past it");
 }
+
+#[tokio::test]
+async fn a_burst_of_dials_to_one_peer_all_resume_once_tickets_are_in_stock() {
+    let p = pair();
+    let (addr, _reports) = echo_server(mesh_server(p.server_store.clone())).await;
+    let client = mesh_client(p.client_store.clone(), &[SERVER_ID]);
+    // Each connection uses one ticket and brings two: after these, more than a dozen are saved.
+    for _ in 0..14 {
+        drop(used(addr, client.clone()).await);
+    }
+    // Twelve dials that read nothing (so bring no ticket back), as a burst of dials would be:
+    // each needs a ticket of its own from the stock.
+    let mut burst = Vec::new();
+    for _ in 0..12 {
+        burst.push(connect(addr, client.clone()).await.expect("handshake"));
+    }
+    let kinds: Vec<Option<HandshakeKind>> = burst.iter().map(kind).collect();
+    assert!(kinds.iter().all(|k| *k == Some(HandshakeKind::Resumed)), "{kinds:?}");
+}
