@@ -66,28 +66,6 @@ impl Config {
         resource_lists!(count)
     }
 
-    /// Add `offset` to the load order of every resource (see [`Loaded::append`]).
-    fn shift_order(&mut self, offset: usize) {
-        macro_rules! shift {
-            ($($list:ident),*) => {$(
-                for resource in &mut self.$list {
-                    resource.meta.order += offset;
-                }
-            )*};
-        }
-        resource_lists!(shift);
-    }
-
-    /// Move every resource of `other` after this config's own (the MeshConfig is not touched).
-    fn extend(&mut self, other: Config) {
-        macro_rules! extend {
-            ($($list:ident),*) => {$(
-                self.$list.extend(other.$list);
-            )*};
-        }
-        resource_lists!(extend);
-    }
-
     /// The labels a workload must carry for the policy of `kind` read last to apply to it;
     /// `None` when it has no selector (or its kind has none: NetworkPolicy's own selector is
     /// a full label selector, and other kinds are not policies).
@@ -169,14 +147,25 @@ impl Loaded {
     /// caller keep each file's load and read again only the files that changed.
     pub fn append(&mut self, part: &Loaded) {
         let offset = self.documents;
-        let mut config = part.config.clone();
-        config.shift_order(offset);
-        let mesh = std::mem::take(&mut config.mesh);
-        self.config.extend(config);
+        macro_rules! append_lists {
+            ($($list:ident),*) => {$(
+                self.config.$list.extend(part.config.$list.iter().map(|resource| {
+                    let mut resource = resource.clone();
+                    resource.meta.order += offset;
+                    resource
+                }));
+            )*};
+        }
+        resource_lists!(append_lists);
         self.diagnostics.extend(part.diagnostics.iter().cloned());
         self.files += part.files;
         self.documents += part.documents;
-        let first_mesh = self.sources.iter().find(|s| s.kind == "MeshConfig").map(|s| s.origin.to_string());
+        // Looked up only for a part that has a MeshConfig (rare), so appending many parts stays
+        // linear.
+        let part_has_mesh = part.sources.iter().any(|s| s.kind == "MeshConfig");
+        let first_mesh = part_has_mesh
+            .then(|| self.sources.iter().find(|s| s.kind == "MeshConfig").map(|s| s.origin.to_string()))
+            .flatten();
         for source in &part.sources {
             if source.kind == "MeshConfig" {
                 if let Some(first) = &first_mesh {
@@ -191,7 +180,7 @@ impl Loaded {
                     });
                     continue;
                 }
-                self.config.mesh = mesh.clone();
+                self.config.mesh = part.config.mesh.clone();
             }
             self.sources.push(SourceDocument { order: source.order + offset, ..source.clone() });
         }
