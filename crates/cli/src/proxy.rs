@@ -137,8 +137,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
                 tracing::info!(control_plane = %url, workload = %args.workload, "waiting for the first configuration");
                 let Some(config) = subscription.initial(&shutdown).await else { return Ok(()) };
                 let domains = zmesh_proxy::local::trust_domains_of(&config.mesh);
-                let identity =
-                    IdentityManager::new(
+                let identity = IdentityManager::new(
                     config.workload.identity.clone(),
                     domains,
                     SigningClient::new(url, token)?.marked(!args.explicit),
