@@ -194,14 +194,31 @@ where
         if head.kind != ResponseKind::Interim {
             progress.response_started.store(true, Ordering::Relaxed);
         }
+        let (mut body, close) = match head.kind {
+            ResponseKind::Final { body, close } => (body, close),
+            ResponseKind::Interim | ResponseKind::SwitchingProtocols => (ResponseBody::Empty, false),
+        };
         if head.forward {
+            // The head and the body bytes already read go out in one write: one HTTP/2 DATA
+            // frame (or TCP segment) instead of two, which the client's side would relay to its
+            // app as two writes, and the app would wake for twice.
+            let buffered = match body {
+                ResponseBody::Length(length) => usize::try_from(length).map_or(app.buf.len(), |l| l.min(app.buf.len())),
+                ResponseBody::UntilClose => app.buf.len(),
+                ResponseBody::Empty | ResponseBody::Chunked(_) => 0,
+            };
+            out.extend_from_slice(&app.buf[..buffered]);
+            app.buf.advance(buffered);
+            if let ResponseBody::Length(length) = &mut body {
+                *length -= buffered as u64;
+            }
             client.send(out).await.map_err(CopyError::Write)?;
         }
-        let (body, close) = match head.kind {
+        match head.kind {
             ResponseKind::Interim => continue,
             ResponseKind::SwitchingProtocols => return Ok(After::Tunnelled),
-            ResponseKind::Final { body, close } => (body, close),
-        };
+            ResponseKind::Final { .. } => {}
+        }
         match body {
             ResponseBody::Empty => {}
             ResponseBody::Length(length) => copy_length(app, client, length, idle).await?,
