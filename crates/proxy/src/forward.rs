@@ -253,7 +253,7 @@ impl Client {
     async fn open_outside(&self, host: &str, port: u16, destination: &str) -> Result<Outbound, Answer> {
         let targets = match self.proxy.config().registry.resolve(host) {
             Some(ip) => vec![SocketAddr::new(ip, port)],
-            None => crate::run::lookup(host, port).await.map_err(|error| {
+            None => crate::net::lookup(host, port).await.map_err(|error| {
                 info!(%host, %error, "cannot resolve a host outside the mesh");
                 Answer::new(
                     StatusCode::BAD_GATEWAY,

@@ -53,12 +53,26 @@ pub async fn control_plane_channel(
     let connector = tower::service_fn(move |uri: http::Uri| async move {
         let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(80);
-        let address = tokio::net::lookup_host((host.as_str(), port))
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("`{host}` does not resolve")))?;
+        let address = lookup(&host, port).await?[0];
         let stream = connect(address, true).await?;
         Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
     });
     endpoint.connect_with_connector(connector).await
+}
+
+/// DNS for a name the proxy connects to (the control plane, a DNS ServiceEntry's host, any host
+/// under ALLOW_ANY); getaddrinfo may otherwise retry for long.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The addresses DNS gives `host`, each with `port`; never an empty list.
+pub(crate) async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::io::{Error, ErrorKind};
+    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addresses)) => {
+            let addresses: Vec<SocketAddr> = addresses.collect();
+            if addresses.is_empty() { Err(Error::new(ErrorKind::NotFound, "no addresses")) } else { Ok(addresses) }
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(Error::new(ErrorKind::TimedOut, format!("no answer within {LOOKUP_TIMEOUT:?}"))),
+    }
 }

@@ -40,26 +40,9 @@ use crate::metrics::{Metrics, value};
 use crate::net;
 use zmesh_registry::{MeshWorkload, PortHandling, ServiceEntryRoute, Upstream};
 
-/// DNS for a name outside the mesh (a DNS ServiceEntry's host, or any host under ALLOW_ANY);
-/// getaddrinfo may otherwise retry for long.
-pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a connection to a ServiceEntry's endpoint may take to open before the next one is
 /// tried: Istio's default cluster `connectTimeout`.
 const SERVICE_ENTRY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The addresses DNS gives `host`, each with `port`; never an empty list.
-pub(crate) async fn lookup(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    use std::io::{Error, ErrorKind};
-    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
-        Ok(Ok(addresses)) => {
-            let addresses: Vec<SocketAddr> = addresses.collect();
-            if addresses.is_empty() { Err(Error::new(ErrorKind::NotFound, "no addresses")) } else { Ok(addresses) }
-        }
-        Ok(Err(error)) => Err(error),
-        Err(_) => Err(Error::new(ErrorKind::TimedOut, format!("no answer within {LOOKUP_TIMEOUT:?}"))),
-    }
-}
 
 /// Where each listener binds.
 #[derive(Debug, Clone)]
@@ -463,7 +446,7 @@ impl Proxy {
         for upstream in route.upstreams.iter().cycle().skip(start).take(count) {
             let targets = match upstream {
                 Upstream::Address(address) => vec![*address],
-                Upstream::Name { host, port } => match lookup(host, *port).await {
+                Upstream::Name { host, port } => match net::lookup(host, *port).await {
                     Ok(addresses) => addresses,
                     Err(error) => {
                         failed = Some(failure(format!("{host}:{port}"), error));

@@ -369,6 +369,7 @@ impl FileStore {
             events.watch(top_directory(&root));
         }
         let (fingerprint, tree) = first_read(&root, options.poll)?;
+        let digest = tree.digest();
         let loaded = tree.load();
         if loaded.has_errors() {
             return Err(StoreError::Invalid { errors: loaded.errors().map(ToString::to_string).collect() });
@@ -386,8 +387,8 @@ impl FileStore {
             last: fingerprint,
             candidate: None,
             recheck_at: tree.racy().then(|| Instant::now() + RACY_WINDOW),
-            seen: tree.digest(),
-            in_force: tree.digest(),
+            seen: digest,
+            in_force: digest,
             tree: Arc::new(tree),
             events,
             failures: 0,
@@ -452,16 +453,12 @@ impl Watcher {
         // The first look is at once: the watches on directories below the root were set after
         // the first read.
         let mut pause = Duration::ZERO;
+        self.watch_directories();
         loop {
             // Nobody can ever see another state: the store and every receiver are gone.
             if Arc::strong_count(&self.states) == 1 && self.states.is_closed() {
                 debug!(source = %self.source, "config store dropped; watcher stops");
                 return;
-            }
-            let directories: Vec<&Path> =
-                top_directory(&self.root).into_iter().chain(self.last.directories()).collect();
-            if let Some(events) = &mut self.events {
-                events.watch(directories);
             }
             let settled = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -480,6 +477,14 @@ impl Watcher {
                     };
                 }
             }
+        }
+    }
+
+    /// Point the inotify watches at the directories of the tree as last read (on the first
+    /// look, and after every read).
+    fn watch_directories(&mut self) {
+        if let Some(events) = &mut self.events {
+            events.watch(top_directory(&self.root).into_iter().chain(self.last.directories()));
         }
     }
 
@@ -532,6 +537,7 @@ impl Watcher {
         self.failures = 0;
         // The fingerprint taken before the read: a write during the read changes the next one.
         self.last = fingerprint;
+        self.watch_directories();
         self.candidate = None;
         self.recheck_at = tree.racy().then(|| Instant::now() + RACY_WINDOW);
         self.tree = tree.clone();

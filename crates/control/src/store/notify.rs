@@ -7,7 +7,7 @@
 //! root and on every directory that holds a listed file; watches follow symlinks, so a
 //! ConfigMap volume's `..data` swap is seen as a rename in the root.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,28 +59,29 @@ impl TreeEvents {
     /// Watch exactly `directories` (adding and removing watches as the tree changes). A
     /// directory that cannot be watched (gone already, or out of watches) is left to polling.
     pub(super) fn watch<'a>(&mut self, directories: impl IntoIterator<Item = &'a Path>) {
-        let mut wanted: BTreeMap<PathBuf, Option<i32>> = BTreeMap::new();
-        for directory in directories {
-            wanted.entry(directory.to_path_buf()).or_insert(None);
-        }
-        if wanted.len() == self.watched.len() && wanted.keys().zip(self.watched.keys()).all(|(a, b)| a == b) {
+        // Many files share a directory: deduplicate before anything is allocated.
+        let wanted: BTreeSet<&Path> = directories.into_iter().collect();
+        if wanted.len() == self.watched.len() && wanted.iter().zip(self.watched.keys()).all(|(a, b)| *a == b.as_path())
+        {
             return;
         }
+        let mut watched = BTreeMap::new();
         for (directory, descriptor) in std::mem::take(&mut self.watched) {
-            if let Some(slot) = wanted.get_mut(&directory) {
-                *slot = Some(descriptor);
+            if wanted.contains(directory.as_path()) {
+                watched.insert(directory, descriptor);
             } else {
                 // The directory may be gone, which removed the watch already.
                 let _ = inotify::remove_watch(self.fd.get_ref(), descriptor);
             }
         }
-        for (directory, descriptor) in wanted {
-            let descriptor =
-                descriptor.or_else(|| inotify::add_watch(self.fd.get_ref(), &directory, interesting()).ok());
-            if let Some(descriptor) = descriptor {
-                self.watched.insert(directory, descriptor);
+        for directory in wanted {
+            if !watched.contains_key(directory)
+                && let Ok(descriptor) = inotify::add_watch(self.fd.get_ref(), directory, interesting())
+            {
+                watched.insert(directory.to_path_buf(), descriptor);
             }
         }
+        self.watched = watched;
     }
 
     /// Wait for a change and then for `quiet` without another one: the writer is done. (Tools
