@@ -393,3 +393,15 @@ pub(crate) fn read_network_policy(
         egress,
     })
 }
+
+/// zmesh validates NetworkPolicy but its proxies do not enforce it; in a cluster the CNI plugin
+/// does (or does not), exactly as without zmesh.
+pub(crate) fn warn_not_enforced(ctx: &mut Ctx<'_>, policy: &NetworkPolicy) {
+    ctx.warn(
+        crate::load::codes::NETWORK_POLICY_NOT_ENFORCED,
+        policy.meta.origin.pos,
+        "spec",
+        "NetworkPolicy is validated but not enforced by zmesh: only the cluster's CNI plugin enforces it, if it supports NetworkPolicy",
+        "to have zmesh's proxies enforce the same rule, write an AuthorizationPolicy (source namespaces or principals, and ports)",
+    );
+}

@@ -18,6 +18,31 @@ use crate::networking::{LocalRateLimit, ServiceEntry, WorkloadEntry};
 use crate::telemetry::Telemetry;
 use crate::yaml::{self, Node, Pos};
 
+/// Stable codes of configuration zmesh reads but does not apply (docs/diagnostic-codes.md).
+/// Each is a warning: the document loads, and the message says what zmesh does instead.
+pub(crate) mod codes {
+    /// An EnvoyFilter patch that is not a local rate limit on sidecar inbound HTTP.
+    pub const ENVOY_FILTER_NOT_SUPPORTED: &str = "ZM2001";
+    /// A local rate limit filter with no token bucket: it limits nothing.
+    pub const RATE_LIMIT_NO_TOKEN_BUCKET: &str = "ZM2002";
+    /// A local rate limit for outbound or gateway traffic (or ANY: only inbound is enforced).
+    pub const RATE_LIMIT_CONTEXT_NOT_ENFORCED: &str = "ZM2003";
+    /// A local rate limit setting or match field zmesh does not implement.
+    pub const RATE_LIMIT_FIELD_NOT_SUPPORTED: &str = "ZM2004";
+    /// A local rate limit that Envoy's own defaults leave disabled or unenforced.
+    pub const RATE_LIMIT_DISABLED: &str = "ZM2005";
+    /// targetRef/targetRefs: the policy is for gateways and waypoints; sidecars ignore it.
+    pub const TARGET_REFS_NOT_FOR_SIDECARS: &str = "ZM2010";
+    /// A NetworkPolicy: validated, not enforced by zmesh.
+    pub const NETWORK_POLICY_NOT_ENFORCED: &str = "ZM2011";
+    /// A Telemetry resource: validated, not applied by zmesh's proxies.
+    pub const TELEMETRY_NOT_APPLIED: &str = "ZM2012";
+    /// An Istio or Gateway API kind that changes traffic in Istio and that zmesh skips.
+    pub const KIND_NOT_SUPPORTED: &str = "ZM2013";
+    /// A MeshConfig field that is accepted and ignored.
+    pub const MESH_CONFIG_FIELD_IGNORED: &str = "ZM2014";
+}
+
 /// Applies the macro `$apply` to the names of every resource list of [`Config`].
 macro_rules! resource_lists {
     ($apply:ident) => {
@@ -403,7 +428,11 @@ impl Loader {
             object: Some(ObjectRef { kind: "MeshConfig".into(), namespace: None, name: None }),
             diagnostics: &mut self.loaded.diagnostics,
         };
-        if let Some(mesh) = crate::mesh::read_mesh_config(&mut ctx, node, path, origin.clone()) {
+        let mesh = crate::mesh::read_mesh_config(&mut ctx, node, path, origin.clone());
+        if mesh.is_some() {
+            warn_ignored_mesh_fields(&mut ctx, node, path);
+        }
+        if let Some(mesh) = mesh {
             self.loaded.config.mesh = mesh;
             self.loaded.sources.push(SourceDocument {
                 kind: "MeshConfig".into(),
@@ -471,13 +500,7 @@ impl Loader {
 
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version.as_str()));
         let Some((_, versions)) = VERSIONS.iter().find(|(g, _)| *g == group) else {
-            ctx.report(
-                Severity::Info,
-                root.pos,
-                "",
-                format!("{} {} is not used by zmesh; skipped", api_version.value, kind.value),
-                None,
-            );
+            skip_kind(&mut ctx, root.pos, group, &api_version.value, &kind.value);
             return;
         };
         if !versions.contains(&version) {
@@ -542,7 +565,11 @@ impl Loader {
         }
         match (group, kind.as_str()) {
             ("security.istio.io", "AuthorizationPolicy") => {
-                config.authorization_policies.extend(meta.and_then(|m| crate::authz::read(&mut ctx, m, spec)));
+                let policy = meta.and_then(|m| crate::authz::read(&mut ctx, m, spec));
+                if let Some(policy) = &policy {
+                    warn_target_refs(&mut ctx, root, &policy.target_refs, "AuthorizationPolicy");
+                }
+                config.authorization_policies.extend(policy);
             }
             ("security.istio.io", "PeerAuthentication") => {
                 config
@@ -550,12 +577,19 @@ impl Loader {
                     .extend(meta.and_then(|m| crate::authn::read_peer_authentication(&mut ctx, m, spec)));
             }
             ("security.istio.io", "RequestAuthentication") => {
-                config
-                    .request_authentications
-                    .extend(meta.and_then(|m| crate::authn::read_request_authentication(&mut ctx, m, spec)));
+                let policy = meta.and_then(|m| crate::authn::read_request_authentication(&mut ctx, m, spec));
+                if let Some(policy) = &policy {
+                    warn_target_refs(&mut ctx, root, &policy.target_refs, "RequestAuthentication");
+                }
+                config.request_authentications.extend(policy);
             }
             ("telemetry.istio.io", "Telemetry") => {
-                config.telemetries.extend(meta.and_then(|m| crate::telemetry::read(&mut ctx, m, spec)));
+                let telemetry = meta.and_then(|m| crate::telemetry::read(&mut ctx, m, spec));
+                if let Some(telemetry) = &telemetry {
+                    crate::telemetry::warn_not_applied(&mut ctx, telemetry);
+                    warn_target_refs(&mut ctx, root, &telemetry.target_refs, "Telemetry");
+                }
+                config.telemetries.extend(telemetry);
             }
             ("networking.istio.io", "WorkloadEntry") => {
                 config
@@ -571,7 +605,11 @@ impl Loader {
                 config.rate_limits.extend(meta.and_then(|m| crate::networking::read_envoy_filter(&mut ctx, m, spec)));
             }
             ("networking.k8s.io", "NetworkPolicy") => {
-                config.network_policies.extend(meta.and_then(|m| crate::kube::read_network_policy(&mut ctx, m, spec)));
+                let policy = meta.and_then(|m| crate::kube::read_network_policy(&mut ctx, m, spec));
+                if let Some(policy) = &policy {
+                    crate::kube::warn_not_enforced(&mut ctx, policy);
+                }
+                config.network_policies.extend(policy);
             }
             ("", "Namespace") => config.namespaces.extend(meta.map(|meta| Namespace { meta })),
             ("", "ServiceAccount") => config.service_accounts.extend(meta.map(|meta| ServiceAccountObject { meta })),
@@ -624,13 +662,7 @@ impl Loader {
                     }
                 }
             }
-            _ => ctx.report(
-                Severity::Info,
-                root.pos,
-                "",
-                format!("{} {} is not used by zmesh; skipped", api_version.value, kind.value),
-                None,
-            ),
+            _ => skip_kind(&mut ctx, root.pos, group, &api_version.value, &kind.value),
         }
     }
 
@@ -665,6 +697,108 @@ impl Loader {
 
     pub fn finish(self) -> Loaded {
         self.loaded
+    }
+}
+
+/// A sidecar ignores a policy with targetRef(s): Istio attaches it to the gateways, waypoints,
+/// Services or ServiceEntries it names. zmesh has only sidecars, so the policy applies nowhere.
+fn warn_target_refs(ctx: &mut Ctx<'_>, root: &Node, refs: &[crate::meta::TargetRef], kind: &str) {
+    let Some(first) = refs.first() else { return };
+    let spec = root.get("spec");
+    let field = if spec.and_then(|s| s.get("targetRef")).is_some() { "spec.targetRef" } else { "spec.targetRefs[0]" };
+    let names: Vec<String> = refs.iter().map(|r| format!("{} {}", r.kind, r.name)).collect();
+    let instead = match kind {
+        "AuthorizationPolicy" => "its rules allow or deny nothing on any sidecar",
+        "RequestAuthentication" => "no sidecar validates these JWTs",
+        _ => "no sidecar applies it",
+    };
+    ctx.warn(
+        codes::TARGET_REFS_NOT_FOR_SIDECARS,
+        first.pos,
+        field,
+        format!(
+            "a {kind} with targetRefs ({}) applies only to the gateways and waypoints it names, never to a sidecar; zmesh runs sidecars, so {instead}",
+            names.join(", ")
+        ),
+        "use selector.matchLabels (or no selector) to apply it to the workloads' sidecars",
+    );
+}
+
+/// A kind zmesh does not read. Istio and Gateway API kinds change what Istio does with traffic,
+/// so skipping them is a warning that says what zmesh does instead; other kinds (Secrets,
+/// RBAC, …) are only noted.
+fn skip_kind(ctx: &mut Ctx<'_>, pos: Pos, group: &str, api_version: &str, kind: &str) {
+    let traffic = group.ends_with("istio.io") || group == "gateway.networking.k8s.io";
+    if !traffic {
+        ctx.report(Severity::Info, pos, "", format!("{api_version} {kind} is not used by zmesh; skipped"), None);
+        return;
+    }
+    let instead = match (group, kind) {
+        ("networking.istio.io", "VirtualService")
+        | ("gateway.networking.k8s.io", "HTTPRoute" | "GRPCRoute" | "TCPRoute" | "TLSRoute") => {
+            "routing rules are not applied: requests go to the host they address, without rewrites, retries, timeouts, fault injection or traffic splits"
+        }
+        ("networking.istio.io", "DestinationRule") => {
+            "traffic policies and subsets are not applied: no load-balancing, connection-pool or outlier settings, and mesh traffic always uses zmesh's mTLS"
+        }
+        ("networking.istio.io", "Gateway") | ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") => {
+            "zmesh runs no gateways, so nothing listens for it"
+        }
+        ("networking.istio.io", "Sidecar") => {
+            "sidecar scoping is not applied: every sidecar reaches every registered host and serves every inbound port"
+        }
+        _ => "it is skipped and nothing in it is applied",
+    };
+    ctx.warn(
+        codes::KIND_NOT_SUPPORTED,
+        pos,
+        "kind",
+        format!("{api_version} {kind} is not supported by zmesh; {instead}"),
+        "see docs/diagnostic-codes.md (ZM2013); remove it from the configuration zmesh reads to silence this",
+    );
+}
+
+/// MeshConfig fields zmesh acts on; `read_mesh_config` accepts more (and refuses unknown
+/// ones), and every other field present is reported as ignored. `defaultConfig` is listed
+/// by its subfields, since only parts of ProxyConfig could ever apply.
+const MESH_FIELDS_APPLIED: &[&str] = &[
+    "rootNamespace",
+    "trustDomain",
+    "trustDomainAliases",
+    "extensionProviders",
+    "pathNormalization",
+    "outboundTrafficPolicy",
+];
+
+fn warn_ignored_mesh_fields(ctx: &mut Ctx<'_>, node: &Node, path: &str) {
+    let join = |parent: &str, key: &str| if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") };
+    let yaml::Value::Map(entries) = &node.value else { return };
+    for (key, value) in entries {
+        let Some(name) = key.scalar_text() else { continue };
+        if MESH_FIELDS_APPLIED.contains(&name) || value.is_null() {
+            continue;
+        }
+        if name == "defaultConfig" {
+            let yaml::Value::Map(inner) = &value.value else { continue };
+            for (inner_key, _) in inner {
+                let Some(inner_name) = inner_key.scalar_text() else { continue };
+                ctx.warn(
+                    codes::MESH_CONFIG_FIELD_IGNORED,
+                    inner_key.pos,
+                    &join(&join(path, "defaultConfig"), inner_name),
+                    format!("defaultConfig.{inner_name} configures Envoy sidecars; zmesh's proxies ignore it"),
+                    "remove it, or keep it for the Istio proxies that still read this MeshConfig",
+                );
+            }
+            continue;
+        }
+        ctx.warn(
+            codes::MESH_CONFIG_FIELD_IGNORED,
+            key.pos,
+            &join(path, name),
+            format!("meshConfig.{name} is accepted but ignored by zmesh"),
+            "remove it, or keep it for the Istio components that still read this MeshConfig",
+        );
     }
 }
 

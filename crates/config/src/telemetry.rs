@@ -244,3 +244,26 @@ pub(crate) fn read(ctx: &mut Ctx<'_>, meta: Meta, spec: Option<(&Node, String)>)
     spec.finish(ctx);
     (!ctx.has_errors_since(mark)).then_some(telemetry)
 }
+
+/// zmesh's proxies export Istio's standard metrics with their fixed labels and do not yet read
+/// Telemetry: its metric overrides, access logging and tracing are validated, not applied.
+pub(crate) fn warn_not_applied(ctx: &mut Ctx<'_>, telemetry: &Telemetry) {
+    let parts: Vec<&str> = [
+        (!telemetry.metrics.is_empty()).then_some("metrics"),
+        (!telemetry.access_logging.is_empty()).then_some("accessLogging"),
+        (!telemetry.tracing.is_empty()).then_some("tracing"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let what = if parts.is_empty() { "nothing to apply".to_owned() } else { parts.join(", ") };
+    ctx.warn(
+        crate::load::codes::TELEMETRY_NOT_APPLIED,
+        telemetry.meta.origin.pos,
+        "spec",
+        format!(
+            "Telemetry is validated but not applied ({what}): zmesh's proxies keep Istio's standard metrics and labels, write no access logs and send no traces"
+        ),
+        "keep it for Istio; zmesh will apply it once its proxies read Telemetry",
+    );
+}

@@ -117,18 +117,22 @@ fn an_unsupported_version_of_a_known_group_is_an_error() {
 }
 
 #[test]
-fn kinds_zmesh_does_not_use_are_skipped_with_a_note() {
+fn kinds_zmesh_does_not_use_are_skipped_with_a_note_or_a_warning_for_istio_kinds() {
     let loaded = load_str(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: foo}\nspec: {hosts: [a]}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\n",
     );
     assert!(!loaded.has_errors());
-    let notes: Vec<String> =
-        loaded.diagnostics.iter().filter(|d| d.severity == Severity::Info).map(|d| d.message.clone()).collect();
+    let found: Vec<(Severity, Option<&str>, &str)> =
+        loaded.diagnostics.iter().map(|d| (d.severity, d.code, d.message.as_str())).collect();
     assert_eq!(
-        notes,
+        found,
         [
-            "networking.istio.io/v1 VirtualService is not used by zmesh; skipped",
-            "v1 Secret is not used by zmesh; skipped"
+            (
+                Severity::Warning,
+                Some("ZM2013"),
+                "networking.istio.io/v1 VirtualService is not supported by zmesh; routing rules are not applied: requests go to the host they address, without rewrites, retries, timeouts, fault injection or traffic splits"
+            ),
+            (Severity::Info, Some("ZM0001"), "v1 Secret is not used by zmesh; skipped"),
         ]
     );
 }
