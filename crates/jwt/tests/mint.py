@@ -6,6 +6,7 @@ Reads a JSON request on stdin:
                         | {"type": "okp"}},
    "tokens": [{"name": "...", "key": "<key name>" | null, "alg": "RS256", "kid": "..." | null,
                "secret": "..." (HMAC only), "claims": {...}}]}
+A claim whose value is null is left out of the token.
 Writes {"jwks": {"<name>": <public JWK>}, "tokens": {"<name>": "<compact JWT>"}} on stdout.
 Needs: python3 -m pip install pyjwt cryptography
 """
@@ -47,7 +48,8 @@ def main():
             key = spec["secret"]
         else:
             key = private_keys[spec["key"]]
-        tokens[spec["name"]] = jwt.encode(spec["claims"], key, algorithm=alg, headers=headers)
+        claims = {k: v for k, v in spec["claims"].items() if v is not None}
+        tokens[spec["name"]] = jwt.encode(claims, key, algorithm=alg, headers=headers)
     json.dump({"jwks": jwks, "tokens": tokens}, sys.stdout)
 
 
