@@ -14,6 +14,7 @@ pub mod identity;
 pub mod l7;
 pub mod local;
 pub mod net;
+pub mod ratelimit;
 pub mod run;
 pub mod splice;
 pub mod subscription;
