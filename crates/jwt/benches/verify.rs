@@ -31,7 +31,7 @@ fn rules(uri: &str) -> Vec<Arc<JwtRules>> {
 }
 
 fn bench(c: &mut Criterion) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs();
     let claims = json!({"iss": ISSUER, "sub": "alice", "aud": "api", "exp": now + 3600, "scope": "read write"});
     let minted = support::mint(&json!({
         "keys": {"rsa": {"type": "rsa", "bits": 2048}, "ec": {"type": "ec", "curve": "P-256"}},
@@ -42,7 +42,8 @@ fn bench(c: &mut Criterion) {
     }));
     let uri = "https://issuer.example.com/jwks";
     let document = minted.jwks(&[("rsa", json!({"kid": "r"})), ("ec", json!({"kid": "e"}))]);
-    let keys = StaticKeys::new().with_remote(uri, KeySet::from_value(&document).unwrap());
+    let keys =
+        StaticKeys::new().with_remote(uri, KeySet::from_value(&document).expect("the test fixture is well formed"));
     let rules = rules(uri);
     let now = SystemTime::now();
     let mut group = c.benchmark_group("jwt");

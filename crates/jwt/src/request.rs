@@ -110,15 +110,14 @@ impl Check<'_> {
         }
         let parsed = token::parse(&seen.raw)?;
         let result = token::verify(&parsed, rule, keys.as_deref(), self.now);
-        if result == Err(JwtError::UnknownKid)
+        let kid_unknown = result == Err(JwtError::UnknownKid)
             || (result == Err(JwtError::VerificationFails)
-                && parsed.kid.as_deref().is_some_and(|kid| keys.as_ref().is_some_and(|k| !k.has_kid(kid))))
+                && parsed.kid.as_deref().is_some_and(|kid| keys.as_ref().is_some_and(|k| !k.has_kid(kid))));
+        if kid_unknown
+            && let Some(uri) = rule.jwks_uri.as_ref().filter(|_| rule.jwks.is_none())
+            && !self.unknown_kid.contains(uri)
         {
-            if let Some(uri) = rule.jwks_uri.as_ref().filter(|_| rule.jwks.is_none())
-                && !self.unknown_kid.contains(uri)
-            {
-                self.unknown_kid.push(uri.clone());
-            }
+            self.unknown_kid.push(uri.clone());
         }
         result?;
         let verified = Arc::new(Verified {

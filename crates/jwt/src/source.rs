@@ -16,6 +16,9 @@ pub trait KeySource {
     fn key_set(&self, rules: &Arc<JwtRules>, index: usize) -> Option<Arc<KeySet>>;
 }
 
+/// The rules an inline set belongs to (pinning their address) and the set, if usable.
+type InlineEntry = (Weak<JwtRules>, Option<Arc<KeySet>>);
+
 /// Inline key sets, parsed on first use and kept while their configuration lives.
 ///
 /// Keyed by the address of the `JwtRules` allocation, which a `Weak` pins so it is never
@@ -23,7 +26,7 @@ pub trait KeySource {
 /// when new ones are added.
 #[derive(Debug, Default)]
 pub struct InlineKeySets {
-    sets: Mutex<HashMap<(usize, usize), (Weak<JwtRules>, Option<Arc<KeySet>>)>>,
+    sets: Mutex<HashMap<(usize, usize), InlineEntry>>,
 }
 
 impl InlineKeySets {

@@ -22,7 +22,7 @@ fn fixture() -> &'static Fixture {
         let now = support::now_seconds();
         let claims = |extra: Value| {
             let mut claims = json!({"iss": ISSUER, "sub": "alice", "aud": "api", "exp": now + 3600, "iat": now});
-            for (k, v) in extra.as_object().unwrap() {
+            for (k, v) in extra.as_object().expect("the test fixture is well formed") {
                 claims[k] = v.clone();
             }
             claims
@@ -91,7 +91,7 @@ fn keys() -> KeySet {
         ("p384", json!({"kid": "p384"})),
         ("ed", json!({"kid": "ed"})),
     ]))
-    .unwrap()
+    .expect("the test fixture is well formed")
 }
 
 fn check(name: &str, rule: &JwtRule, keys: &KeySet) -> Result<(), JwtError> {
@@ -131,7 +131,7 @@ fn expiry_and_not_before_are_checked_with_sixty_seconds_of_skew() {
 fn time_is_the_parameter_not_the_clock() {
     let fixture = fixture();
     let (rule, keys) = (rule(&[]), keys());
-    let parsed = parse(fixture.minted.token("RS256")).unwrap();
+    let parsed = parse(fixture.minted.token("RS256")).expect("the test fixture is well formed");
     assert_eq!(verify(&parsed, &rule, Some(&keys), fixture.now + 3600 + 60), Ok(()));
     assert_eq!(verify(&parsed, &rule, Some(&keys), fixture.now + 3600 + 61), Err(JwtError::Expired));
 }
@@ -165,16 +165,18 @@ fn a_kid_no_key_carries_is_an_unknown_kid() {
 #[test]
 fn a_token_without_kid_is_tried_with_every_key_of_its_algorithm() {
     let minted = &fixture().minted;
-    let two = KeySet::from_value(&minted.jwks(&[("rsa", json!({"kid": "a"})), ("rsa2", json!({"kid": "b"}))])).unwrap();
+    let two = KeySet::from_value(&minted.jwks(&[("rsa", json!({"kid": "a"})), ("rsa2", json!({"kid": "b"}))]))
+        .expect("the test fixture is well formed");
     assert_eq!(check("no-kid-second-key", &rule(&[]), &two), Ok(()));
-    let only_first = KeySet::from_value(&minted.jwks(&[("rsa", json!({"kid": "a"}))])).unwrap();
+    let only_first =
+        KeySet::from_value(&minted.jwks(&[("rsa", json!({"kid": "a"}))])).expect("the test fixture is well formed");
     assert_eq!(check("no-kid-second-key", &rule(&[]), &only_first), Err(JwtError::VerificationFails));
 }
 
 #[test]
 fn a_key_without_kid_is_tried_for_any_token_kid() {
     let minted = &fixture().minted;
-    let unnamed = KeySet::from_value(&minted.jwks(&[("rsa", json!({}))])).unwrap();
+    let unnamed = KeySet::from_value(&minted.jwks(&[("rsa", json!({}))])).expect("the test fixture is well formed");
     assert_eq!(check("RS256", &rule(&[]), &unnamed), Ok(()));
 }
 
@@ -191,13 +193,14 @@ fn a_changed_payload_fails_verification() {
     let token = fixture.minted.token("RS256");
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     let payload = String::from_utf8(
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &parts[1]).unwrap(),
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &parts[1])
+            .expect("the test fixture is well formed"),
     )
-    .unwrap()
+    .expect("the test fixture is well formed")
     .replace("alice", "admin");
     parts[1] = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload);
     let forged = parts.join(".");
-    let parsed = parse(&forged).unwrap();
+    let parsed = parse(&forged).expect("the test fixture is well formed");
     assert_eq!(parsed.claims["sub"], "admin");
     assert_eq!(verify(&parsed, &rule(&[]), Some(&keys()), fixture.now), Err(JwtError::VerificationFails));
 }
@@ -205,7 +208,8 @@ fn a_changed_payload_fails_verification() {
 #[test]
 fn a_key_pinned_to_another_algorithm_does_not_match() {
     let minted = &fixture().minted;
-    let pinned = KeySet::from_value(&minted.jwks(&[("rsa", json!({"kid": "rsa", "alg": "RS256"}))])).unwrap();
+    let pinned = KeySet::from_value(&minted.jwks(&[("rsa", json!({"kid": "rsa", "alg": "RS256"}))]))
+        .expect("the test fixture is well formed");
     assert_eq!(check("RS256", &rule(&[]), &pinned), Ok(()));
     assert_eq!(check("ps-with-rs-pinned-key", &rule(&[]), &pinned), Err(JwtError::KidAlgMismatch));
     assert_eq!(check("es256-by-p384-kid", &rule(&[]), &keys()), Err(JwtError::KidAlgMismatch), "curve must fit alg");
@@ -214,7 +218,7 @@ fn a_key_pinned_to_another_algorithm_does_not_match() {
 #[test]
 fn a_rule_whose_key_set_was_never_fetched_fails_closed() {
     let fixture = fixture();
-    let parsed = parse(fixture.minted.token("RS256")).unwrap();
+    let parsed = parse(fixture.minted.token("RS256")).expect("the test fixture is well formed");
     assert_eq!(verify(&parsed, &rule(&[]), None, fixture.now), Err(JwtError::JwksFetchFailed));
     assert_eq!(JwtError::JwksFetchFailed.to_string(), "Jwks remote fetch is failed");
 }
@@ -222,14 +226,15 @@ fn a_rule_whose_key_set_was_never_fetched_fails_closed() {
 #[test]
 fn claims_are_checked_before_keys_as_envoy_does() {
     let fixture = fixture();
-    let parsed = parse(fixture.minted.token("expired")).unwrap();
+    let parsed = parse(fixture.minted.token("expired")).expect("the test fixture is well formed");
     assert_eq!(verify(&parsed, &rule(&[]), None, fixture.now), Err(JwtError::Expired));
 }
 
 #[test]
 fn pyjwt_public_keys_parse_with_their_members() {
     let minted = &fixture().minted;
-    let set = KeySet::from_value(&minted.jwks(&[("rsa", json!({"kid": "r", "use": "sig", "alg": "PS512"}))])).unwrap();
+    let set = KeySet::from_value(&minted.jwks(&[("rsa", json!({"kid": "r", "use": "sig", "alg": "PS512"}))]))
+        .expect("the test fixture is well formed");
     assert_eq!(set.keys()[0].kid.as_deref(), Some("r"));
     assert!(set.skipped().is_empty());
 }

@@ -38,7 +38,7 @@ impl Minted {
 }
 
 pub fn now_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs()
 }
 
 /// Run tests/mint.py with `request` (see the script for its shape).
@@ -54,16 +54,30 @@ pub fn mint(request: &Value) -> Minted {
         .unwrap_or_else(|e| {
             panic!("cannot run `{python}` to mint test tokens ({e}); install python3 and `python3 -m pip install pyjwt cryptography`")
         });
-    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
+    child
+        .stdin
+        .take()
+        .expect("the test fixture is well formed")
+        .write_all(request.to_string().as_bytes())
+        .expect("the test fixture is well formed");
+    let output = child.wait_with_output().expect("the test fixture is well formed");
     assert!(
         output.status.success(),
         "tests/mint.py failed (needs `python3 -m pip install pyjwt cryptography`):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let reply: Value = serde_json::from_slice(&output.stdout).expect("mint.py prints JSON");
-    let jwks = reply["jwks"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let tokens =
-        reply["tokens"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
+    let jwks = reply["jwks"]
+        .as_object()
+        .expect("the test fixture is well formed")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tokens = reply["tokens"]
+        .as_object()
+        .expect("the test fixture is well formed")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("the test fixture is well formed").to_owned()))
+        .collect();
     Minted { jwks, tokens }
 }
