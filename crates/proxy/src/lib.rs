@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod config;
 pub mod detect;
+pub mod ext_authz;
 pub mod forward;
 pub mod hbone;
 pub mod http2;
