@@ -65,7 +65,11 @@ pub(crate) fn validate(args: &ValidateArgs) -> anyhow::Result<u8> {
         eprintln!("✘ {errors} error(s) in {} document(s) from {} file(s)", loaded.documents, loaded.files);
         return Ok(EXIT_FINDINGS);
     }
-    eprintln!("✔ {} document(s) in {} file(s) are valid", loaded.documents, loaded.files);
+    // Warnings do not fail validation: they name configuration zmesh reads but does not
+    // apply (docs/diagnostic-codes.md), which Istio would accept.
+    let warnings = loaded.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();
+    let note = if warnings > 0 { format!(", with {warnings} warning(s)") } else { String::new() };
+    eprintln!("✔ {} document(s) in {} file(s) are valid{note}", loaded.documents, loaded.files);
     Ok(0)
 }
 

@@ -21,7 +21,8 @@ fn run(args: &[&str]) -> (Option<i32>, String, String) {
 #[test]
 fn validate_reports_the_seed_findings() {
     let (code, stdout, stderr) = run(&["validate", "seed-configs"]);
-    assert_eq!(code, Some(1), "the seed EnvoyFilter has no token bucket and must be refused");
+    // The seed's EnvoyFilter has no token bucket: a warning (it limits nothing), not an error.
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.is_empty());
     insta::assert_snapshot!("validate_seed", stderr);
 }
