@@ -53,8 +53,11 @@
 mod attributes;
 mod clock;
 mod expr;
+pub mod grpc;
 mod rules;
+mod server;
 
 pub use attributes::{ClaimValue, Peer, RequestAttributes};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use rules::{Action, DecidedBy, Decision, LoadError, Outcome, Problem, RuleSet};
+pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, Server, ServerConfig, ServerError};

@@ -44,8 +44,12 @@ impl Outcome {
     }
 }
 
-/// The deny given when a rule cannot be evaluated.
+/// The deny given when a rule cannot be evaluated or a check cannot be read.
 static ERROR_OUTCOME: Outcome = Outcome::deny();
+
+pub(crate) fn error_outcome() -> &'static Outcome {
+    &ERROR_OUTCOME
+}
 
 /// Why a request got its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,9 @@
 
 use std::path::PathBuf;
 
+pub mod envoy;
+pub mod opa_envoy;
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
