@@ -304,16 +304,17 @@ pub fn envoy_filters_for<'c>(
 
 /// One limiter per local rate limit filter that applies to the workload, in the order the
 /// filters run (see [`envoy_filters_for`], then patch order). Every bucket starts full at
-/// `now`: like Envoy, a new configuration starts new buckets. Filters with the same
-/// `stat_prefix` share counters, as Envoy's stats of one name are one counter.
+/// `now`: like Envoy, a new configuration starts new buckets. Counters are taken from (or added
+/// to) `stats` by `stat_prefix`, so they outlive configuration versions and filters with the
+/// same prefix share them, as Envoy's stats of one name are one counter.
 pub fn limiters_for(
     namespace: &str,
     labels: &BTreeMap<String, String>,
     config: &Config,
     now: Instant,
     random: &Arc<dyn RandomSource>,
+    stats: &mut BTreeMap<String, Arc<RateLimitStats>>,
 ) -> Vec<LocalRateLimiter> {
-    let mut stats: BTreeMap<String, Arc<RateLimitStats>> = BTreeMap::new();
     let mut limiters = Vec::new();
     for envoy_filter in envoy_filters_for(namespace, labels, config) {
         for filter in &envoy_filter.filters {
@@ -587,7 +588,8 @@ spec:
         let config = load(&yaml);
         let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
         let random = replay(&[0]);
-        let prefixes: Vec<String> = limiters_for("shop", &labels, &config, Instant::now(), &random)
+        let mut stats = BTreeMap::new();
+        let prefixes: Vec<String> = limiters_for("shop", &labels, &config, Instant::now(), &random, &mut stats)
             .iter()
             .map(|l| l.stat_prefix().to_owned())
             .collect();
@@ -595,10 +597,12 @@ spec:
         assert_eq!(prefixes, ["shop_web", "root_all", "root_web", "shop_all"]);
 
         let db = BTreeMap::from([("app".to_owned(), "db".to_owned())]);
-        let prefixes: Vec<String> = limiters_for("other", &db, &config, Instant::now(), &random)
+        let prefixes: Vec<String> = limiters_for("other", &db, &config, Instant::now(), &random, &mut stats)
             .iter()
             .map(|l| l.stat_prefix().to_owned())
             .collect();
         assert_eq!(prefixes, ["root_all", "other_all"]);
+        // Counters are kept by stat_prefix across calls (configuration versions).
+        assert_eq!(stats.len(), 5);
     }
 }
