@@ -155,7 +155,9 @@ impl HttpClient {
             let pick = |patterns: &[HeaderPattern]| -> Vec<(String, String)> {
                 headers
                     .iter()
-                    .filter(|(name, _)| HeaderPattern::any(patterns, name) && !is_protected(name))
+                    .filter(|(name, _)| {
+                        HeaderPattern::any(patterns, name) && !is_protected(name) && name != HEADERS_TO_REMOVE
+                    })
                     .cloned()
                     .collect()
             };
