@@ -12,6 +12,7 @@ pub mod forward;
 pub mod hbone;
 pub mod http2;
 pub mod identity;
+pub mod jwks;
 pub mod l7;
 pub mod local;
 pub mod net;
