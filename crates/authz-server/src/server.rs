@@ -77,7 +77,7 @@ impl ServerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("the rules file does not load, so the server does not start:\n{0}")]
+    #[error("the rules file does not load, so the server does not start")]
     Rules(#[source] LoadError),
     #[error("cannot listen on {addr} for {protocol} checks; is the port in use?")]
     Bind {
@@ -324,7 +324,7 @@ async fn handle_http(request: Request<Incoming>, shared: Arc<Shared>) -> Result<
 pub(crate) fn http_attributes(parts: &http::request::Parts, prefix: &str) -> Result<RequestAttributes, String> {
     let full_path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
     let path = match full_path.strip_prefix(prefix) {
-        Some(rest) if rest.is_empty() => "/".to_owned(),
+        Some("") => "/".to_owned(),
         Some(rest) if rest.starts_with('/') || rest.starts_with('?') || prefix.is_empty() => {
             if rest.starts_with('?') {
                 format!("/{rest}")

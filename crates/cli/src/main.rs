@@ -25,6 +25,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
 }
 
+mod authz_server;
 mod ca;
 mod capture;
 mod check;
@@ -66,6 +67,8 @@ enum Command {
     Capture(capture::CaptureCommand),
     /// A small echo app (HTTP/1.1, h2c or raw TCP) that shows what reached it.
     Echo(echo::EchoArgs),
+    /// An Envoy ext_authz server (HTTP and gRPC) deciding with CEL rules.
+    AuthzServer(authz_server::AuthzServerArgs),
     /// Run the sidecar proxy of one workload.
     Proxy(Box<proxy::ProxyArgs>),
     /// Run the control plane: watch configuration, push it to proxies, sign certificates.
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
         Command::Cert(command) => ca::cert(command),
         Command::Capture(command) => capture::capture(command),
         Command::Echo(args) => echo::echo(args),
+        Command::AuthzServer(args) => authz_server::authz_server(args),
         Command::Proxy(args) => proxy::proxy(*args),
         Command::ControlPlane(args) => control::control_plane(args),
         Command::ProxyStatus(args) => control::proxy_status(args),
