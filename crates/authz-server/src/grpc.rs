@@ -207,3 +207,110 @@ impl Authorization for GrpcAuthorization {
         Ok(tonic::Response::new(response))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use zmesh_xds::envoy::config::core::v3::{HeaderMap, Metadata};
+    use zmesh_xds::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use zmesh_xds::google::protobuf::{ListValue, Value};
+
+    use super::*;
+
+    fn string(text: &str) -> Value {
+        Value { kind: Some(Kind::StringValue(text.into())) }
+    }
+
+    fn payload(fields: &[(&str, Value)]) -> Value {
+        Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            })),
+        }
+    }
+
+    fn check(payloads: &[(&str, Value)]) -> CheckRequest {
+        let jwt = Struct { fields: payloads.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect() };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: "/a".into(),
+                        query: "x=1".into(),
+                        host: "shop".into(),
+                        headers: HashMap::from([(":authority".to_owned(), "shop".to_owned())]),
+                        header_map: Some(HeaderMap {
+                            headers: vec![HeaderValue {
+                                key: "X-Raw".into(),
+                                raw_value: b"bytes".to_vec(),
+                                ..Default::default()
+                            }],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                metadata_context: Some(Metadata {
+                    filter_metadata: HashMap::from([(JWT_AUTHN_FILTER.to_owned(), jwt)]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_one_token_payload_becomes_the_claims() {
+        let list = Value { kind: Some(Kind::ListValue(ListValue { values: vec![string("a")] })) };
+        let request = check(&[(
+            "https://issuer",
+            payload(&[
+                ("sub", string("alice")),
+                ("limit", Value { kind: Some(Kind::NumberValue(5.0)) }),
+                ("groups", list),
+            ]),
+        )]);
+        let attributes = attributes_from_check(&request, None).expect("reads");
+        assert_eq!(attributes.claims["sub"], ClaimValue::String("alice".into()));
+        assert_eq!(attributes.claims["limit"], ClaimValue::Number(5.0));
+        assert_eq!(attributes.claims["groups"], ClaimValue::List(vec![ClaimValue::String("a".into())]));
+        assert_eq!(attributes.path, "/a?x=1");
+        assert!(attributes.headers.contains(&("x-raw".to_owned(), "bytes".to_owned())), "{:?}", attributes.headers);
+    }
+
+    #[test]
+    fn several_token_payloads_need_a_claims_key_or_the_check_is_unreadable() {
+        let request = check(&[("a", payload(&[("sub", string("alice"))])), ("b", payload(&[("sub", string("bob"))]))]);
+        let error = attributes_from_check(&request, None).expect_err("ambiguous");
+        assert!(error.contains("several token payloads (a, b)"), "{error}");
+        let chosen = attributes_from_check(&request, Some("b")).expect("reads");
+        assert_eq!(chosen.claims["sub"], ClaimValue::String("bob".into()));
+        assert!(attributes_from_check(&request, Some("c")).expect("reads").claims.is_empty());
+    }
+
+    #[test]
+    fn a_token_payload_that_is_not_an_object_is_unreadable() {
+        assert!(attributes_from_check(&check(&[("a", string("oops"))]), None).is_err());
+    }
+
+    #[test]
+    fn an_allow_overwrites_client_headers_and_a_deny_carries_status_and_body() {
+        let outcome = Outcome {
+            action: Action::Deny,
+            status: 418,
+            body: "no".into(),
+            headers: vec![(http::HeaderName::from_static("x-r"), http::HeaderValue::from_static("v"))],
+        };
+        let denied = check_response(&outcome);
+        assert_eq!(denied.status.as_ref().map(|s| s.code), Some(CODE_PERMISSION_DENIED));
+        let Some(check_response::HttpResponse::DeniedResponse(response)) = denied.http_response else { panic!() };
+        assert_eq!(response.status.map(|s| s.code), Some(418));
+        assert_eq!(response.body, "no");
+        let allowed = check_response(&Outcome { action: Action::Allow, status: 200, body: String::new(), ..outcome });
+        assert_eq!(allowed.status.as_ref().map(|s| s.code), Some(CODE_OK));
+        let Some(check_response::HttpResponse::OkResponse(ok)) = allowed.http_response else { panic!() };
+        assert_eq!(ok.headers[0].append_action, 2, "OVERWRITE_IF_EXISTS_OR_ADD");
+    }
+}
