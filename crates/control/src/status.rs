@@ -2,7 +2,10 @@
 //! workloads exist, where every proxy stands, and which certificates are out.
 //!
 //! - `/api/v1/resources` — every document with its status (accepted, rejected with reasons,
-//!   pending behind a refused change), the generation and version in force
+//!   pending behind a refused change) and its warnings: what zmesh reads but does not enforce,
+//!   each with its code (docs/diagnostic-codes.md), file:line, field and the text `zmesh
+//!   validate` prints; warnings of no resource (a Sidecar zmesh skips) are listed under their
+//!   file. Also the generation and version in force, and `warningCount`.
 //! - `/api/v1/workloads` — the registry, with the proxies serving each workload
 //! - `/api/v1/proxies` — connected proxies: version sent and acknowledged, SYNCED/STALE/NACKED,
 //!   how long the current version took to reach them (or has been waiting)

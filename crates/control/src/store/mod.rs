@@ -88,7 +88,8 @@ pub struct StoreState {
 }
 
 /// One resource as the admin API shows it. Problems not tied to a resource (a file that is not
-/// valid YAML) are listed with kind `File` and the file as the name.
+/// valid YAML, a kind zmesh skips such as Sidecar) are listed with kind `File` and the file as
+/// the name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceStatus {
     pub kind: String,
@@ -96,9 +97,14 @@ pub struct ResourceStatus {
     pub namespace: String,
     pub name: String,
     pub file: Option<String>,
-    /// Where the document starts (for a rejected one, its first error when the start is unknown).
+    /// Where the document starts (for a rejected one, its first error when the start is unknown;
+    /// for a file, its first finding).
     pub line: usize,
     pub state: ResourceState,
+    /// The warnings of its document, as `zmesh validate` prints them: what zmesh reads but does
+    /// not enforce or apply (codes in docs/diagnostic-codes.md). A zero-trust mesh must say
+    /// what it leaves undone; warnings never refuse a change.
+    pub warnings: Vec<Diagnostic>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,21 +175,105 @@ fn file_of(origin: &Origin) -> Option<String> {
     origin.file.as_deref().map(str::to_owned)
 }
 
+/// The status key of findings that belong to a file rather than to a resource.
+fn file_key(file: &Option<String>) -> Key {
+    ("File".to_owned(), String::new(), file.clone().unwrap_or_else(|| "<input>".to_owned()))
+}
+
+/// A resource of a load: its key and its file.
+type Place = (Key, Option<String>);
+
+fn places(loaded: &Loaded) -> BTreeSet<Place> {
+    loaded.sources.iter().map(|s| (source_key(&s.kind, &s.namespace, &s.name), file_of(&s.origin))).collect()
+}
+
+fn is_warning(diagnostic: &&Diagnostic) -> bool {
+    diagnostic.severity == Severity::Warning
+}
+
+/// The warnings of one load, handed out to the statuses they belong to: each to the resource
+/// its object names in its file (as errors are matched), the others — a kind zmesh skips, a
+/// ConfigMap it does not read — to their file.
+#[derive(Debug, Default)]
+struct Warnings {
+    by_resource: BTreeMap<Place, Vec<Diagnostic>>,
+    by_file: BTreeMap<Option<String>, Vec<Diagnostic>>,
+}
+
+impl Warnings {
+    /// The warnings of `loaded`; those naming one of `resources` are kept for it.
+    fn of(loaded: &Loaded, resources: &BTreeSet<Place>) -> Warnings {
+        let mut warnings = Warnings::default();
+        for warning in loaded.diagnostics.iter().filter(is_warning) {
+            let file = file_of(&warning.origin);
+            let place = warning.object.as_ref().map(|object| (object_key(object), file.clone()));
+            match place.filter(|place| resources.contains(place)) {
+                Some(place) => warnings.by_resource.entry(place).or_default().push(warning.clone()),
+                None => warnings.by_file.entry(file).or_default().push(warning.clone()),
+            }
+        }
+        warnings
+    }
+
+    /// The warnings of the resource `key` in `file` from `line` on. A key repeated in one file
+    /// (the later document replaces the earlier) is asked for from its last document up, so
+    /// each document gets the warnings that lie within it.
+    fn take(&mut self, key: &Key, file: &Option<String>, line: usize) -> Vec<Diagnostic> {
+        let place = (key.clone(), file.clone());
+        let Some(all) = self.by_resource.get_mut(&place) else { return Vec::new() };
+        let (taken, rest): (Vec<_>, Vec<_>) = std::mem::take(all).into_iter().partition(|w| w.origin.pos.line >= line);
+        if rest.is_empty() {
+            self.by_resource.remove(&place);
+        } else {
+            *all = rest;
+        }
+        taken
+    }
+
+    /// What no status took, by file (nothing is dropped).
+    fn by_file(mut self) -> BTreeMap<Option<String>, Vec<Diagnostic>> {
+        for ((_, file), rest) in std::mem::take(&mut self.by_resource) {
+            self.by_file.entry(file).or_default().extend(rest);
+        }
+        self.of_no_resource()
+    }
+
+    /// The warnings that name no resource, by file, in the order of their positions.
+    fn of_no_resource(mut self) -> BTreeMap<Option<String>, Vec<Diagnostic>> {
+        for list in self.by_file.values_mut() {
+            list.sort_by(|a, b| a.origin.cmp(&b.origin));
+        }
+        self.by_file
+    }
+}
+
+/// The status of a file's findings that belong to no resource.
+fn file_status(file: Option<String>, state: ResourceState, warnings: Vec<Diagnostic>) -> ResourceStatus {
+    let (kind, namespace, name) = file_key(&file);
+    let line = warnings.iter().map(|w| w.origin.pos.line).min().unwrap_or(1);
+    ResourceStatus { kind, namespace, name, file, line, state, warnings }
+}
+
 impl StoreState {
     /// The state of a freshly accepted configuration: every resource in it accepted.
     pub fn accepted(generation: u64, at: SystemTime, loaded: Arc<Loaded>) -> StoreState {
+        let mut warnings = Warnings::of(&loaded, &places(&loaded));
         let mut resources: Vec<ResourceStatus> = loaded
             .sources
             .iter()
-            .map(|source| ResourceStatus {
-                kind: source.kind.clone(),
-                namespace: source.namespace.clone(),
-                name: source.name.clone(),
-                file: file_of(&source.origin),
-                line: source.origin.pos.line,
-                state: ResourceState::Accepted,
+            .rev()
+            .map(|source| {
+                let key = source_key(&source.kind, &source.namespace, &source.name);
+                let file = file_of(&source.origin);
+                let line = source.origin.pos.line;
+                let warnings = warnings.take(&key, &file, line);
+                let (kind, namespace, name) = key;
+                ResourceStatus { kind, namespace, name, file, line, state: ResourceState::Accepted, warnings }
             })
             .collect();
+        for (file, list) in warnings.by_file() {
+            resources.push(file_status(file, ResourceState::Accepted, list));
+        }
         sort(&mut resources);
         StoreState { generation, accepted_at: at, loaded, resources, rejection: None }
     }
@@ -200,7 +290,7 @@ impl StoreState {
         );
 
         // Rejected resources, and files with errors of no resource, by (key, file).
-        let mut rejected: BTreeMap<(Key, Option<String>), (usize, Vec<String>)> = BTreeMap::new();
+        let mut rejected: BTreeMap<Place, (usize, Vec<String>)> = BTreeMap::new();
         let mut broken_files = BTreeSet::new();
         for error in &errors {
             let file = file_of(&error.origin);
@@ -208,7 +298,7 @@ impl StoreState {
                 Some(object) => object_key(object),
                 None => {
                     broken_files.insert(file.clone());
-                    ("File".to_owned(), String::new(), file.clone().unwrap_or_else(|| "<input>".to_owned()))
+                    file_key(&file)
                 }
             };
             let entry = rejected.entry((key, file)).or_insert((error.origin.pos.line, Vec::new()));
@@ -217,11 +307,18 @@ impl StoreState {
         }
         let rejected_keys: BTreeSet<Key> = rejected.keys().map(|(key, _)| key.clone()).collect();
 
+        // The warnings of what the files hold now, and of what is in force (for what the change
+        // would remove, or what a broken file held).
+        let mut attempt_places = places(attempt);
+        attempt_places.extend(rejected.keys().cloned());
+        let mut warnings = Warnings::of(attempt, &attempt_places);
+        let mut in_force_warnings = Warnings::of(&self.loaded, &places(&self.loaded));
+
         let mut resources = Vec::new();
         let in_force: BTreeSet<(Key, &str)> =
             self.loaded.sources.iter().map(|s| (source_key(&s.kind, &s.namespace, &s.name), &*s.json)).collect();
         let mut in_files = BTreeSet::new();
-        for source in &attempt.sources {
+        for source in attempt.sources.iter().rev() {
             let key = source_key(&source.kind, &source.namespace, &source.name);
             let file = file_of(&source.origin);
             in_files.insert(key.clone());
@@ -236,11 +333,13 @@ impl StoreState {
             } else {
                 ResourceState::Pending { because: format!("valid, but not in force: {because_change}") }
             };
+            let line = source.origin.pos.line;
+            let warnings = warnings.take(&key, &file, line);
             let (kind, namespace, name) = key;
-            resources.push(ResourceStatus { kind, namespace, name, file, line: source.origin.pos.line, state });
+            resources.push(ResourceStatus { kind, namespace, name, file, line, state, warnings });
         }
         // What is in force but gone from the files: removing it is part of the refused change.
-        for source in &self.loaded.sources {
+        for source in self.loaded.sources.iter().rev() {
             let key = source_key(&source.kind, &source.namespace, &source.name);
             if in_files.contains(&key) || rejected_keys.contains(&key) {
                 continue;
@@ -254,10 +353,34 @@ impl StoreState {
                     because: format!("removed from the files, but still in force: {because_change}"),
                 }
             };
+            let line = source.origin.pos.line;
+            let warnings = in_force_warnings.take(&key, &file, line);
             let (kind, namespace, name) = key;
-            resources.push(ResourceStatus { kind, namespace, name, file, line: source.origin.pos.line, state });
+            resources.push(ResourceStatus { kind, namespace, name, file, line, state, warnings });
         }
-        for ((key, file), (line, reasons)) in rejected {
+        let mut rejected: BTreeMap<Place, (usize, Vec<String>, Vec<Diagnostic>)> = rejected
+            .into_iter()
+            .map(|((key, file), (line, reasons))| {
+                let warnings = warnings.take(&key, &file, 0);
+                ((key, file), (line, reasons, warnings))
+            })
+            .collect();
+        // Findings of no resource: with the file's errors when it has any; otherwise the file's
+        // own status, in force when the files say what the configuration in force said.
+        let in_force_files = in_force_warnings.of_no_resource();
+        for (file, list) in warnings.by_file() {
+            if let Some(entry) = rejected.get_mut(&(file_key(&file), file.clone())) {
+                entry.2.extend(list);
+                continue;
+            }
+            let state = if in_force_files.get(&file) == Some(&list) {
+                ResourceState::Accepted
+            } else {
+                ResourceState::Pending { because: format!("valid, but not in force: {because_change}") }
+            };
+            resources.push(file_status(file, state, list));
+        }
+        for ((key, file), (line, reasons, warnings)) in rejected {
             let (kind, namespace, name) = key;
             resources.push(ResourceStatus {
                 kind,
@@ -266,6 +389,7 @@ impl StoreState {
                 file,
                 line,
                 state: ResourceState::Rejected { reasons },
+                warnings,
             });
         }
         sort(&mut resources);
@@ -284,6 +408,7 @@ impl StoreState {
         json!({
             "generation": self.generation,
             "acceptedAt": Rfc3339(self.accepted_at).to_string(),
+            "warningCount": self.resources.iter().map(|r| r.warnings.len()).sum::<usize>(),
             "resources": self.resources.iter().map(ResourceStatus::to_json).collect::<Vec<_>>(),
             "rejection": self.rejection.as_ref().map(|r| json!({
                 "at": Rfc3339(r.at).to_string(),
@@ -314,8 +439,24 @@ impl ResourceStatus {
             "line": self.line,
             "status": status,
             "reasons": reasons,
+            "warnings": self.warnings.iter().map(warning_json).collect::<Vec<_>>(),
         })
     }
+}
+
+/// One warning in the admin API: its parts, and `text` as `zmesh validate` prints it.
+fn warning_json(warning: &Diagnostic) -> Value {
+    json!({
+        "code": warning.code,
+        "at": warning.origin.to_string(),
+        "file": warning.origin.file.as_deref(),
+        "line": warning.origin.pos.line,
+        "column": warning.origin.pos.column,
+        "field": warning.field,
+        "message": warning.message,
+        "hint": warning.hint,
+        "text": warning.to_string(),
+    })
 }
 
 /// How often the file store looks, how long a change must hold still before it is read, and
@@ -417,10 +558,22 @@ impl ConfigStore for FileStore {
     }
 }
 
-fn log_accepted(generation: u64, loaded: &Loaded, source: &str) {
-    for warning in loaded.diagnostics.iter().filter(|d| d.severity == Severity::Warning) {
-        warn!(%warning, "configuration warning");
+/// Log every warning of a change, once: when the change is read (accepted or refused), never
+/// again while the files stay the same.
+fn log_warnings(loaded: &Loaded) {
+    for warning in loaded.diagnostics.iter().filter(is_warning) {
+        warn!(
+            code = warning.code.unwrap_or_default(),
+            at = %warning.origin,
+            field = %warning.field,
+            %warning,
+            "configuration warning"
+        );
     }
+}
+
+fn log_accepted(generation: u64, loaded: &Loaded, source: &str) {
+    log_warnings(loaded);
     info!(generation, resources = loaded.sources.len(), files = loaded.files, source, "configuration accepted");
 }
 
@@ -558,6 +711,7 @@ impl Watcher {
         let current = self.states.borrow().clone();
         let now = SystemTime::now();
         let state = if loaded.has_errors() {
+            log_warnings(&loaded);
             for error in loaded.errors() {
                 warn!(%error, "configuration change refused");
             }
