@@ -112,7 +112,8 @@ fn reason(checked: &Checked) -> String {
 
 pub(crate) fn authz_json(checked: &Checked) -> serde_json::Value {
     let decision = &checked.decision;
-    let rule = decision.decided_by.as_ref().or(decision.external.as_ref());
+    let external = decision.external.as_ref().filter(|_| decision.verdict == Verdict::Allow);
+    let rule = decision.decided_by.as_ref().or(external);
     json!({
         "decision": if decision.verdict == Verdict::Allow { "allow" } else { "deny" },
         "status": decision.status,

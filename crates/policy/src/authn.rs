@@ -62,6 +62,15 @@ fn rule_reads(rule: &zmesh_config::authn::JwtRule, location: &TokenLocation) -> 
     }
 }
 
+/// Envoy compares audiences without their `http://`/`https://` scheme and trailing `/`.
+fn same_audience(a: &str, b: &str) -> bool {
+    let bare = |s: &'_ str| -> String {
+        let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+        s.strip_suffix('/').unwrap_or(s).to_owned()
+    };
+    bare(a) == bare(b)
+}
+
 /// Apply the RequestAuthentication rules of a workload to a request's token.
 pub fn authenticate(rules: &[Arc<JwtRules>], token: &Token) -> AuthnOutcome {
     let pass_without_identity = AuthnOutcome::Pass { claims: None, rule: None };
@@ -81,16 +90,17 @@ pub fn authenticate(rules: &[Arc<JwtRules>], token: &Token) -> AuthnOutcome {
     let claims = match token {
         Token::Valid { claims, .. } => claims,
         Token::Invalid { reason, .. } => {
-            return AuthnOutcome::Reject {
-                status: 401,
-                reason: Reason::JwtInvalid,
-                detail: format!("Jwt verification fails: {reason}"),
-            };
+            return AuthnOutcome::Reject { status: 401, reason: Reason::JwtInvalid, detail: reason.clone() };
         }
         Token::None => return pass_without_identity,
     };
-    let issuer = claims.get("iss").and_then(serde_json::Value::as_str).unwrap_or_default();
-    let for_issuer: Vec<_> = reading.iter().filter(|(_, _, rule)| rule.issuer == issuer).collect();
+    // Envoy compares issuers only when both the token and the rule name one.
+    let issuer = claims.get("iss").and_then(serde_json::Value::as_str);
+    let for_issuer: Vec<_> = reading
+        .iter()
+        .filter(|(_, _, rule)| rule.issuer.is_empty() || issuer.is_none_or(|issuer| rule.issuer == issuer))
+        .collect();
+    let issuer = issuer.unwrap_or_default();
     if for_issuer.is_empty() {
         return AuthnOutcome::Reject {
             status: 401,
@@ -100,9 +110,9 @@ pub fn authenticate(rules: &[Arc<JwtRules>], token: &Token) -> AuthnOutcome {
     }
     let token_audiences =
         Claims::new(claims.clone(), &[]).audiences().into_iter().map(str::to_owned).collect::<Vec<_>>();
-    let accepted = for_issuer
-        .iter()
-        .find(|(_, _, rule)| rule.audiences.is_empty() || rule.audiences.iter().any(|a| token_audiences.contains(a)));
+    let accepted = for_issuer.iter().find(|(_, _, rule)| {
+        rule.audiences.is_empty() || rule.audiences.iter().any(|a| token_audiences.iter().any(|t| same_audience(a, t)))
+    });
     match accepted {
         Some((policy, index, rule)) => AuthnOutcome::Pass {
             claims: Some(Claims::new(claims.clone(), &rule.space_delimited_claims)),

@@ -37,6 +37,9 @@ pub enum Reason {
     CustomProviderMissing,
     /// CUSTOM policies on this workload name more than one provider: fail closed.
     CustomProvidersConflict,
+    /// A CUSTOM rule matched a TCP connection: zmesh sends only HTTP requests to external
+    /// authorizers (Envoy's network ext_authz filter has no counterpart), so it denies.
+    CustomOnTcp,
     /// The request carried a token that failed verification (before authorization).
     JwtInvalid,
     /// The request carried a valid token for an audience the rule does not accept.
@@ -55,6 +58,9 @@ impl Reason {
             }
             Reason::CustomProvidersConflict => {
                 "CUSTOM policies on this workload name more than one provider, which Istio does not allow, so requests they match are denied"
+            }
+            Reason::CustomOnTcp => {
+                "a CUSTOM rule matched a TCP connection; zmesh asks external authorizers only about HTTP requests, so the connection is denied (fail closed)"
             }
             Reason::JwtInvalid => "the request's JWT failed verification",
             Reason::JwtAudience => "the request's JWT is not for an accepted audience",
@@ -78,10 +84,12 @@ pub struct Decision {
     pub reason: Reason,
     /// The deciding policy and rule (`None` when no rule decided).
     pub decided_by: Option<RuleRef>,
-    /// A matched CUSTOM policy whose provider must also allow the request.
+    /// A matched CUSTOM policy whose provider is asked about the request. The proxy asks it
+    /// before applying `verdict`, as Envoy's ext_authz filter runs ahead of RBAC: its denial is
+    /// what the client sees, and its allowance still leaves `verdict` to decide.
     pub external: Option<RuleRef>,
-    /// An AUDIT rule matched: log this request for auditing.
-    pub audited: bool,
+    /// The AUDIT rule that matched: log this request for auditing.
+    pub audit: Option<RuleRef>,
 }
 
 impl Decision {
@@ -90,7 +98,7 @@ impl Decision {
     }
 
     pub(crate) fn deny(reason: Reason, status: u16, decided_by: Option<RuleRef>) -> Decision {
-        Decision { verdict: Verdict::Deny, status, reason, decided_by, external: None, audited: false }
+        Decision { verdict: Verdict::Deny, status, reason, decided_by, external: None, audit: None }
     }
 }
 
@@ -380,12 +388,15 @@ impl WorkloadPolicy {
             if !provider.is_some_and(|name| self.known_providers.iter().any(|k| k == name)) {
                 return Decision::deny(Reason::CustomProviderMissing, 403, Some(matched));
             }
+            if !request.is_http() {
+                return Decision::deny(Reason::CustomOnTcp, 403, Some(matched));
+            }
             external = Some(matched);
         }
+        let audit = if self.audit.is_empty() { None } else { first_match(&self.audit, request) };
         if let Some(matched) = first_match(&self.deny, request) {
-            return Decision::deny(Reason::DenyMatched, 403, Some(matched));
+            return Decision { external, audit, ..Decision::deny(Reason::DenyMatched, 403, Some(matched)) };
         }
-        let audited = !self.audit.is_empty() && first_match(&self.audit, request).is_some();
         let (verdict, reason, decided_by) = if self.allow.is_empty() {
             (Verdict::Allow, Reason::NoAllowPolicies, None)
         } else {
@@ -395,14 +406,7 @@ impl WorkloadPolicy {
             }
         };
         let status = if verdict == Verdict::Allow { 200 } else { 403 };
-        Decision {
-            verdict,
-            status,
-            reason,
-            decided_by,
-            external: if verdict == Verdict::Allow { external } else { None },
-            audited,
-        }
+        Decision { verdict, status, reason, decided_by, external, audit }
     }
 
     /// The decision if the dry-run policies were enforced too (what `istio.io/dry-run` reports).

@@ -6,8 +6,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use zmesh_config::Config;
 use zmesh_config::mesh::MeshConfig;
+use zmesh_config::networking::LocalRateLimit;
 use zmesh_policy::{PolicySet, WorkloadPolicy};
 use zmesh_registry::{MeshWorkload, Registry, WorkloadError};
+
+use crate::admission::Admission;
 
 /// One consistent configuration of the proxy.
 #[derive(Debug)]
@@ -21,7 +24,12 @@ pub struct ProxyConfig {
     pub policies: PolicySet,
     /// The policies that apply to this workload, gathered once per version.
     pub policy: Arc<WorkloadPolicy>,
+    /// What decides each HTTP request: built from `policy` alone here, then completed by the
+    /// running proxy (key sets, authorizer clients, rate limiters) before it is put in force.
+    pub admission: Arc<Admission>,
     pub mesh: MeshConfig,
+    /// The EnvoyFilter local rate limits that apply to this workload, in filter order.
+    pub rate_limits: Vec<LocalRateLimit>,
 }
 
 impl ProxyConfig {
@@ -29,8 +37,19 @@ impl ProxyConfig {
     pub fn build(version: String, config: &Config, namespace: &str, name: &str) -> Result<Self, WorkloadError> {
         let registry = Registry::from_config(config);
         let workload = registry.workload(config, namespace, name)?;
+        Ok(Self::from_config(version, workload, registry, config))
+    }
+
+    /// Compile `config` for a workload already found in `registry`.
+    pub fn from_config(version: String, workload: Arc<MeshWorkload>, registry: Registry, config: &Config) -> Self {
         let policies = PolicySet::compile(config);
-        Ok(Self::new(version, workload, registry, policies, config.mesh.clone()))
+        let mut built = Self::new(version, workload, registry, policies, config.mesh.clone());
+        built.rate_limits =
+            crate::ratelimit::envoy_filters_for(&built.workload.namespace, &built.as_policy_sees_it.labels, config)
+                .into_iter()
+                .cloned()
+                .collect();
+        built
     }
 
     pub fn new(
@@ -42,7 +61,18 @@ impl ProxyConfig {
     ) -> Self {
         let as_policy_sees_it = workload.policy_workload();
         let policy = Arc::new(policies.for_workload(&as_policy_sees_it));
-        ProxyConfig { version, workload, as_policy_sees_it, registry, policies, policy, mesh }
+        let admission = Arc::new(Admission::policy_only(policy.clone()));
+        ProxyConfig {
+            version,
+            workload,
+            as_policy_sees_it,
+            registry,
+            policies,
+            policy,
+            admission,
+            mesh,
+            rate_limits: Vec::new(),
+        }
     }
 }
 
@@ -64,5 +94,14 @@ impl Current {
     /// Put `config` in force for every connection that starts from now on.
     pub fn replace(&self, config: ProxyConfig) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+    }
+}
+
+/// Logs what the configuration holds but this proxy does not enforce or apply (the loader's
+/// warnings, each with its stable code and source), so an operator reading the proxy's log
+/// learns it too, not only from `zmesh validate` or the control plane's status API.
+pub fn log_warnings<'a>(diagnostics: impl IntoIterator<Item = &'a zmesh_config::Diagnostic>) {
+    for diagnostic in diagnostics.into_iter().filter(|d| !d.is_error()) {
+        tracing::warn!(code = diagnostic.code.unwrap_or("none"), "{diagnostic}");
     }
 }

@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::admission::{Admitted, HttpAttributes, HttpProtocol, Refusal};
+use crate::l7::ConnectionContext;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -15,9 +17,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OnceCell;
-use zmesh_policy::{HttpRequest, Request as AuthzRequest};
 
-use crate::l7::ConnectionContext;
+/// The header that tells the app who the client is; incoming values are spoofing attempts.
+const XFCC: &str = "x-forwarded-client-cert";
 
 /// The client connection preface that starts every HTTP/2 connection (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -121,6 +123,11 @@ impl Forwarder {
     }
 
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        if request.method() == http::Method::CONNECT {
+            // As on HTTP/1.1: Istio's inbound listener enables no CONNECT or upgrades but
+            // WebSocket, so Envoy answers 403 `upgrade_failed` — never a tunnel policy saw as `/`.
+            return local_reply(StatusCode::FORBIDDEN, "upgrade_failed", &[]);
+        }
         let raw = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let path = match zmesh_http::normalize_path(&raw, self.ctx.path_normalization) {
             Ok(path) => path.into_owned(),
@@ -132,67 +139,114 @@ impl Forwarder {
                 );
             }
         };
+        // One authority, decided on and forwarded: `:authority` when present (RFC 9113 §8.3.1
+        // makes it win over `host`), else `host`. Any `host` header is dropped below and the
+        // authority travels as `:authority` only, so the app cannot see another value than
+        // the one policy matched.
         let host = request
             .uri()
             .authority()
             .map(|a| a.as_str().to_owned())
             .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
             .unwrap_or_default();
+        // The client's XFCC never reaches policy or the app: the proxy's own replaces it.
+        let xfcc = self.ctx.peer.as_ref().map(|peer| match &self.ctx.local_identity {
+            Some(local) => format!("By={};URI={}", local.as_uri(), peer.as_uri()),
+            None => format!("URI={}", peer.as_uri()),
+        });
         // Header values that are not UTF-8 are matched as lossily decoded text, so a policy on
         // such a header can never be satisfied by bytes it cannot name.
-        let owned: Vec<(String, String)> = request
+        let mut owned: Vec<(String, String)> = request
             .headers()
             .iter()
+            .filter(|(k, _)| *k != http::header::HOST && k.as_str() != XFCC)
             .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
-        let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let http = HttpRequest { method: request.method().as_str(), host: &host, path: &path, headers: &headers };
-        let forwarded_for = http.header("x-forwarded-for").map(|v| v.into_owned());
-        let decision = self.ctx.policy.authorize(&AuthzRequest {
-            peer: self.ctx.peer.as_ref(),
-            source_ip: Some(self.ctx.source.ip()),
-            remote_ip: zmesh_policy::remote_ip_from_forwarded_for(forwarded_for.as_deref(), Some(self.ctx.source.ip())),
-            destination_ip: Some(self.ctx.destination.ip()),
-            destination_port: self.ctx.destination.port(),
-            sni: None,
-            http: Some(http),
-            jwt: None,
-        });
-        if !decision.is_allow() {
-            let (policy, rule) = decision
-                .decided_by
-                .as_ref()
-                .map_or(("none".to_owned(), "none".to_owned()), |r| (r.policy.to_string(), r.rule.to_string()));
-            return local_reply(
-                StatusCode::FORBIDDEN,
-                "RBAC: access denied",
-                &[("x-zmesh-policy", policy), ("x-zmesh-rule", rule)],
-            );
+        if let Some(xfcc) = &xfcc {
+            owned.push((XFCC.to_owned(), xfcc.clone()));
         }
+        let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let attributes = HttpAttributes {
+            method: request.method().as_str(),
+            authority: &host,
+            path: &path,
+            original_path: &raw,
+            headers: &headers,
+            body: None,
+            protocol: HttpProtocol::Http2,
+        };
+        let edits = match self.ctx.admission.admit(&self.ctx, &attributes).await {
+            Admitted::Forward(edits) => edits,
+            Admitted::Refuse(refusal) => return refusal_reply(refusal),
+        };
+        let mut parts = request.uri().clone().into_parts();
         if let Ok(uri) = http::Uri::builder().path_and_query(path.as_str()).build() {
-            let mut parts = request.uri().clone().into_parts();
             parts.path_and_query = uri.into_parts().path_and_query;
-            if let Ok(rebuilt) = http::Uri::from_parts(parts) {
-                *request.uri_mut() = rebuilt;
-            }
+        }
+        if parts.authority.is_none() && !host.is_empty() {
+            parts.authority = host.parse().ok();
+            parts.scheme.get_or_insert(http::uri::Scheme::HTTP);
+        }
+        match http::Uri::from_parts(parts) {
+            Ok(rebuilt) => *request.uri_mut() = rebuilt,
+            Err(_) => return local_reply(StatusCode::BAD_REQUEST, "Bad Request", &[]),
         }
         let headers = request.headers_mut();
-        headers.remove("x-forwarded-client-cert");
-        if let Some(peer) = &self.ctx.peer {
-            let by = self.ctx.local_identity.as_ref().map(|id| format!("By={id};")).unwrap_or_default();
-            if let Ok(value) = HeaderValue::from_str(&format!("{by}URI={peer}")) {
-                headers.insert("x-forwarded-client-cert", value);
+        headers.remove(http::header::HOST);
+        headers.remove(XFCC);
+        for name in &edits.remove {
+            headers.remove(name.as_str());
+        }
+        for (name, value) in &edits.set {
+            if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
+            {
+                headers.insert(name, value);
             }
+        }
+        for (name, value) in &edits.append {
+            if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
+            {
+                headers.append(name, value);
+            }
+        }
+        if let Some(value) = xfcc.and_then(|xfcc| HeaderValue::from_str(&xfcc).ok()) {
+            headers.insert(XFCC, value);
         }
         let mut sender = match self.sender().await {
             Ok(sender) => sender,
             Err(_) => return local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error", &[]),
         };
         match sender.send_request(request).await {
-            Ok(response) => response.map(http_body_util::BodyExt::boxed),
+            Ok(mut response) => {
+                for (name, value) in &edits.response_set {
+                    if let (Ok(name), Ok(value)) =
+                        (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value))
+                    {
+                        response.headers_mut().insert(name, value);
+                    }
+                }
+                response.map(http_body_util::BodyExt::boxed)
+            }
             Err(_) => local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream reset", &[]),
         }
     }
+}
+
+/// A refusal from admission as an HTTP/2 response.
+fn refusal_reply(refusal: Refusal) -> Response<Body> {
+    let mut response = Response::new(Full::new(refusal.body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+    for (name, value) in &refusal.headers {
+        let framing =
+            ["content-length", "transfer-encoding", "connection"].iter().any(|f| name.eq_ignore_ascii_case(f));
+        if framing {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
 }
 
 /// Serve one HTTP/2 (h2c) downstream connection until it closes.

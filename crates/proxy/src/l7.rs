@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span, field};
 use zmesh_http::{BodyFraming, Limits, Method, PathNormalization, RequestHead, Version};
 use zmesh_id::SpiffeId;
-use zmesh_policy::{RuleRef, WorkloadPolicy};
+
+use crate::admission::{Admission, Admitted, Edits, HttpAttributes, HttpProtocol, Refusal, Refuser};
 
 pub use error::{ChunkError, L7Error, ResponseError, Side};
 
@@ -38,14 +39,18 @@ use decide::{Verdict, decide};
 use exchange::{After, Scratch, exchange};
 use head::{HeadEvent, next_head};
 use io::Peer;
-use reply::{LocalReply, Persistence, encode_denial};
+use reply::{LocalReply, Persistence, encode_denial, encode_refusal};
 use response::RequestFacts;
 
 /// Everything [`serve_http1`] needs to know about one downstream connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionContext {
-    /// The policies that apply to the destination workload, at one snapshot.
-    pub policy: Arc<WorkloadPolicy>,
+    /// What decides each request (token, external authorizer, policy, rate limits) for the
+    /// destination workload, at one configuration version.
+    pub admission: Arc<Admission>,
+    /// This connection's view of the workload's local rate limits
+    /// ([`Admission::connection_limits`]).
+    pub rate_limits: Arc<[crate::ratelimit::LocalRateLimiter]>,
     /// The peer's verified mTLS identity; `None` for a plaintext peer.
     pub peer: Option<SpiffeId>,
     /// This workload's own identity, for the `By=` of `x-forwarded-client-cert`.
@@ -93,7 +98,8 @@ impl Default for Timeouts {
 pub struct ConnectionStats {
     /// Requests that began: forwarded, denied or rejected.
     pub requests: u64,
-    /// Refused by authorization (the RBAC 403).
+    /// Refused by admission: authorization (the RBAC 403), the token (401), the external
+    /// authorizer or a rate limit.
     pub denied: u64,
     /// Refused before authorization: heads or paths that do not parse, refused upgrades and
     /// CONNECT, header-read timeouts.
@@ -203,10 +209,26 @@ where
         span.record("method", head.method.as_str());
         span.record("path", head.path_and_query().unwrap_or_default());
 
-        match decide(&head, ctx, self.xfcc.as_deref()) {
-            Verdict::Refuse(refusal) => self.reject(LocalReply::Refused(refusal)).await,
-            Verdict::Deny(decided_by) => self.deny(&head, decided_by.as_ref()).await,
-            Verdict::Forward { path, websocket } => self.forward(&head, &path, websocket).await,
+        let (path, websocket) = match decide(&head, ctx) {
+            Verdict::Refuse(refusal) => return self.reject(LocalReply::Refused(refusal)).await,
+            Verdict::Admit { path, websocket } => (path, websocket),
+        };
+        let values = decide::header_values(&head);
+        let headers = decide::header_pairs(&head, &values, self.xfcc.as_deref());
+        // The parser has checked Host byte by byte (only authority bytes, so ASCII).
+        let authority = head.authority().unwrap_or_default();
+        let attributes = HttpAttributes {
+            method: head.method.as_str(),
+            authority: &authority,
+            path: &path,
+            original_path: head.path_and_query().unwrap_or_default(),
+            headers: &headers,
+            body: None,
+            protocol: HttpProtocol::Http11,
+        };
+        match ctx.admission.admit(ctx, &attributes).await {
+            Admitted::Refuse(refusal) => self.refuse(&head, refusal).await,
+            Admitted::Forward(edits) => self.forward(&head, &path, websocket, &edits).await,
         }
     }
 
@@ -221,21 +243,33 @@ where
         Ok(Next::Close)
     }
 
-    async fn deny(&mut self, head: &RequestHead, decided_by: Option<&RuleRef>) -> Result<Next, L7Error> {
+    async fn refuse(&mut self, head: &RequestHead, refusal: Refusal) -> Result<Next, L7Error> {
         self.stats.denied += 1;
-        Span::current().record("status", 403);
-        tracing::debug!(policy = decided_by.map(|rule| &*rule.policy), "request denied");
+        Span::current().record("status", refusal.status);
+        tracing::debug!(by = refusal.by.as_str(), status = refusal.status, "request refused");
         // The body is not read: it would be taken for the next request, and draining an
         // unauthorized client's bytes is not worth it. Close instead.
         let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::ContentLength(0));
         let close = has_body || !head.keep_alive() || self.ctx.shutdown.is_cancelled();
         let persistence = Persistence::new(close, head.version == Version::Http10);
-        encode_denial(decided_by, persistence, &mut self.scratch.to_client);
+        let is_head = head.method == Method::Head;
+        match &refusal.by {
+            Refuser::Rbac(decided_by) => {
+                encode_denial(decided_by.as_ref(), persistence, is_head, &mut self.scratch.to_client)
+            }
+            _ => encode_refusal(&refusal, persistence, is_head, &mut self.scratch.to_client),
+        }
         self.client.writer.send(&self.scratch.to_client).await.map_err(L7Error::ClientWrite)?;
         Ok(if close { Next::Close } else { Next::Continue })
     }
 
-    async fn forward(&mut self, head: &RequestHead, path: &str, websocket: bool) -> Result<Next, L7Error> {
+    async fn forward(
+        &mut self,
+        head: &RequestHead,
+        path: &str,
+        websocket: bool,
+        edits: &Edits,
+    ) -> Result<Next, L7Error> {
         Span::current().record("path", path);
         let ctx = self.ctx;
         let app = match self.app {
@@ -256,7 +290,7 @@ where
                 self.app.insert(Peer::new(stream))
             }
         };
-        rewrite::encode_upstream_head(head, path, websocket, self.xfcc.as_deref(), &mut self.upstream_head);
+        rewrite::encode_upstream_head(head, path, websocket, self.xfcc.as_deref(), edits, &mut self.upstream_head);
         let request = RequestFacts {
             body: head.body,
             keep_alive: head.keep_alive(),
@@ -264,6 +298,7 @@ where
             is_head: head.method == Method::Head,
             websocket,
         };
+        self.scratch.response_set.clone_from(&edits.response_set);
         match exchange(&mut self.client, app, &self.upstream_head, request, ctx, &mut self.scratch).await? {
             After::KeepAlive => Ok(Next::Continue),
             After::Close | After::Tunnelled => Ok(Next::Close),

@@ -4,6 +4,7 @@
 //! the control plane or local files, swapped whole), and its listeners — HBONE inbound,
 //! plaintext inbound, outbound, health, metrics and admin. See `run` for how they fit.
 
+pub mod admission;
 pub mod capture;
 pub mod config;
 pub mod detect;

@@ -102,12 +102,11 @@ fn from_files(
 impl Local {
     /// The configuration the proxy starts with (and keeps: local files are read once).
     pub fn proxy_config(&self) -> crate::config::ProxyConfig {
-        crate::config::ProxyConfig::new(
+        crate::config::ProxyConfig::from_config(
             "local".to_owned(),
             self.workload.clone(),
             self.registry.clone(),
-            zmesh_policy::PolicySet::compile(&self.config),
-            self.config.mesh.clone(),
+            &self.config,
         )
     }
 
@@ -120,6 +119,7 @@ impl Local {
         if loaded.has_errors() {
             return Err(LocalError::Config(loaded.errors().map(ToString::to_string).collect::<Vec<_>>().join("\n")));
         }
+        crate::config::log_warnings(&loaded.diagnostics);
         let config = loaded.config;
         let registry = Registry::from_config(&config);
         let workload = registry.workload(&config, namespace, name)?;

@@ -307,16 +307,14 @@ pub fn envoy_filters_for<'c>(
 /// `now`: like Envoy, a new configuration starts new buckets. Counters are taken from (or added
 /// to) `stats` by `stat_prefix`, so they outlive configuration versions and filters with the
 /// same prefix share them, as Envoy's stats of one name are one counter.
-pub fn limiters_for(
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-    config: &Config,
+pub fn limiters_for<'f>(
+    envoy_filters: impl IntoIterator<Item = &'f LocalRateLimit>,
     now: Instant,
     random: &Arc<dyn RandomSource>,
     stats: &mut BTreeMap<String, Arc<RateLimitStats>>,
 ) -> Vec<LocalRateLimiter> {
     let mut limiters = Vec::new();
-    for envoy_filter in envoy_filters_for(namespace, labels, config) {
+    for envoy_filter in envoy_filters {
         for filter in &envoy_filter.filters {
             let counters = stats.entry(filter.stat_prefix.clone()).or_default().clone();
             let source = format!("{}[{}]", envoy_filter.meta.key(), filter.patch);
@@ -589,18 +587,20 @@ spec:
         let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
         let random = replay(&[0]);
         let mut stats = BTreeMap::new();
-        let prefixes: Vec<String> = limiters_for("shop", &labels, &config, Instant::now(), &random, &mut stats)
-            .iter()
-            .map(|l| l.stat_prefix().to_owned())
-            .collect();
+        let prefixes: Vec<String> =
+            limiters_for(envoy_filters_for("shop", &labels, &config), Instant::now(), &random, &mut stats)
+                .iter()
+                .map(|l| l.stat_prefix().to_owned())
+                .collect();
         // Priority first (stable), then root before namespace, then age.
         assert_eq!(prefixes, ["shop_web", "root_all", "root_web", "shop_all"]);
 
         let db = BTreeMap::from([("app".to_owned(), "db".to_owned())]);
-        let prefixes: Vec<String> = limiters_for("other", &db, &config, Instant::now(), &random, &mut stats)
-            .iter()
-            .map(|l| l.stat_prefix().to_owned())
-            .collect();
+        let prefixes: Vec<String> =
+            limiters_for(envoy_filters_for("other", &db, &config), Instant::now(), &random, &mut stats)
+                .iter()
+                .map(|l| l.stat_prefix().to_owned())
+                .collect();
         assert_eq!(prefixes, ["root_all", "other_all"]);
         // Counters are kept by stat_prefix across calls (configuration versions).
         assert_eq!(stats.len(), 5);

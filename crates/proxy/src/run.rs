@@ -32,13 +32,17 @@ use zmesh_id::SpiffeId;
 use zmesh_policy::{Decision, Request};
 use zmesh_tls::{CertStore, ExpectedPeers, TlsOptions};
 
+use crate::admission::{self, Admission};
 use crate::config::{Current, ProxyConfig};
 use crate::detect::Detected;
+use crate::ext_authz;
 use crate::hbone::{self, HboneClient, Refusal, ServeFuture, TunnelHandler, TunnelRequest, TunnelStream};
+use crate::jwks::{JwksCache, JwksOptions};
 use crate::l7::{self, ConnectionContext};
 use crate::metrics::{Metrics, value};
 use crate::net;
-use zmesh_registry::{MeshWorkload, PortHandling, ServiceEntryRoute, Upstream};
+use crate::ratelimit;
+use zmesh_registry::{HostRoute, MeshWorkload, PortHandling, ServiceEntryRoute, Upstream};
 
 /// How long a connection to a ServiceEntry's endpoint may take to open before the next one is
 /// tried: Istio's default cluster `connectTimeout`.
@@ -75,7 +79,7 @@ pub struct Proxy {
     /// Workload, registry, policy and MeshConfig: replaced whole by configuration updates.
     config: Current,
     pub store: Arc<CertStore>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Mark the proxy's own connections so capture lets them pass (transparent mode).
     pub marked: bool,
     /// The HBONE port of every proxy in this mesh (15008 unless a single-host setup moves it).
@@ -85,6 +89,111 @@ pub struct Proxy {
     /// Where the next connection to a ServiceEntry with several endpoints starts trying, so
     /// connections spread over them (Envoy balances a ServiceEntry's endpoints too).
     next_upstream: AtomicUsize,
+    /// The admission stages' parts that outlive a configuration version.
+    stages: StageParts,
+}
+
+/// What admission needs beyond one configuration version: fetched key sets, verified tokens,
+/// how to reach authorizers, the rate limits' randomness and counters.
+struct StageParts {
+    jwks: Arc<JwksCache>,
+    token_cache: Arc<zmesh_jwt::TokenCache>,
+    /// Authorizers are reached through the proxy's own outbound path (the registry, HBONE to
+    /// a mesh workload's proxy, a ServiceEntry's endpoints).
+    authorizers: Arc<dyn ext_authz::Connect>,
+    random: Arc<dyn ratelimit::RandomSource>,
+    rate_limit_stats: std::sync::Mutex<std::collections::BTreeMap<String, Arc<ratelimit::RateLimitStats>>>,
+}
+
+impl std::fmt::Debug for StageParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageParts").field("jwks", &self.jwks).finish_non_exhaustive()
+    }
+}
+
+impl StageParts {
+    fn new(marked: bool, authorizers: Arc<dyn ext_authz::Connect>) -> StageParts {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let seed = {
+            let mut seed = [0u8; 8];
+            // A seed from the system's randomness; without it, a fixed seed only makes the
+            // enabled/enforced sampling predictable, which decides no security outcome.
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+            u64::from_le_bytes(seed)
+        };
+        StageParts {
+            jwks: Arc::new(JwksCache::new(Arc::new(tls), JwksOptions { marked, ..JwksOptions::default() })),
+            token_cache: Arc::new(zmesh_jwt::TokenCache::default()),
+            authorizers,
+            random: Arc::new(ratelimit::SplitMix64::new(seed)),
+            rate_limit_stats: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Completes a configuration's admission with the parts that outlive it: the JWKS of its
+    /// RequestAuthentication rules are watched (and the ones no rule names any more dropped),
+    /// its CUSTOM providers get clients, its EnvoyFilter rate limits get fresh buckets.
+    fn complete(&self, mut config: ProxyConfig, metrics: &Arc<Metrics>) -> ProxyConfig {
+        let jwt_rules = config.policies.jwt_rules(&config.as_policy_sees_it);
+        let mut uris: std::collections::BTreeMap<String, Option<Duration>> = std::collections::BTreeMap::new();
+        for rule in jwt_rules.iter().flat_map(|r| r.rules.iter()).filter(|rule| rule.jwks.is_none()) {
+            if let Some(uri) = &rule.jwks_uri {
+                let timeout = uris.entry(uri.clone()).or_default();
+                *timeout = (*timeout).max(rule.timeout);
+            }
+        }
+        self.jwks.watch(uris);
+        let authorizers = admission::authorizers_for(&config.policy, &config.mesh, &self.authorizers);
+        let limits = {
+            let mut stats = self.rate_limit_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            ratelimit::limiters_for(
+                &config.rate_limits,
+                tokio::time::Instant::now().into_std(),
+                &self.random,
+                &mut stats,
+            )
+        };
+        let labels = vec![
+            ("destination_workload", config.workload.name.clone()),
+            ("destination_workload_namespace", config.workload.namespace.clone()),
+        ];
+        let stages = admission::Stages {
+            jwt_rules,
+            jwks: Some(self.jwks.clone()),
+            token_cache: Some(self.token_cache.clone()),
+            authorizers,
+            limits,
+            metrics: Some(metrics.clone()),
+            labels,
+        };
+        config.admission = Arc::new(Admission::build(config.policy.clone(), stages));
+        config
+    }
+}
+
+/// Reaches an extension provider's service the way the workload's own traffic would: a mesh
+/// workload by name or address over HBONE (verified against its SPIFFE ID), a ServiceEntry
+/// host on a declared port through the entry's endpoints; any other name only under
+/// outboundTrafficPolicy ALLOW_ANY, by DNS.
+struct AuthorizerDialer(std::sync::Weak<Proxy>);
+
+impl ext_authz::Connect for AuthorizerDialer {
+    fn connect(&self, service: &str, port: u16) -> ext_authz::BoxFuture<'static, std::io::Result<ext_authz::BoxedIo>> {
+        let proxy = self.0.clone();
+        let host = service.rsplit_once('/').map_or(service, |(_, host)| host).to_owned();
+        Box::pin(async move {
+            let proxy = proxy.upgrade().ok_or_else(|| std::io::Error::other("the proxy is shutting down"))?;
+            let stream = proxy.open_host(&host, port).await?;
+            Ok(Box::new(stream) as ext_authz::BoxedIo)
+        })
+    }
 }
 
 impl Proxy {
@@ -96,15 +205,22 @@ impl Proxy {
     ) -> Arc<Self> {
         let ProxyOptions { marked, hbone_port, hbone: hbone_options } = options;
         let hbone = HboneClient::new(store.clone(), hbone_options);
-        Arc::new(Proxy {
-            config: Current::new(config),
-            store,
-            metrics: Metrics::default(),
-            marked,
-            hbone_port,
-            shutdown,
-            hbone,
-            next_upstream: AtomicUsize::new(0),
+        Arc::new_cyclic(|weak| {
+            let dialer: Arc<dyn ext_authz::Connect> = Arc::new(AuthorizerDialer(weak.clone()));
+            let stages = StageParts::new(marked, dialer);
+            let metrics = Arc::new(Metrics::default());
+            let config = stages.complete(config, &metrics);
+            Proxy {
+                config: Current::new(config),
+                store,
+                metrics,
+                marked,
+                hbone_port,
+                shutdown,
+                hbone,
+                next_upstream: AtomicUsize::new(0),
+                stages,
+            }
         })
     }
 
@@ -124,7 +240,7 @@ impl Proxy {
             ));
         }
         tracing::info!(version = %config.version, from = %current.version, "configuration updated");
-        self.config.replace(config);
+        self.config.replace(self.stages.complete(config, &self.metrics));
         Ok(())
     }
 
@@ -139,6 +255,7 @@ impl Proxy {
             http: None,
             jwt: None,
         };
+        // A CUSTOM rule that matches a TCP connection denies it (`Reason::CustomOnTcp`).
         config.policy.authorize(&request)
     }
 
@@ -219,7 +336,8 @@ impl Proxy {
     ) {
         let marked = self.marked;
         let context = ConnectionContext {
-            policy: config.policy.clone(),
+            rate_limits: config.admission.connection_limits(),
+            admission: config.admission.clone(),
             peer,
             local_identity: Some(config.workload.identity.clone()),
             source,
@@ -415,6 +533,42 @@ impl Proxy {
         } else {
             Err(OutboundError::NotInRegistry { target })
         }
+    }
+
+    /// A connection to `host:port` for the proxy's own use (an external authorizer), routed as
+    /// the workload's traffic to that name would be: a workload or IP literal by address, a
+    /// ServiceEntry host on a declared port to the entry's upstreams, any other name only
+    /// under ALLOW_ANY (by DNS).
+    pub(crate) async fn open_host(&self, host: &str, port: u16) -> std::io::Result<Outbound> {
+        let config = self.config();
+        let opened = match config.registry.route_host(host, port) {
+            HostRoute::Address(ip) => self.open_outbound(SocketAddr::new(ip, port)).await,
+            HostRoute::ServiceEntry(route) => self.open_service_entry(&route).await,
+            _ if config.mesh.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny => {
+                let targets = match config.registry.resolve(host) {
+                    Some(ip) => vec![SocketAddr::new(ip, port)],
+                    None => net::lookup(host, port).await?,
+                };
+                let mut failed = None;
+                for target in targets {
+                    match self.open_outbound(target).await {
+                        Ok(upstream) => return Ok(upstream),
+                        Err(error) => failed = Some(error),
+                    }
+                }
+                return Err(failed.map_or_else(
+                    || std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} resolves to no address")),
+                    std::io::Error::other,
+                ));
+            }
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host}:{port} is not in the mesh registry and outboundTrafficPolicy is REGISTRY_ONLY"),
+                ));
+            }
+        };
+        opened.map_err(std::io::Error::other)
     }
 
     /// An HBONE tunnel to `target` through the proxy of the mesh workload `destination`,

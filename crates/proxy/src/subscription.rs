@@ -288,6 +288,7 @@ pub fn build(
     if loaded.has_errors() {
         return Err(loaded.errors().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
     }
+    crate::config::log_warnings(&loaded.diagnostics);
     ProxyConfig::build(version.to_owned(), &loaded.config, namespace, name).map_err(|e| e.to_string())
 }
 

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zmesh_http::{Limits, PathNormalization};
 use zmesh_policy::{PolicySet, Workload};
+use zmesh_proxy::admission::Admission;
 use zmesh_proxy::l7::{ConnectionContext, ConnectionStats, L7Error, Timeouts, serve_http1};
 
 /// Long enough for any in-memory exchange; a test that hits it has hung.
@@ -37,7 +38,10 @@ pub fn context(policies: &str) -> ConnectionContext {
         service_account: "default".into(),
     };
     ConnectionContext {
-        policy: Arc::new(PolicySet::compile(&loaded.config).for_workload(&workload)),
+        admission: Arc::new(Admission::policy_only(Arc::new(
+            PolicySet::compile(&loaded.config).for_workload(&workload),
+        ))),
+        rate_limits: Arc::from([]),
         peer: None,
         local_identity: None,
         source: "10.0.0.1:40000".parse().expect("address"),

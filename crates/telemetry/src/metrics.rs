@@ -27,6 +27,19 @@ const HELP: &[(&str, &str, &str)] = &[
     ("istio_tcp_received_bytes_total", "counter", "Bytes received from the client."),
     ("istio_tcp_sent_bytes_total", "counter", "Bytes sent to the client."),
     ("zmesh_authz_decisions_total", "counter", "Authorization decisions by deciding policy and rule."),
+    ("zmesh_jwt_authn_total", "counter", "Requests refused by RequestAuthentication (an invalid or unaccepted token)."),
+    ("zmesh_ext_authz_total", "counter", "Checks with external authorizers of CUSTOM policies, by result."),
+    ("zmesh_authz_audit_total", "counter", "Requests an AUDIT policy matched, by policy and rule."),
+    (
+        "zmesh_authz_dry_run_total",
+        "counter",
+        "Requests whose decision a dry-run policy would change, by policy and shadow result.",
+    ),
+    (
+        "zmesh_local_rate_limit_total",
+        "counter",
+        "Requests over a local rate limit, enforced (rate_limited) or not (shadow_limited).",
+    ),
     ("zmesh_certificate_expiry_seconds", "gauge", "Seconds until the workload certificate expires."),
 ];
 

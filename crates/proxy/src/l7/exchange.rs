@@ -36,6 +36,9 @@ pub(super) enum After {
 pub(super) struct Scratch {
     pub(super) to_app: Vec<u8>,
     pub(super) to_client: Vec<u8>,
+    /// Headers admission sets on this request's response (an authorizer's
+    /// `headersToDownstreamOnAllow`); usually empty.
+    pub(super) response_set: Vec<(String, String)>,
 }
 
 /// Sends `upstream_head` and the request body to the app and relays its response. On an error
@@ -101,13 +104,13 @@ where
     // Async blocks capture whole variables, so split the peers into the halves each direction uses.
     let Peer { reader: client_reader, writer: client_writer } = client;
     let Peer { reader: app_reader, writer: app_writer } = app;
-    let Scratch { to_app, to_client } = scratch;
+    let Scratch { to_app, to_client, response_set } = scratch;
     let mut body = pin!(async {
         send_request_body(client_reader, app_writer, request.body, ctx, to_app).await?;
         progress.request_done.store(true, Ordering::Relaxed);
         Ok::<(), L7Error>(())
     });
-    let mut response = pin!(relay_response(app_reader, client_writer, request, progress, ctx, to_client));
+    let mut response = pin!(relay_response(app_reader, client_writer, request, progress, ctx, to_client, response_set));
     let mut body_running = true;
     loop {
         tokio::select! {
@@ -182,6 +185,7 @@ async fn relay_response<D, U>(
     progress: &Progress,
     ctx: &ConnectionContext,
     out: &mut Vec<u8>,
+    response_set: &[(String, String)],
 ) -> Result<After, RelayError>
 where
     D: AsyncWrite + Unpin,
@@ -193,6 +197,9 @@ where
         tracing::Span::current().record("status", head.status);
         if head.kind != ResponseKind::Interim {
             progress.response_started.store(true, Ordering::Relaxed);
+        }
+        if matches!(head.kind, ResponseKind::Final { .. }) && !response_set.is_empty() {
+            super::response::set_headers(out, response_set);
         }
         let (mut body, close) = match head.kind {
             ResponseKind::Final { body, close } => (body, close),

@@ -7,6 +7,8 @@ use std::io::Write as _;
 use zmesh_http::RequestError;
 use zmesh_policy::RuleRef;
 
+use crate::admission::Refusal as AdmissionRefusal;
+
 use super::decide::Refusal;
 use super::error::L7Error;
 
@@ -116,8 +118,9 @@ impl LocalReply {
 }
 
 /// The RBAC denial, byte for byte what Envoy's RBAC filter sends, plus the deciding policy and
-/// rule so an operator can tell which policy denied (`none` when no ALLOW rule matched).
-pub(super) fn encode_denial(decided_by: Option<&RuleRef>, persistence: Persistence, out: &mut Vec<u8>) {
+/// rule so an operator can tell which policy denied (`none` when no ALLOW rule matched). A
+/// response to HEAD keeps its `content-length` but carries no body (RFC 9110 §9.3.2).
+pub(super) fn encode_denial(decided_by: Option<&RuleRef>, persistence: Persistence, is_head: bool, out: &mut Vec<u8>) {
     const BODY: &[u8] = b"RBAC: access denied";
     out.clear();
     write_status_line(403, out);
@@ -132,7 +135,41 @@ pub(super) fn encode_denial(decided_by: Option<&RuleRef>, persistence: Persisten
     }
     out.extend_from_slice(persistence.header());
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(BODY);
+    if !is_head {
+        out.extend_from_slice(BODY);
+    }
+}
+
+/// A refusal from another admission stage (a token's 401, the external authorizer's answer,
+/// a rate limit's 429): its status, headers and body. Header names and values that could break
+/// the head (CR, LF, or a name that is not a token) are left out: they come from an authorizer
+/// and must not let it inject a second response.
+pub(super) fn encode_refusal(refusal: &AdmissionRefusal, persistence: Persistence, is_head: bool, out: &mut Vec<u8>) {
+    out.clear();
+    write_status_line(refusal.status, out);
+    for (name, value) in &refusal.headers {
+        let framing =
+            ["content-length", "transfer-encoding", "connection"].iter().any(|f| name.eq_ignore_ascii_case(f));
+        if framing || !is_header_name(name) || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "content-length: {}\r\n", refusal.body.len());
+    out.extend_from_slice(persistence.header());
+    out.extend_from_slice(b"\r\n");
+    if !is_head {
+        out.extend_from_slice(&refusal.body);
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `HTTP/1.1 <status> <reason>\r\n`.
@@ -167,7 +204,7 @@ mod tests {
     fn a_denial_names_the_deciding_policy_and_rule() {
         let rule = RuleRef { policy: Arc::from("default/deny-admin"), action: Action::Deny, rule: 2 };
         let mut out = Vec::new();
-        encode_denial(Some(&rule), Persistence::Default, &mut out);
+        encode_denial(Some(&rule), Persistence::Default, false, &mut out);
         assert_eq!(
             text(&out),
             "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n\
@@ -178,7 +215,7 @@ mod tests {
     #[test]
     fn a_denial_without_a_deciding_rule_says_none_and_can_close() {
         let mut out = Vec::new();
-        encode_denial(None, Persistence::Close, &mut out);
+        encode_denial(None, Persistence::Close, false, &mut out);
         assert_eq!(
             text(&out),
             "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n\

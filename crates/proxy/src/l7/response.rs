@@ -126,6 +126,36 @@ pub(super) fn parse_response_head(
     Ok(Some(ResponseHead { status, consumed, kind, forward }))
 }
 
+/// Sets `headers` on an encoded response head (replacing those of the same name), keeping the
+/// head's final empty line last. Names or values that could split the head are skipped.
+pub(super) fn set_headers(head: &mut Vec<u8>, headers: &[(String, String)]) {
+    let Some(end) = head.windows(4).rposition(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let (status_line, rest) = head[..end + 2].split_at(head.windows(2).position(|w| w == b"\r\n").map_or(0, |p| p + 2));
+    let mut out = status_line.to_vec();
+    for line in rest.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if headers.iter().any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    for (name, value) in headers {
+        let unsafe_value = value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+        if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic() || b == b':') || unsafe_value {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    *head = out;
+}
+
 /// RFC 9112 §6.3, strictly: one framing, stated once.
 fn body_framing(
     status: u16,

@@ -8,6 +8,7 @@ use zmesh_http::{BodyFraming, RequestHead};
 
 use super::ConnectionContext;
 use super::decide::XFCC;
+use crate::admission::Edits;
 
 /// `By=<local>;URI=<peer>` for a verified peer (`By=` only when the proxy knows its own
 /// identity); `None` for a plaintext peer. Fixed per connection, so built once.
@@ -38,6 +39,7 @@ pub(super) fn encode_upstream_head(
     path: &str,
     websocket: bool,
     xfcc: Option<&str>,
+    edits: &Edits,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -57,12 +59,25 @@ pub(super) fn encode_upstream_head(
             }
             "connection" | "upgrade" if websocket => {}
             "connection" | "keep-alive" | "proxy-connection" | "upgrade" | XFCC => continue,
+            _ if edits.drops(name) => continue,
             _ => {}
         }
         write_header(name, &header.value, out);
     }
     if !framing_written {
         write_framing(head.body, out);
+    }
+    // Headers admission adds (a verified token's claims, an authorizer's headers). Framing,
+    // hop-by-hop and XFCC stay the proxy's; anything that could split the head is dropped.
+    for (name, value) in edits.set.iter().chain(&edits.append) {
+        let name = name.to_ascii_lowercase();
+        let reserved = ["content-length", "transfer-encoding", "connection", "upgrade", XFCC].contains(&name.as_str());
+        let splits = name.is_empty()
+            || name.bytes().any(|b| !b.is_ascii_graphic() || b == b':')
+            || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+        if !reserved && !splits {
+            write_header(&name, value.as_bytes(), out);
+        }
     }
     if let Some(xfcc) = xfcc {
         write_header(XFCC, xfcc.as_bytes(), out);
@@ -98,7 +113,7 @@ mod tests {
         let limits = Limits { accept_http_10: true, ..Limits::default() };
         let (head, _) = parse_request_head(raw.as_bytes(), &limits).unwrap().unwrap();
         let mut out = Vec::new();
-        encode_upstream_head(&head, path, websocket, xfcc, &mut out);
+        encode_upstream_head(&head, path, websocket, xfcc, &Edits::default(), &mut out);
         String::from_utf8(out).unwrap()
     }
 

@@ -4,7 +4,10 @@ use super::*;
 
 fn context() -> ConnectionContext {
     ConnectionContext {
-        policy: Arc::new(WorkloadPolicy::default()),
+        admission: Arc::new(crate::admission::Admission::policy_only(
+            Arc::new(zmesh_policy::WorkloadPolicy::default()),
+        )),
+        rate_limits: Arc::from([]),
         peer: None,
         local_identity: None,
         source: "127.0.0.1:1".parse().expect("address"),

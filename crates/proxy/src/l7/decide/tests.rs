@@ -5,6 +5,7 @@ use zmesh_http::{Limits, PathNormalization, RequestError, parse_request_head};
 use zmesh_policy::{PolicySet, Workload};
 
 use super::*;
+use crate::admission::{Admitted, HttpAttributes, HttpProtocol, Refusal as AdmissionRefusal, Refuser};
 use crate::l7::Timeouts;
 
 const POLICIES: &str = "apiVersion: security.istio.io/v1
@@ -32,7 +33,10 @@ fn context() -> ConnectionContext {
         service_account: "default".into(),
     };
     ConnectionContext {
-        policy: Arc::new(PolicySet::compile(&loaded.config).for_workload(&workload)),
+        admission: Arc::new(crate::admission::Admission::policy_only(Arc::new(
+            PolicySet::compile(&loaded.config).for_workload(&workload),
+        ))),
+        rate_limits: Arc::from([]),
         peer: None,
         local_identity: None,
         source: "10.0.0.1:40000".parse().unwrap(),
@@ -44,13 +48,39 @@ fn context() -> ConnectionContext {
     }
 }
 
-fn verdict_of(raw: &[u8]) -> String {
+/// What the proxy decides for one raw request: `decide`, then admission with the headers
+/// `decide` builds (XFCC being the proxy's `xfcc`).
+fn verdict_with_xfcc(raw: &[u8], xfcc: Option<&str>) -> String {
     let (head, _) = parse_request_head(raw, &Limits::default()).unwrap().unwrap();
-    match decide(&head, &context(), None) {
-        Verdict::Refuse(refusal) => format!("refuse {refusal:?}"),
-        Verdict::Deny(rule) => format!("deny {:?}", rule.map(|rule| (rule.policy, rule.rule))),
-        Verdict::Forward { path, websocket } => format!("forward {path} websocket={websocket}"),
+    let ctx = context();
+    let (path, websocket) = match decide(&head, &ctx) {
+        Verdict::Refuse(refusal) => return format!("refuse {refusal:?}"),
+        Verdict::Admit { path, websocket } => (path, websocket),
+    };
+    let values = header_values(&head);
+    let headers = header_pairs(&head, &values, xfcc);
+    let authority = head.authority().unwrap_or_default();
+    let attributes = HttpAttributes {
+        method: head.method.as_str(),
+        authority: &authority,
+        path: &path,
+        original_path: head.path_and_query().unwrap_or_default(),
+        headers: &headers,
+        body: None,
+        protocol: HttpProtocol::Http11,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    match runtime.block_on(ctx.admission.admit(&ctx, &attributes)) {
+        Admitted::Refuse(AdmissionRefusal { by: Refuser::Rbac(rule), .. }) => {
+            format!("deny {:?}", rule.map(|rule| (rule.policy, rule.rule)))
+        }
+        Admitted::Refuse(refusal) => format!("refused {refusal:?}"),
+        Admitted::Forward(_) => format!("forward {path} websocket={websocket}"),
     }
+}
+
+fn verdict_of(raw: &[u8]) -> String {
+    verdict_with_xfcc(raw, None)
 }
 
 #[test]
@@ -79,8 +109,7 @@ fn a_header_value_that_is_not_utf8_is_still_seen_by_policy() {
 fn policy_sees_the_proxy_s_xfcc_not_the_client_s() {
     let raw = b"GET /other HTTP/1.1\r\nHost: app\r\nX-Forwarded-Client-Cert: evil\r\n\r\n";
     assert_eq!(verdict_of(raw), "deny None");
-    let (head, _) = parse_request_head(raw, &Limits::default()).unwrap().unwrap();
-    assert!(matches!(decide(&head, &context(), Some("URI=evil")), Verdict::Forward { .. }));
+    assert_eq!(verdict_with_xfcc(raw, Some("URI=evil")), "forward /other websocket=false");
 }
 
 #[test]
