@@ -12,8 +12,7 @@ use zmesh_jwt::{KeySet, RequestTokens, StaticKeys, TokenCache, authenticate_requ
 use zmesh_policy::AuthnOutcome;
 use zmesh_policy::set::JwtRules;
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use zmesh_testkit::jwt as support;
 
 const ISSUER: &str = "https://issuer.example.com";
 

@@ -2,7 +2,7 @@
 //! tokens, header edits, the cache, and agreement with the offline checker on the conformance
 //! cases. Tokens are minted by PyJWT.
 
-mod support;
+use zmesh_testkit::jwt as support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

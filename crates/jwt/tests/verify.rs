@@ -1,6 +1,6 @@
 //! Every algorithm and every verification error, with keys and tokens minted by PyJWT.
 
-mod support;
+use zmesh_testkit::jwt as support;
 
 use std::sync::OnceLock;
 

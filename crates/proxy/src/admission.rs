@@ -182,6 +182,16 @@ pub struct Admission {
     labels: Labels,
 }
 
+impl std::fmt::Debug for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stages")
+            .field("jwt_rules", &self.jwt_rules.len())
+            .field("authorizers", &self.authorizers.keys().collect::<Vec<_>>())
+            .field("limits", &self.limits.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
@@ -194,10 +204,13 @@ impl std::fmt::Debug for Admission {
 }
 
 /// What [`Admission::build`] takes from the proxy beyond the policy.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Stages {
     pub jwt_rules: Vec<Arc<JwtRules>>,
+    /// The proxy's JWKS cache: the key sets of `jwksUri` rules, refreshed on unknown `kid`s.
     pub jwks: Option<Arc<JwksCache>>,
+    /// Key sets from elsewhere (offline checks, tests); when set, used instead of `jwks`.
+    pub keys: Option<Arc<dyn zmesh_jwt::KeySource + Send + Sync>>,
     pub token_cache: Option<Arc<zmesh_jwt::TokenCache>>,
     pub authorizers: BTreeMap<String, Arc<ExtAuthz>>,
     pub limits: Vec<LocalRateLimiter>,
@@ -213,10 +226,11 @@ impl Admission {
     }
 
     pub fn build(policy: Arc<WorkloadPolicy>, stages: Stages) -> Admission {
-        let Stages { jwt_rules, jwks, token_cache, authorizers, limits, metrics, labels } = stages;
-        let keys: Arc<dyn zmesh_jwt::KeySource + Send + Sync> = match &jwks {
-            Some(jwks) => jwks.clone(),
-            None => Arc::new(zmesh_jwt::StaticKeys::new()),
+        let Stages { jwt_rules, jwks, keys, token_cache, authorizers, limits, metrics, labels } = stages;
+        let keys: Arc<dyn zmesh_jwt::KeySource + Send + Sync> = match (keys, &jwks) {
+            (Some(keys), _) => keys,
+            (None, Some(jwks)) => jwks.clone(),
+            (None, None) => Arc::new(zmesh_jwt::StaticKeys::new()),
         };
         Admission {
             policy,

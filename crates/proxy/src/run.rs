@@ -167,6 +167,7 @@ impl StageParts {
         let stages = admission::Stages {
             jwt_rules,
             jwks: Some(self.jwks.clone()),
+            keys: None,
             token_cache: Some(self.token_cache.clone()),
             authorizers,
             limits,
@@ -256,7 +257,24 @@ impl Proxy {
             jwt: None,
         };
         // A CUSTOM rule that matches a TCP connection denies it (`Reason::CustomOnTcp`).
-        config.policy.authorize(&request)
+        let decision = config.policy.authorize(&request);
+        if let Some(audit) = &decision.audit {
+            tracing::info!(policy = %audit.policy, rule = audit.rule, %source, %target, "AUDIT policy matched a TCP connection");
+        }
+        if let Some(shadow) =
+            config.policy.shadow_decision(&request).filter(|shadow| shadow.verdict != decision.verdict)
+        {
+            let by = shadow.decided_by.as_ref();
+            tracing::info!(
+                policy = by.map_or("none", |r| &*r.policy),
+                rule = by.map(|r| r.rule),
+                shadow_result = if shadow.is_allow() { "allow" } else { "deny" },
+                %source,
+                %target,
+                "dry-run policy would change the decision on a TCP connection"
+            );
+        }
+        decision
     }
 
     /// Istio's destination-reporter labels for traffic from `peer` to this workload.

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod envoy;
+pub mod jwt;
 pub mod opa_envoy;
 
 use serde::Deserialize;

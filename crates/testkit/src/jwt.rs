@@ -1,7 +1,5 @@
-//! Keys and tokens minted by PyJWT (tests/mint.py), an implementation independent of the one
-//! under test. Missing python3 or PyJWT is a failure, never a skip.
-
-#![allow(dead_code)]
+//! Keys and tokens minted by PyJWT (`jwt-mint.py` beside this crate), an implementation
+//! independent of the one under test. Missing python3 or PyJWT is a failure, never a skip.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -10,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+#[derive(Debug)]
 pub struct Minted {
     pub jwks: HashMap<String, Value>,
     pub tokens: HashMap<String, String>,
@@ -41,9 +40,9 @@ pub fn now_seconds() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs()
 }
 
-/// Run tests/mint.py with `request` (see the script for its shape).
+/// Run `jwt-mint.py` with `request` (see the script for its shape).
 pub fn mint(request: &Value) -> Minted {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mint.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/jwt-mint.py");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let mut child = Command::new(&python)
         .arg(script)
@@ -63,7 +62,7 @@ pub fn mint(request: &Value) -> Minted {
     let output = child.wait_with_output().expect("the test fixture is well formed");
     assert!(
         output.status.success(),
-        "tests/mint.py failed (needs `python3 -m pip install pyjwt cryptography`):\n{}",
+        "jwt-mint.py failed (needs `python3 -m pip install pyjwt cryptography`):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let reply: Value = serde_json::from_slice(&output.stdout).expect("mint.py prints JSON");

@@ -1,0 +1,204 @@
+//! The admission stages of one HTTP/1.1 request beyond plain ALLOW/DENY: AUDIT and dry-run
+//! results are recorded (counter and log) and never enforced, a CUSTOM rule whose provider
+//! cannot be asked denies, a verified token's claims reach policy and the app, and a local rate
+//! limit answers with Envoy's 429.
+
+mod l7_support;
+
+use std::sync::Arc;
+
+use l7_support::{hyper_app, start, status};
+use serde_json::json;
+use zmesh_jwt::{KeySet, StaticKeys};
+use zmesh_policy::{PolicySet, Workload};
+use zmesh_proxy::admission::{Admission, Stages};
+use zmesh_proxy::l7::ConnectionContext;
+use zmesh_proxy::metrics::Metrics;
+use zmesh_testkit::jwt::{mint, now_seconds};
+
+fn workload() -> Workload {
+    Workload {
+        namespace: "default".into(),
+        labels: [("app".to_owned(), "app".to_owned())].into(),
+        service_account: "default".into(),
+    }
+}
+
+/// A context whose admission is built from `policies` with `stages` (jwt rules and rate
+/// limits are taken from the policies).
+fn context_with(policies: &str, mut stages: Stages) -> ConnectionContext {
+    let loaded = zmesh_config::load_str(policies);
+    assert!(!loaded.has_errors(), "policies do not load: {:?}", loaded.errors().next());
+    let set = PolicySet::compile(&loaded.config);
+    stages.jwt_rules = set.jwt_rules(&workload());
+    let now = std::time::Instant::now();
+    let random: Arc<dyn zmesh_proxy::ratelimit::RandomSource> = Arc::new(zmesh_proxy::ratelimit::SplitMix64::new(7));
+    let filters = zmesh_proxy::ratelimit::envoy_filters_for("default", &workload().labels, &loaded.config);
+    stages.limits = zmesh_proxy::ratelimit::limiters_for(filters, now, &random, &mut Default::default());
+    let admission = Arc::new(Admission::build(Arc::new(set.for_workload(&workload())), stages));
+    let mut ctx = l7_support::context("");
+    ctx.rate_limits = admission.connection_limits();
+    ctx.admission = admission;
+    ctx
+}
+
+async fn get(ctx: ConnectionContext, request: &str) -> (String, String) {
+    let (app, _seen) = hyper_app();
+    let (mut client, _served) = start(ctx, &app);
+    client.send(request).await;
+    client.response().await
+}
+
+const AUDIT_AND_DRY_RUN: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-admin, namespace: default}
+spec: {action: AUDIT, rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: would-deny-admin
+  namespace: default
+  annotations: {istio.io/dry-run: \"true\"}
+spec: {action: DENY, rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]}
+";
+
+#[tokio::test]
+async fn audit_and_dry_run_policies_are_counted_and_never_enforced() {
+    let metrics = Arc::new(Metrics::default());
+    let stages = Stages { metrics: Some(metrics.clone()), ..Stages::default() };
+    let ctx = context_with(AUDIT_AND_DRY_RUN, stages);
+    let (head, _) = get(ctx, "GET /admin/users HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(status(&head), "200", "{head}");
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains("zmesh_authz_audit_total{") && rendered.contains("policy=\"default/audit-admin\""),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("zmesh_authz_dry_run_total{")
+            && rendered.contains("policy=\"default/would-deny-admin\"")
+            && rendered.contains("shadow_result=\"deny\""),
+        "{rendered}"
+    );
+}
+
+#[tokio::test]
+async fn a_custom_rule_whose_provider_has_no_client_denies() {
+    let policies = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: authz
+      envoyExtAuthzHttp: {service: authz.example.test, port: 8000}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: default}
+spec: {action: CUSTOM, provider: {name: authz}, rules: [{to: [{operation: {paths: [\"/private*\"]}}]}]}
+";
+    // No authorizer clients were built: the proxy cannot ask, so it refuses.
+    let ctx = context_with(policies, Stages::default());
+    let (head, body) = get(ctx.clone(), "GET /private HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(status(&head), "403", "{head}");
+    assert_eq!(body, "RBAC: access denied");
+    let (head, _) = get(ctx, "GET /public HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(status(&head), "200", "{head}");
+}
+
+#[tokio::test]
+async fn verified_claims_reach_policy_and_the_app_and_a_refused_token_gets_envoys_401() {
+    let now = now_seconds();
+    let minted = mint(&json!({
+        "keys": {"k": {"type": "ec", "curve": "P-256"}},
+        "tokens": [
+            {"name": "admin", "key": "k", "alg": "ES256", "kid": "k",
+             "claims": {"iss": "https://issuer.test", "sub": "ann", "exp": now + 600, "groups": ["admins"]}},
+            {"name": "user", "key": "k", "alg": "ES256", "kid": "k",
+             "claims": {"iss": "https://issuer.test", "sub": "bob", "exp": now + 600, "groups": ["users"]}},
+            {"name": "expired", "key": "k", "alg": "ES256", "kid": "k",
+             "claims": {"iss": "https://issuer.test", "sub": "ann", "exp": now - 600}},
+        ],
+    }));
+    let policies = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  jwtRules:
+  - issuer: https://issuer.test
+    jwksUri: https://issuer.test/jwks
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: admins, namespace: default}
+spec: {rules: [{when: [{key: \"request.auth.claims[groups]\", values: [admins]}]}]}
+";
+    let served = KeySet::from_value(&minted.jwks(&[("k", json!({"kid": "k"}))])).expect("the minted JWKS");
+    let stages = || Stages {
+        keys: Some(Arc::new(StaticKeys::new().with_remote("https://issuer.test/jwks", served.clone()))),
+        ..Stages::default()
+    };
+    let request = |token: &str| {
+        format!(
+            "GET /x HTTP/1.1\r\nhost: app\r\nauthorization: Bearer {token}\r\nx-user: forged\r\nconnection: close\r\n\r\n"
+        )
+    };
+
+    let (app, seen) = hyper_app();
+    let (mut client, _served) = start(context_with(policies, stages()), &app);
+    client.send(request(minted.token("admin"))).await;
+    let (head, _) = client.response().await;
+    assert_eq!(status(&head), "200", "{head}");
+    let seen = seen.lock().expect("lock")[0].headers.clone();
+    let x_user: Vec<&str> = seen.iter().filter(|(n, _)| n == "x-user").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(x_user, ["ann"], "the claim replaces the client's copy: {seen:?}");
+    assert!(!seen.iter().any(|(n, _)| n == "authorization"), "the token is not forwarded: {seen:?}");
+
+    let (head, body) = get(context_with(policies, stages()), &request(minted.token("user"))).await;
+    assert_eq!((status(&head), body.as_str()), ("403", "RBAC: access denied"));
+
+    let (head, body) = get(context_with(policies, stages()), &request(minted.token("expired"))).await;
+    assert_eq!((status(&head), body.as_str()), ("401", "Jwt is expired"), "{head}");
+    assert!(l7_support::header(&head, "www-authenticate").is_some_and(|v| v.starts_with("Bearer realm=")), "{head}");
+}
+
+#[tokio::test]
+async fn a_local_rate_limit_answers_429_once_its_bucket_is_empty() {
+    let policies = "apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: limit, namespace: default}
+spec:
+  workloadSelector: {labels: {app: app}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match: {context: SIDECAR_INBOUND, listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          '@type': type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          value:
+            stat_prefix: http_local_rate_limiter
+            token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
+            filter_enabled: {runtime_key: e, default_value: {numerator: 100, denominator: HUNDRED}}
+            filter_enforced: {runtime_key: f, default_value: {numerator: 100, denominator: HUNDRED}}
+";
+    let metrics = Arc::new(Metrics::default());
+    let ctx = context_with(policies, Stages { metrics: Some(metrics.clone()), ..Stages::default() });
+    let request = "GET / HTTP/1.1\r\nhost: app\r\n\r\n";
+    let (app, _seen) = hyper_app();
+    let (mut client, _served) = start(ctx, &app);
+    client.send(request).await;
+    let (first, _) = client.response().await;
+    assert_eq!(status(&first), "200", "{first}");
+    client.send(request).await;
+    let (second, body) = client.response().await;
+    assert_eq!((status(&second), body.as_str()), ("429", "local_rate_limited"), "{second}");
+    assert_eq!(l7_support::header(&second, "x-envoy-ratelimited"), Some("true"), "{second}");
+    assert!(metrics.render().contains("result=\"rate_limited\""));
+}
