@@ -175,7 +175,7 @@ fn validate_exit_codes_follow_the_contract() {
     let failed = zmesh(&["validate", &bad.display().to_string()], dir.path());
     assert_eq!(failed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failed.stderr).contains(
-        "bad.yaml:5:3: error: AuthorizationPolicy foo/a: spec.rules: a DENY policy without rules would never match"
+        "bad.yaml:5:3: error[IST0106]: AuthorizationPolicy foo/a: spec.rules: a DENY policy without rules would never match"
     ));
     assert_eq!(zmesh(&["validate"], dir.path()).status.code(), Some(2));
 }

@@ -24,10 +24,10 @@ fn validate_accepts_the_seed_configurations_and_warns_about_what_zmesh_does_not_
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.is_empty());
     for expected in [
-        "seed-configs/05-network-policy.yaml:2:1: warning: NetworkPolicy production/api-network-policy: spec: NetworkPolicy is validated but not enforced by zmesh",
-        "seed-configs/06-telemetry.yaml:14:1: warning: Telemetry istio-system/security-metrics: spec: Telemetry is validated but not applied",
-        "seed-configs/06-telemetry.yaml:34:1: warning: Telemetry istio-system/security-logging: spec: Telemetry is validated but not applied",
-        "seed-configs/07-advanced.yaml:42:11: warning: EnvoyFilter production/rate-limit-filter: spec.configPatches[0].patch.value.typed_config: the local rate limit filter has no token bucket",
+        "seed-configs/05-network-policy.yaml:2:1: warning[ZM2011]: NetworkPolicy production/api-network-policy: spec: NetworkPolicy is validated but not enforced by zmesh",
+        "seed-configs/06-telemetry.yaml:14:1: warning[ZM2012]: Telemetry istio-system/security-metrics: spec: Telemetry is validated but not applied",
+        "seed-configs/06-telemetry.yaml:34:1: warning[ZM2012]: Telemetry istio-system/security-logging: spec: Telemetry is validated but not applied",
+        "seed-configs/07-advanced.yaml:42:11: warning[ZM2002]: EnvoyFilter production/rate-limit-filter: spec.configPatches[0].patch.value.typed_config: the local rate limit filter has no token bucket",
         "✔ 21 document(s) in 7 file(s) are valid, with 7 warning(s)",
     ] {
         assert!(stderr.contains(expected), "missing `{expected}` in:\n{stderr}");

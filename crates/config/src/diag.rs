@@ -100,14 +100,19 @@ impl Diagnostic {
 }
 
 impl fmt::Display for Diagnostic {
-    /// `file:line:col: error: Kind ns/name: field: message; hint`
+    /// `file:line:col: error: Kind ns/name: field: message; hint`, with the stable code after
+    /// the level when there is one (`warning[ZM2011]: …`), so scripts can match it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let level = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
             Severity::Info => "info",
         };
-        write!(f, "{}: {level}: ", self.origin)?;
+        write!(f, "{}: {level}", self.origin)?;
+        if let Some(code) = self.code {
+            write!(f, "[{code}]")?;
+        }
+        f.write_str(": ")?;
         if let Some(object) = &self.object {
             write!(f, "{object}: ")?;
         }

@@ -209,7 +209,7 @@ for _ in $(seq 1 50); do
 done
 result invalid_refused "$refused"
 cp "$WORK/resources.json" "$WORK/resources-rejected.json"
-result rejection_error "$(grep -o '"[^"]*policy\.yaml:[0-9]*:[0-9]*: error: [^"]*"' "$WORK/resources.json" | head -1 | tr -d '"')"
+result rejection_error "$(grep -o '"[^"]*policy\.yaml:[0-9]*:[0-9]*: error[^:]*: [^"]*"' "$WORK/resources.json" | head -1 | tr -d '"')"
 # Give a wrong push every chance to land before looking at decisions and versions again.
 sleep 1
 result invalid_orders "$(http frontend "$ORDERS")"
