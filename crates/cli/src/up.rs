@@ -13,6 +13,7 @@
 //! namespaces and the bridge. Nothing else on the machine is touched.
 
 mod demo;
+mod stand_in;
 pub(crate) mod traffic;
 
 use std::collections::BTreeMap;
@@ -297,13 +298,16 @@ impl Mesh {
         let exe = std::env::current_exe().context("cannot find the zmesh binary")?;
         let demo = args.config.is_none();
         let prefix = if args.isolate { ISOLATE_PREFIX } else { [127, 0] };
-        let config_dir = match &args.config {
-            Some(dir) => dir.clone(),
+        let (config_dir, stand_ins, not_enforced) = match &args.config {
+            Some(dir) => {
+                let prepared = stand_in::prepare(dir, &state.join("config"), prefix)?;
+                (prepared.config_dir, prepared.stand_ins, prepared.not_enforced)
+            }
             None => {
                 let dir = state.join("config");
                 std::fs::write(dir.join("workloads.yaml"), demo::workload_entries(prefix))?;
                 std::fs::write(dir.join("policies.yaml"), demo::POLICIES)?;
-                dir
+                (dir, Vec::new(), Vec::new())
             }
         };
         if args.isolate {
@@ -324,7 +328,10 @@ impl Mesh {
         let mut workloads: Vec<Arc<MeshWorkload>> = snapshot.registry.workloads().cloned().collect();
         workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         if workloads.is_empty() {
-            bail!("{} has no WorkloadEntry with an IP address: nothing to run", config_dir.display());
+            bail!(
+                "{} has no workload to run: no WorkloadEntry with an address, and no Pod or Deployment (or other pod controller) whose sidecar is not disabled",
+                config_dir.display()
+            );
         }
 
         let mut run_state = RunState {
@@ -350,7 +357,7 @@ impl Mesh {
                     bail!("capture in {ns}: {}", String::from_utf8_lossy(&output.stderr).trim());
                 }
             }
-            if demo {
+            if demo || stand_ins.iter().any(|w| *w == format!("{}/{}", workload.namespace, workload.name)) {
                 for port in &workload.ports {
                     let listen = if args.isolate {
                         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port.number)
@@ -427,6 +434,18 @@ impl Mesh {
         outln!("  policies     {}   (edit them: the summary follows within a second)", config_dir.display());
         outln!("  run as one   zmesh exec {} -- curl -s http://...", run_state.workloads[0].workload);
         outln!("  logs         {}", state.join("logs").display());
+        if !stand_ins.is_empty() {
+            outln!("  addresses    given to {} (echo apps stand in for them)", stand_ins.join(", "));
+        }
+        if !not_enforced.is_empty() {
+            outln!(
+                "  not enforced or not applied ({} finding(s); codes in docs/diagnostic-codes.md):",
+                not_enforced.len()
+            );
+            for diagnostic in &not_enforced {
+                outln!("    {diagnostic}");
+            }
+        }
         Ok(Mesh { plane, demo, outcomes, tallies: BTreeMap::new(), workloads: workloads.len() })
     }
 

@@ -9,6 +9,9 @@ use std::process::Command;
 
 use zmesh_testkit::TempDir;
 
+/// The seed configurations this product was founded on (testdata/seed-configs).
+const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/seed-configs");
+
 fn run_up(mode: &str) -> HashMap<String, String> {
     let dir = TempDir::new(&format!("up-{mode}"));
     let output = Command::new("unshare")
@@ -17,6 +20,7 @@ fn run_up(mode: &str) -> HashMap<String, String> {
         .arg(env!("CARGO_BIN_EXE_zmesh"))
         .arg(dir.path())
         .arg(mode)
+        .arg(SEEDS)
         .output()
         .expect("`unshare` must be installed (util-linux); CI installs it");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -98,5 +102,17 @@ fn zmesh_up_with_your_own_config_serves_your_workloads_and_follows_policy_edits(
     let ms: u64 = r["mine_edit_ms"].parse().expect("ms");
     assert!(ms < 1000, "the edit took {ms} ms to reach the proxy: {r:#?}");
     assert!(r["children_started"].parse::<u32>().expect("count") >= 2, "{r:#?}");
+    check_stop(&r);
+}
+
+#[test]
+fn zmesh_up_runs_the_seed_configurations_as_written_and_lists_what_it_does_not_enforce() {
+    let r = run_up("seeds");
+    expect(&r, "seeds_stand_ins", "1");
+    let listed: u32 = r["seeds_not_enforced"].parse().expect("count");
+    assert!(listed >= 5, "only {listed} findings listed: {r:#?}");
+    expect(&r, "seeds_network_policy", "1");
+    expect(&r, "seeds_rate_limit", "1");
+    expect(&r, "seeds_denied", "403");
     check_stop(&r);
 }

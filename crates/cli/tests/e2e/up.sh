@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs inside `unshare --user --map-root-user --net --mount --fork`: starts `zmesh up` (the
 # built-in demo; with `isolate` as third argument, `zmesh up --isolate`; with `config`, the
-# user's own WorkloadEntries and app), waits for the summary to show every flow as expected (or
+# user's own WorkloadEntries and app; with `seeds`, the seed configurations as written, the
+# directory given as fourth argument), waits for the summary to show every flow as expected (or
 # every proxy synced), runs commands as a workload with `zmesh exec`, stops `up`
 # with Ctrl-C (SIGINT) and checks that nothing it started is left. Prints `RESULT <name>
 # <value>` lines for the test.
 set -euo pipefail
-ZMESH="$1"; WORK="$2"; MODE="${3:-loopback}"
+ZMESH="$1"; WORK="$2"; MODE="${3:-loopback}"; SEEDS="${4:-}"
 UP_PID=""
 cleanup() { [ -n "$UP_PID" ] && kill -9 "$UP_PID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -38,12 +39,13 @@ YAML
   APP_PID=$!
   ARGS+=(--config "$WORK/mine")
 fi
+[ "$MODE" = seeds ] && ARGS+=(--config "$SEEDS")
 "$ZMESH" "${ARGS[@]}" >"$WORK/up.out" 2>"$WORK/up.err" &
 UP_PID=$!
 started=$(date +%s%N)
 seen=no
 for _ in $(seq 1 300); do
-  if [ "$MODE" = config ]; then
+  if [ "$MODE" = config ] || [ "$MODE" = seeds ]; then
     grep -q 'proxies 2/2 SYNCED' "$WORK/up.out" && { seen=yes; break; }
   elif grep -Eq '^summary: ([0-9]+)/\1 flows as expected' "$WORK/up.out"; then seen=yes; break; fi
   kill -0 "$UP_PID" 2>/dev/null || break
@@ -65,7 +67,17 @@ if [ "$MODE" = config ]; then
   kill "$APP_PID" 2>/dev/null || true
 fi
 
-if [ "$MODE" != config ]; then
+if [ "$MODE" = seeds ]; then
+  # The seeds' Deployments got addresses; what zmesh does not enforce is listed with file:line.
+  result seeds_stand_ins "$(grep -c '^  addresses    given to default/example-app, fintech-core/payment-processor' "$WORK/up.out" || true)"
+  result seeds_not_enforced "$(grep -c '^    .*seed-configs/.*:[0-9]*:[0-9]*: warning\[ZM[0-9]*\]' "$WORK/up.out" || true)"
+  result seeds_network_policy "$(grep -c '05-network-policy.yaml:2:1: warning\[ZM2011\]' "$WORK/up.out" || true)"
+  result seeds_rate_limit "$(grep -c '07-advanced.yaml:42:11: warning\[ZM2002\]' "$WORK/up.out" || true)"
+  # payment-processor-access admits only order-service (and checkout-service): example-app is refused.
+  result seeds_denied "$("$ZMESH" exec --state-dir "$WORK/state" default/example-app -- curl -s -m 5 -o /dev/null -w '%{http_code}' -X POST http://payment-processor.fintech-core:8443/api/v2/payments/process || true)"
+fi
+
+if [ "$MODE" = loopback ] || [ "$MODE" = isolate ]; then
 # A command run as order-service reaches payment-processor through the mesh by name (loopback:
 # through its proxy's HTTP proxy port) or by address (isolate: captured in its namespace).
 if [ "$MODE" = isolate ]; then target=10.88.1.2; else target=payment-processor.fintech-core; fi
