@@ -2,6 +2,7 @@
 # $SERVER_IP:8080, its proxy, and a client-side proxy whose explicit outbound port
 # $CLIENT_IP:9000 leads to the app through HBONE. The server admits the client by principal.
 #   pair_start CLIENT_IP SERVER_IP [extra client proxy args...]
+# PAIR_CONFIG, if set, is more YAML for the mesh (a RequestAuthentication, a CUSTOM policy…).
 # Set ON_CLIENT / ON_SERVER to a command prefix (e.g. `taskset -c 0`) to place each side.
 # Leaves CLIENT and SERVER (proxy PIDs), PIDS (everything started) and WORK set; pair_stop
 # ends them.
@@ -31,6 +32,7 @@ spec:
   selector: {matchLabels: {app: server}}
   rules: [{from: [{source: {principals: ["cluster.local/ns/bench/sa/client"]}}]}]
 YAML
+  if [[ -n "${PAIR_CONFIG:-}" ]]; then printf -- '---\n%s\n' "$PAIR_CONFIG" >>"$WORK/config/mesh.yaml"; fi
   "$ZMESH" ca init --dir "$WORK/ca" >/dev/null
   $ON_SERVER "$ZMESH" echo --listen "$server_ip:8080" >/dev/null 2>&1 & PIDS+=($!)
   $ON_SERVER "$ZMESH" proxy --config "$WORK/config" --ca-dir "$WORK/ca" --workload bench/server --explicit \
