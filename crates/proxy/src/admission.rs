@@ -64,8 +64,10 @@ pub struct HttpAttributes<'a> {
     /// proxy's own.
     pub headers: &'a [(&'a str, &'a str)],
     /// The request body, when it was read before admission (only for an authorizer that asks
-    /// for it).
+    /// for it): the whole body, or its first bytes up to [`Admission::body_limit`].
     pub body: Option<&'a [u8]>,
+    /// Whether the request has a body at all (framing says so).
+    pub has_body: bool,
     pub protocol: HttpProtocol,
 }
 
@@ -245,6 +247,17 @@ impl Admission {
         }
     }
 
+    /// How much of a request body admission may need: one byte more than the largest
+    /// `maxRequestBytes` of an authorizer that asks for the body (so a longer body is seen as
+    /// such); `None` when none does.
+    pub fn body_limit(&self) -> Option<usize> {
+        self.authorizers
+            .values()
+            .filter_map(|authorizer| authorizer.body_settings())
+            .map(|settings| settings.max_request_bytes as usize + 1)
+            .max()
+    }
+
     pub fn policy(&self) -> &Arc<WorkloadPolicy> {
         &self.policy
     }
@@ -370,7 +383,7 @@ impl Admission {
             refusal.by = Refuser::External(custom.clone());
             return Err(refusal);
         };
-        if authorizer.body_settings().is_some() && request.body.is_none() {
+        if authorizer.body_settings().is_some() && request.body.is_none() && request.has_body {
             // The provider asks to see the body, which this request path did not buffer: the
             // authorizer cannot be asked what it asked to be asked, so deny (fail closed).
             tracing::warn!(
@@ -388,7 +401,7 @@ impl Admission {
             authority: request.authority,
             path: request.original_path,
             headers: request.headers,
-            body: request.body,
+            body: request.body.or(if request.has_body { None } else { Some(&[]) }),
             source: ctx.source,
             destination: ctx.destination,
             source_principal: ctx.peer.as_ref(),

@@ -102,11 +102,11 @@ struct Forwarder {
     ctx: ConnectionContext,
     upstream: SocketAddr,
     marked: bool,
-    sender: OnceCell<hyper::client::conn::http2::SendRequest<Incoming>>,
+    sender: OnceCell<hyper::client::conn::http2::SendRequest<Body>>,
 }
 
 impl Forwarder {
-    async fn sender(&self) -> std::io::Result<hyper::client::conn::http2::SendRequest<Incoming>> {
+    async fn sender(&self) -> std::io::Result<hyper::client::conn::http2::SendRequest<Body>> {
         let sender = self
             .sender
             .get_or_try_init(|| async {
@@ -122,7 +122,20 @@ impl Forwarder {
         Ok(sender.clone())
     }
 
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let has_body = !hyper::body::Body::is_end_stream(request.body());
+        // An authorizer that asks for the body gets it: its first frames are read ahead and
+        // then sent on to the app before the rest.
+        let (mut request, body) = match self.ctx.admission.body_limit() {
+            Some(limit) if has_body => {
+                let (parts, incoming) = request.into_parts();
+                match read_ahead(incoming, limit).await {
+                    Ok((read, rebuilt)) => (Request::from_parts(parts, rebuilt), Some(read)),
+                    Err(_) => return local_reply(StatusCode::BAD_REQUEST, "Bad Request", &[]),
+                }
+            }
+            _ => (request.map(http_body_util::BodyExt::boxed), None),
+        };
         if request.method() == http::Method::CONNECT {
             // As on HTTP/1.1: Istio's inbound listener enables no CONNECT or upgrades but
             // WebSocket, so Envoy answers 403 `upgrade_failed` — never a tunnel policy saw as `/`.
@@ -172,7 +185,8 @@ impl Forwarder {
             path: &path,
             original_path: &raw,
             headers: &headers,
-            body: None,
+            body: body.as_deref(),
+            has_body,
             protocol: HttpProtocol::Http2,
         };
         let edits = match self.ctx.admission.admit(&self.ctx, &attributes).await {
@@ -230,6 +244,38 @@ impl Forwarder {
             Err(_) => local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream reset", &[]),
         }
     }
+}
+
+/// The first `limit` bytes of a request body (or all of it), and the whole body again — the
+/// frames read, then the rest as it arrives — to send on.
+async fn read_ahead(mut incoming: Incoming, limit: usize) -> Result<(Vec<u8>, Body), hyper::Error> {
+    let mut frames = Vec::new();
+    let mut read = Vec::new();
+    let mut ended = false;
+    while read.len() < limit {
+        match incoming.frame().await {
+            Some(frame) => {
+                let frame = frame?;
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                }
+                frames.push(Ok(frame));
+            }
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    read.truncate(limit);
+    let replay = tokio_stream::iter(frames);
+    let body = if ended {
+        http_body_util::StreamBody::new(replay).boxed()
+    } else {
+        use tokio_stream::StreamExt as _;
+        http_body_util::StreamBody::new(replay.chain(http_body_util::BodyStream::new(incoming))).boxed()
+    };
+    Ok((read, body))
 }
 
 /// A refusal from admission as an HTTP/2 response.

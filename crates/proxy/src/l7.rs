@@ -213,6 +213,23 @@ where
             Verdict::Refuse(refusal) => return self.reject(LocalReply::Refused(refusal)).await,
             Verdict::Admit { path, websocket } => (path, websocket),
         };
+        // An authorizer that asks for the body gets it: read ahead (the bytes stay buffered
+        // and go to the app as they would have), at most what the largest such provider takes.
+        let body = match ctx.admission.body_limit() {
+            Some(limit) if !matches!(head.body, BodyFraming::None | BodyFraming::ContentLength(0)) => {
+                match self.read_ahead(head.body, limit).await {
+                    Ok(body) => Some(body),
+                    Err(error) => {
+                        if let Some(reply) = LocalReply::for_error(&error) {
+                            reply.encode(&mut self.scratch.to_client);
+                            let _ = self.client.writer.send(&self.scratch.to_client).await;
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+            _ => None,
+        };
         let values = decide::header_values(&head);
         let headers = decide::header_pairs(&head, &values, self.xfcc.as_deref());
         // The parser has checked Host byte by byte (only authority bytes, so ASCII).
@@ -223,7 +240,8 @@ where
             path: &path,
             original_path: head.path_and_query().unwrap_or_default(),
             headers: &headers,
-            body: None,
+            body: body.as_deref(),
+            has_body: !matches!(head.body, BodyFraming::None | BodyFraming::ContentLength(0)),
             protocol: HttpProtocol::Http11,
         };
         match ctx.admission.admit(ctx, &attributes).await {
@@ -302,6 +320,42 @@ where
         match exchange(&mut self.client, app, &self.upstream_head, request, ctx, &mut self.scratch).await? {
             After::KeepAlive => Ok(Next::Continue),
             After::Close | After::Tunnelled => Ok(Next::Close),
+        }
+    }
+
+    /// The start of the request body — all of it, or its first `limit` bytes — read ahead of
+    /// the exchange without consuming it: the buffered bytes still go to the app as they came.
+    /// Chunked coding is decoded from a copy of the buffered bytes.
+    async fn read_ahead(&mut self, framing: BodyFraming, limit: usize) -> Result<Vec<u8>, L7Error> {
+        let idle = self.ctx.timeouts.idle;
+        let mut decoder = chunked::ChunkedBody::new(chunked::Output::Raw, self.ctx.limits.max_header_bytes);
+        let (mut decoded, mut offset) = (Vec::new(), 0);
+        loop {
+            let buffered = &self.client.reader.buf[..];
+            let complete = match framing {
+                BodyFraming::ContentLength(length) => {
+                    let want = usize::try_from(length).unwrap_or(usize::MAX).min(limit);
+                    if buffered.len() >= want {
+                        return Ok(buffered[..want].to_vec());
+                    }
+                    false
+                }
+                BodyFraming::Chunked => {
+                    offset += decoder.transcode(&buffered[offset..], &mut decoded).map_err(L7Error::RequestBody)?;
+                    decoder.is_done() || decoded.len() >= limit
+                }
+                BodyFraming::None => true,
+            };
+            if complete {
+                decoded.truncate(limit);
+                return Ok(decoded);
+            }
+            match self.client.reader.fill_within(idle).await {
+                None => return Err(L7Error::ClientStalled { timeout: idle }),
+                Some(Err(error)) => return Err(L7Error::ClientRead(error)),
+                Some(Ok(0)) => return Err(L7Error::ClientClosedMidBody),
+                Some(Ok(_)) => {}
+            }
         }
     }
 

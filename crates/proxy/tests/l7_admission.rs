@@ -202,3 +202,78 @@ spec:
     assert_eq!(l7_support::header(&second, "x-envoy-ratelimited"), Some("true"), "{second}");
     assert!(metrics.render().contains("result=\"rate_limited\""));
 }
+
+/// A real HTTP authorizer on 127.0.0.1 that allows everything and records the bodies it saw.
+async fn recording_authorizer() -> (u16, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let recorder = recorder.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let recorder = recorder.clone();
+                async move {
+                    let body = request.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                    recorder.lock().expect("lock").push(body);
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::new(),
+                    )))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (port, bodies)
+}
+
+#[tokio::test]
+async fn an_authorizer_that_asks_for_the_body_sees_its_start_and_the_app_still_gets_all_of_it() {
+    let (port, bodies) = recording_authorizer().await;
+    let policies = format!(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: authz
+      envoyExtAuthzHttp:
+        service: 127.0.0.1
+        port: {port}
+        includeRequestBodyInCheck: {{maxRequestBytes: 5, allowPartialMessage: true}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext, namespace: default}}
+spec: {{action: CUSTOM, provider: {{name: authz}}, rules: [{{}}]}}
+"
+    );
+    let loaded = zmesh_config::load_str(&policies);
+    assert!(!loaded.has_errors(), "{:?}", loaded.errors().next());
+    let set = PolicySet::compile(&loaded.config);
+    let connect: Arc<dyn zmesh_proxy::ext_authz::Connect> =
+        Arc::new(zmesh_proxy::ext_authz::PlainTcp { marked: false });
+    let authorizers =
+        zmesh_proxy::admission::authorizers_for(&set.for_workload(&workload()), &loaded.config.mesh, &connect);
+    assert_eq!(authorizers.len(), 1);
+    for request in [
+        "POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 11\r\nconnection: close\r\n\r\nhello world",
+        "POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nhel\r\n8\r\nlo world\r\n0\r\n\r\n",
+    ] {
+        let ctx = context_with(&policies, Stages { authorizers: authorizers.clone(), ..Stages::default() });
+        let (app, seen) = hyper_app();
+        let (mut client, _served) = start(ctx, &app);
+        client.send(request).await;
+        let (head, _) = client.response().await;
+        assert_eq!(status(&head), "200", "{head}");
+        assert_eq!(seen.lock().expect("lock")[0].body_len, 11, "the app gets the whole body");
+    }
+    let bodies = bodies.lock().expect("lock").clone();
+    assert_eq!(bodies, [b"hello".to_vec(), b"hello".to_vec()], "the authorizer sees the first 5 bytes");
+}

@@ -67,6 +67,7 @@ fn verdict_with_xfcc(raw: &[u8], xfcc: Option<&str>) -> String {
         original_path: head.path_and_query().unwrap_or_default(),
         headers: &headers,
         body: None,
+        has_body: false,
         protocol: HttpProtocol::Http11,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
