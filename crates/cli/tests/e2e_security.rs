@@ -1,6 +1,7 @@
 //! End to end, the request-level half of Istio's security API through real proxies: a JWT
 //! verified against keys from a real JWKS server (tokens minted by PyJWT), CUSTOM policies
-//! answered by the CEL authorizer over HTTP and gRPC and by OPA's Envoy plugin over gRPC, an
+//! answered by the CEL authorizer over HTTP and gRPC, by OPA over gRPC and by an independent
+//! Python authorizer over HTTP, an
 //! authorizer that is down, keys that were never fetched, and a local rate limit — each on
 //! HTTP/1.1 and on h2c. Real processes in network namespaces the test makes inside its own
 //! user, network and mount namespaces; if they cannot be made, the test fails and says why.
@@ -26,7 +27,7 @@ fn run_mesh() -> HashMap<String, String> {
         .output()
         .expect("`unshare` must be installed (util-linux); CI installs it");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let logs: String = ["api", "orders", "payments", "ledger", "limited", "broken", "infra"]
+    let logs: String = ["api", "orders", "payments", "ledger", "limited", "broken", "catalog", "infra"]
         .iter()
         .map(|pod| {
             format!(
@@ -94,6 +95,11 @@ fn tokens_authorizers_and_rate_limits_are_enforced_on_http1_and_h2c() {
     both(&mut expect, "opa_allowed", "200");
     both(&mut expect, "opa_denied", "403");
     expect("opa_denied_header", "private");
+    both(&mut expect, "py_http_allowed", "200");
+    expect("py_http_allowed_header", "1");
+    both(&mut expect, "py_http_denied", "403");
+    expect("py_http_denied_body", "denied by python");
+    expect("py_http_denied_header", "not alice");
     both(&mut expect, "authorizer_down", "403");
     // The local rate limit.
     expect("rate_limited", "429");

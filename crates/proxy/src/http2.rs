@@ -124,6 +124,10 @@ impl Forwarder {
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let has_body = !hyper::body::Body::is_end_stream(request.body());
+        let is_grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         // An authorizer that asks for the body gets it: its first frames are read ahead and
         // then sent on to the app before the rest.
         let (mut request, body) = match self.ctx.admission.body_limit() {
@@ -191,7 +195,7 @@ impl Forwarder {
         };
         let edits = match self.ctx.admission.admit(&self.ctx, &attributes).await {
             Admitted::Forward(edits) => edits,
-            Admitted::Refuse(refusal) => return refusal_reply(refusal),
+            Admitted::Refuse(refusal) => return refusal_reply(refusal, is_grpc),
         };
         let mut parts = request.uri().clone().into_parts();
         if let Ok(uri) = http::Uri::builder().path_and_query(path.as_str()).build() {
@@ -278,13 +282,30 @@ async fn read_ahead(mut incoming: Incoming, limit: usize) -> Result<(Vec<u8>, Bo
     Ok((read, body))
 }
 
-/// A refusal from admission as an HTTP/2 response.
-fn refusal_reply(refusal: Refusal) -> Response<Body> {
-    let mut response = Response::new(Full::new(refusal.body).map_err(|never| match never {}).boxed());
-    *response.status_mut() = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+/// A refusal from admission as an HTTP/2 response. To a gRPC request it is a gRPC error, as
+/// Envoy sends its local replies: HTTP 200, trailers-only, the refusal's status mapped to a
+/// gRPC status (401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 429 UNAVAILABLE, …) and its body as
+/// `grpc-message`, so gRPC clients see a status rather than a transport failure.
+fn refusal_reply(refusal: Refusal, grpc: bool) -> Response<Body> {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut response = if grpc {
+        let mut response = Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed());
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(grpc_status(status.as_u16())));
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(&refusal.body)) {
+            headers.insert("grpc-message", message);
+        }
+        response
+    } else {
+        let mut response = Response::new(Full::new(refusal.body.clone()).map_err(|never| match never {}).boxed());
+        *response.status_mut() = status;
+        response
+    };
     for (name, value) in &refusal.headers {
-        let framing =
-            ["content-length", "transfer-encoding", "connection"].iter().any(|f| name.eq_ignore_ascii_case(f));
+        let framing = ["content-length", "transfer-encoding", "connection", "content-type"]
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f) && (grpc || *f != "content-type"));
         if framing {
             continue;
         }
@@ -293,6 +314,32 @@ fn refusal_reply(refusal: Refusal) -> Response<Body> {
         }
     }
     response
+}
+
+/// Envoy's mapping of an HTTP status to a gRPC status code (`Grpc::Utility::httpToGrpcStatus`).
+fn grpc_status(http: u16) -> u16 {
+    match http {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// `grpc-message` is percent-encoded (the gRPC HTTP/2 protocol): bytes outside printable ASCII,
+/// and `%` itself.
+fn percent_encode(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &byte in text {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Serve one HTTP/2 (h2c) downstream connection until it closes.
@@ -316,6 +363,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_grpc_request_gets_a_grpc_status_as_envoy_sends_it() {
+        let refusal = Refusal::rbac(None);
+        let response = refusal_reply(refusal.clone(), true);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "7");
+        assert_eq!(response.headers()["grpc-message"], "RBAC: access denied");
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert_eq!(response.headers()["x-zmesh-policy"], "none");
+        let plain = refusal_reply(refusal, false);
+        assert_eq!(plain.status(), StatusCode::FORBIDDEN);
+        assert_eq!(plain.headers()["content-type"], "text/plain");
+        assert_eq!([grpc_status(401), grpc_status(429), grpc_status(418)], [16, 14, 2]);
+        assert_eq!(percent_encode(b"50% \xff"), "50%25 %FF");
+    }
 
     #[tokio::test]
     async fn the_preface_is_recognised_and_replayed() {

@@ -33,26 +33,27 @@ wait_for() { for _ in $(seq 1 150); do ip netns exec "$1" curl -s -m 1 -o /dev/n
 wait_tcp() { for _ in $(seq 1 150); do ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0; sleep 0.1; done; echo "not up: $1 $2:$3" >&2; }
 
 pod frontend 10.78.0.2; pod api 10.78.0.3; pod orders 10.78.0.4; pod payments 10.78.0.5
-pod ledger 10.78.0.6; pod limited 10.78.0.7; pod broken 10.78.0.8; pod infra 10.78.0.9
+pod ledger 10.78.0.6; pod limited 10.78.0.7; pod broken 10.78.0.8; pod infra 10.78.0.9; pod catalog 10.78.0.10
 
 # The infra pod: keys, authorizers.
 mkdir -p "$WORK/jwks"
 python3 "$HERE/jwt_tokens.py" keys "$WORK/jwks"
 bg infra python3 -m http.server 8000 --bind 10.78.0.9 --directory "$WORK/jwks"
 bg infra "$ZMESH" authz-server --rules "$HERE/security-rules.yaml" --http 10.78.0.9:9000 --grpc 10.78.0.9:9001
+bg infra python3 "$HERE/py_authz.py" 10.78.0.9 9002
 bg infra "$OPA" -addr 10.78.0.9:9191 -query data.zmesh.authz.allow -policy "$HERE/security-opa.rego"
 wait_for infra http://10.78.0.9:8000/jwks.json
-wait_tcp infra 10.78.0.9 9000; wait_tcp infra 10.78.0.9 9001; wait_tcp infra 10.78.0.9 9191
+wait_tcp infra 10.78.0.9 9000; wait_tcp infra 10.78.0.9 9001; wait_tcp infra 10.78.0.9 9191; wait_tcp infra 10.78.0.9 9002
 
 "$ZMESH" ca init --dir "$WORK/ca" >/dev/null
 for p in frontend:shop/frontend api:shop/api-gateway orders:shop/orders payments:shop/payments \
-         ledger:shop/ledger limited:shop/limited broken:shop/broken; do
+         ledger:shop/ledger limited:shop/limited broken:shop/broken catalog:shop/catalog; do
   ns=${p%%:*}; workload=${p#*:}
   [ "$ns" = frontend ] || bg "$ns" "$ZMESH" echo --listen 0.0.0.0:8080 --name "$ns"
   ip netns exec "$ns" "$ZMESH" capture install
   bg "$ns" "$ZMESH" proxy --config "$WORK/config" --ca-dir "$WORK/ca" --workload "$workload" --log-level info
 done
-for ip in 10.78.0.2 10.78.0.3 10.78.0.4 10.78.0.5 10.78.0.6 10.78.0.7 10.78.0.8; do
+for ip in 10.78.0.2 10.78.0.3 10.78.0.4 10.78.0.5 10.78.0.6 10.78.0.7 10.78.0.8 10.78.0.10; do
   wait_for frontend "http://$ip:15021/healthz/ready"
 done
 
@@ -105,6 +106,12 @@ result cel_grpc_denied_body "$(body cel_grpc_denied)"
 http opa_allowed http://10.78.0.6:8080/public/report
 http opa_denied http://10.78.0.6:8080/private/report
 result opa_denied_header "$(header opa_denied x-opa-reason)"
+# CUSTOM over HTTP to an authorizer written independently of zmesh (Python).
+http py_http_allowed -H 'x-user: alice' http://10.78.0.10:8080/items
+result py_http_allowed_header "$(body py_http_allowed | grep -c '"x-py-authz":"GET /items"' || true)"
+http py_http_denied -H 'x-user: mallory' http://10.78.0.10:8080/items
+result py_http_denied_body "$(body py_http_denied)"
+result py_http_denied_header "$(header py_http_denied x-authz-reason)"
 # Authorizer down: fail closed.
 http authorizer_down http://10.78.0.8:8080/custom/x
 
