@@ -76,10 +76,11 @@ pub fn remote_ip_from_forwarded_for(forwarded_for: Option<&str>, source_ip: Opti
     forwarded_for.and_then(|xff| xff.rsplit(',').next()).and_then(|last| last.trim().parse().ok()).or(source_ip)
 }
 
-/// The verified claims of a JWT, with Istio's space-delimited claims already split.
+/// The verified claims of a JWT, with Istio's space-delimited claims already split. Shared, so
+/// a token verified once (and cached) hands its claims to each request without copying them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Claims {
-    claims: serde_json::Map<String, serde_json::Value>,
+    claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Claims that Istio always splits on spaces when they hold a string.
@@ -99,7 +100,7 @@ impl Claims {
                 claims.insert(name.to_owned(), serde_json::Value::Array(list));
             }
         }
-        Claims { claims }
+        Claims { claims: std::sync::Arc::new(claims) }
     }
 
     pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
