@@ -83,13 +83,10 @@ fn run_script() -> Result<Run, String> {
     std::fs::create_dir_all(&config).expect("config dir");
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/control-plane.yaml"), config.join("mesh.yaml"))
         .expect("copy the mesh");
-    let output = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--net", "--mount", "--fork", "bash"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/control-plane.sh"))
-        .arg(env!("CARGO_BIN_EXE_zmesh"))
-        .arg(dir.path())
-        .output()
-        .expect("`unshare` must be installed (util-linux); CI installs it");
+    let output = zmesh_testkit::e2e::unshare_bash(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/control-plane.sh"),
+        [std::ffi::OsStr::new(env!("CARGO_BIN_EXE_zmesh")), dir.path().as_os_str()],
+    );
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let context =
         format!("stdout:\n{stdout}\nstderr:\n{}\n{}", String::from_utf8_lossy(&output.stderr), logs(dir.path()));
@@ -98,13 +95,7 @@ fn run_script() -> Result<Run, String> {
             "the control-plane script failed (it needs unshare with user namespaces, iproute2, iptables and curl; CI installs them)\n{context}"
         ));
     }
-    let results: HashMap<String, String> = stdout
-        .lines()
-        .filter_map(|line| line.strip_prefix("RESULT "))
-        .map(|line| {
-            line.split_once(' ').map_or((line.to_owned(), String::new()), |(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect();
+    let results = zmesh_testkit::e2e::results(&stdout);
     if results.get("done").map(String::as_str) != Some("yes") {
         return Err(format!("the script stopped early\n{context}"));
     }

@@ -4,7 +4,6 @@
 //! untouched. If the namespaces cannot be made, the test fails and says why.
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use zmesh_testkit::TempDir;
 
@@ -14,13 +13,10 @@ fn run_mesh() -> HashMap<String, String> {
     std::fs::create_dir_all(&config).expect("config dir");
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/mesh.yaml"), config.join("mesh.yaml"))
         .expect("copy mesh");
-    let output = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--net", "--mount", "--fork", "bash"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/mesh.sh"))
-        .arg(env!("CARGO_BIN_EXE_zmesh"))
-        .arg(dir.path())
-        .output()
-        .expect("`unshare` must be installed (util-linux); CI installs it");
+    let output = zmesh_testkit::e2e::unshare_bash(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/mesh.sh"),
+        [std::ffi::OsStr::new(env!("CARGO_BIN_EXE_zmesh")), dir.path().as_os_str()],
+    );
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let logs: String = ["client", "server", "intruder", "ledger"]
         .iter()
@@ -36,13 +32,7 @@ fn run_mesh() -> HashMap<String, String> {
         "the mesh script failed (it needs unshare with user namespaces, iproute2, iptables and curl; CI installs them)\nstdout:\n{stdout}\nstderr:\n{}\n{logs}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let results: HashMap<String, String> = stdout
-        .lines()
-        .filter_map(|line| line.strip_prefix("RESULT "))
-        .map(|line| {
-            line.split_once(' ').map_or((line.to_owned(), String::new()), |(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect();
+    let results = zmesh_testkit::e2e::results(&stdout);
     assert!(results.len() >= 22, "the script stopped early:\n{stdout}\n{logs}");
     results
 }

@@ -5,7 +5,6 @@
 //! missing tools fail the test with the reason.
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use zmesh_testkit::TempDir;
 
@@ -14,15 +13,15 @@ const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/seed-co
 
 fn run_up(mode: &str) -> HashMap<String, String> {
     let dir = TempDir::new(&format!("up-{mode}"));
-    let output = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--net", "--mount", "--fork", "bash"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/up.sh"))
-        .arg(env!("CARGO_BIN_EXE_zmesh"))
-        .arg(dir.path())
-        .arg(mode)
-        .arg(SEEDS)
-        .output()
-        .expect("`unshare` must be installed (util-linux); CI installs it");
+    let output = zmesh_testkit::e2e::unshare_bash(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/up.sh"),
+        [
+            std::ffi::OsStr::new(env!("CARGO_BIN_EXE_zmesh")),
+            dir.path().as_os_str(),
+            std::ffi::OsStr::new(mode),
+            std::ffi::OsStr::new(SEEDS),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     let mut logs = format!("--- up.out (tail)\n{}\n--- up.err\n{}", tail(&read("up.out"), 40), read("up.err"));
@@ -37,13 +36,7 @@ fn run_up(mode: &str) -> HashMap<String, String> {
         "the up script failed (it needs unshare with user namespaces, iproute2, iptables and curl; CI installs them)\nstdout:\n{stdout}\nstderr:\n{}\n{logs}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let results: HashMap<String, String> = stdout
-        .lines()
-        .filter_map(|line| line.strip_prefix("RESULT "))
-        .map(|line| {
-            line.split_once(' ').map_or((line.to_owned(), String::new()), |(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect();
+    let results = zmesh_testkit::e2e::results(&stdout);
     assert!(results.len() >= 12, "the script stopped early:\n{stdout}\n{logs}");
     if results.get("all_flows_as_expected").map(String::as_str) != Some("yes") {
         panic!("the summary never showed every flow as expected:\n{results:#?}\n{logs}");

@@ -888,12 +888,12 @@ mod tests {
         );
         assert!(mesh.is_none());
         let expected = [
-            "mesh.yaml:6:14: error: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.timeout: `soon` is not a valid duration",
-            "mesh.yaml:7:20: error: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.statusOnError: `299` is not an HTTP status Envoy supports",
-            "mesh.yaml:10:32: error: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.includeRequestBodyInCheck.maxRequestBytes: includeRequestBodyInCheck needs maxRequestBytes",
-            "mesh.yaml:8:17: error: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.pathPrefix: pathPrefix must begin with `/`, found `check`",
-            "mesh.yaml:9:36: error: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.includeRequestHeadersInCheck[0]: a single wildcard (\"*\") is not supported",
-            "mesh.yaml:9:41: error: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.includeRequestHeadersInCheck[1]: `a*b` is not a header name, `prefix*` or `*suffix`",
+            "mesh.yaml:6:14: error[IST0106]: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.timeout: `soon` is not a valid duration",
+            "mesh.yaml:7:20: error[IST0106]: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.statusOnError: `299` is not an HTTP status Envoy supports",
+            "mesh.yaml:10:32: error[IST0106]: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.includeRequestBodyInCheck.maxRequestBytes: includeRequestBodyInCheck needs maxRequestBytes",
+            "mesh.yaml:8:17: error[IST0106]: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.pathPrefix: pathPrefix must begin with `/`, found `check`",
+            "mesh.yaml:9:36: error[IST0106]: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.includeRequestHeadersInCheck[0]: a single wildcard (\"*\") is not supported",
+            "mesh.yaml:9:41: error[IST0106]: MeshConfig: extensionProviders[0].envoyExtAuthzHttp.includeRequestHeadersInCheck[1]: `a*b` is not a header name, `prefix*` or `*suffix`",
         ];
         assert_eq!(messages.len(), expected.len(), "{messages:#?}");
         for (found, want) in messages.iter().zip(expected) {

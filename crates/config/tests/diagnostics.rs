@@ -24,7 +24,7 @@ spec:
     assert_eq!(
         found,
         [
-            "policy.yaml:8:9: error: AuthorizationPolicy foo/p: spec.rules[0].from[0].source.principal: unknown field `principal`; did you mean `principals`?"
+            "policy.yaml:8:9: error[IST0106]: AuthorizationPolicy foo/p: spec.rules[0].from[0].source.principal: unknown field `principal`; did you mean `principals`?"
         ]
     );
 }
@@ -45,7 +45,7 @@ spec:
     assert_eq!(
         found,
         [
-            "policy.yaml:8:17: error: AuthorizationPolicy foo/p: spec.rules[0].to[0].operation.ports[0]: expected a string, found an integer; quote it: \"8080\""
+            "policy.yaml:8:17: error[IST0106]: AuthorizationPolicy foo/p: spec.rules[0].to[0].operation.ports[0]: expected a string, found an integer; quote it: \"8080\""
         ]
     );
 }
@@ -111,7 +111,7 @@ fn an_unsupported_version_of_a_known_group_is_an_error() {
     assert_eq!(
         found,
         [
-            "policy.yaml:1:13: error: AuthorizationPolicy foo/a: apiVersion: security.istio.io/v2 is not a supported version of security.istio.io; use security.istio.io/v1"
+            "policy.yaml:1:13: error[IST0106]: AuthorizationPolicy foo/a: apiVersion: security.istio.io/v2 is not a supported version of security.istio.io; use security.istio.io/v1"
         ]
     );
 }
@@ -143,7 +143,7 @@ fn a_document_without_kind_is_an_error() {
     assert_eq!(
         found,
         [
-            "policy.yaml:1:1: error: kind: the document has no apiVersion or kind; start it with apiVersion and kind, as for kubectl apply"
+            "policy.yaml:1:1: error[IST0106]: kind: the document has no apiVersion or kind; start it with apiVersion and kind, as for kubectl apply"
         ]
     );
 }
@@ -167,7 +167,7 @@ data:
     assert_eq!(
         errors,
         [
-            "<input>:10:5: error: MeshConfig: data.mesh.unknownKnob: unknown field `unknownKnob`; known fields here: rootNamespace, trustDomain, trustDomainAliases, extensionProviders, pathNormalization, outboundTrafficPolicy, defaultConfig, accessLogFile, accessLogEncoding, accessLogFormat, enableTracing, enableAutoMtls, defaultProviders, connectTimeout, protocolDetectionTimeout, ingressClass, ingressService, ingressControllerMode, ingressSelector, enablePrometheusMerge, discoverySelectors, localityLbSetting, dnsRefreshRate, h2UpgradePolicy, inboundClusterStatName, outboundClusterStatName, certificates, caCertificates, serviceSettings, defaultServiceExportTo, defaultVirtualServiceExportTo, defaultDestinationRuleExportTo, meshMTLS, tlsDefaults, verifyCertificateAtClient, enableEnvoyAccessLogService, tcpKeepalive, thriftConfig, proxyListenPort, proxyInboundListenPort, proxyHttpPort, rootNamespaceOverride, configSources, meshNetworks, extensionProvidersOverride"
+            "<input>:10:5: error[IST0106]: MeshConfig: data.mesh.unknownKnob: unknown field `unknownKnob`; known fields here: rootNamespace, trustDomain, trustDomainAliases, extensionProviders, pathNormalization, outboundTrafficPolicy, defaultConfig, accessLogFile, accessLogEncoding, accessLogFormat, enableTracing, enableAutoMtls, defaultProviders, connectTimeout, protocolDetectionTimeout, ingressClass, ingressService, ingressControllerMode, ingressSelector, enablePrometheusMerge, discoverySelectors, localityLbSetting, dnsRefreshRate, h2UpgradePolicy, inboundClusterStatName, outboundClusterStatName, certificates, caCertificates, serviceSettings, defaultServiceExportTo, defaultVirtualServiceExportTo, defaultDestinationRuleExportTo, meshMTLS, tlsDefaults, verifyCertificateAtClient, enableEnvoyAccessLogService, tcpKeepalive, thriftConfig, proxyListenPort, proxyInboundListenPort, proxyHttpPort, rootNamespaceOverride, configSources, meshNetworks, extensionProvidersOverride"
         ]
     );
 }
@@ -199,8 +199,8 @@ fn unknown_top_level_fields_are_errors_for_the_kinds_zmesh_reads() {
     assert_eq!(
         found,
         [
-            "policy.yaml:3:1: error: Pod default/b: metdata: unknown field `metdata`; did you mean `metadata`?",
-            "policy.yaml:9:1: error: PeerAuthentication foo/p: data: unknown field `data`; known fields here: apiVersion, kind, metadata, spec, status",
+            "policy.yaml:3:1: error[IST0106]: Pod default/b: metdata: unknown field `metdata`; did you mean `metadata`?",
+            "policy.yaml:9:1: error[IST0106]: PeerAuthentication foo/p: data: unknown field `data`; known fields here: apiVersion, kind, metadata, spec, status",
         ]
     );
 }

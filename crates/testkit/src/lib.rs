@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+pub mod e2e;
 pub mod envoy;
 pub mod jwt;
 pub mod opa_envoy;

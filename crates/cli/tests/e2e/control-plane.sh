@@ -12,7 +12,7 @@ BRIDGE=10.79.0.1
 STATUS="http://127.0.0.1:15014"
 PODS=(frontend backend reporting)
 PROXIES=${#PODS[@]}
-PIDS=()
+source "$(dirname "$0")/pods.sh"
 CP_PID=""
 cleanup() {
   for pid in "${PIDS[@]}" $CP_PID; do kill "$pid" 2>/dev/null || true; done
@@ -20,27 +20,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-result() { printf 'RESULT %s %s\n' "$1" "$2"; }
 fail() { printf 'FAILED: %s\n' "$*" >&2; exit 1; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-mount -t tmpfs tmpfs /run
-mkdir -p /run/netns
-ip link set lo up
-ip link add zbr0 type bridge
-ip addr add "$BRIDGE/24" dev zbr0
-ip link set zbr0 up
+bridge_up "$BRIDGE"
 
-pod() {
-  local name=$1 ip=$2
-  ip netns add "$name"
-  ip link add "v-$name" type veth peer name eth0 netns "$name"
-  ip link set "v-$name" master zbr0 up
-  ip netns exec "$name" ip link set lo up
-  ip netns exec "$name" ip addr add "$ip/24" dev eth0
-  ip netns exec "$name" ip link set eth0 up
-  ip netns exec "$name" ip route add default via "$BRIDGE"
-}
 bg() { local ns=$1 log=$2; shift 2; ip netns exec "$ns" "$@" >>"$WORK/$log.log" 2>&1 & PIDS+=($!); }
 
 # --- The policy file in its three shapes -------------------------------------------------------

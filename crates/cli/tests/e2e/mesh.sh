@@ -5,27 +5,10 @@
 # it starts is stopped by PID on exit; the namespaces vanish with this process.
 set -euo pipefail
 ZMESH="$1"; WORK="$2"
-PIDS=()
+source "$(dirname "$0")/pods.sh"
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-
-mount -t tmpfs tmpfs /run
-mkdir -p /run/netns
-ip link set lo up
-ip link add zbr0 type bridge
-ip addr add 10.77.0.1/24 dev zbr0
-ip link set zbr0 up
-
-pod() {
-  local name=$1 ip=$2
-  ip netns add "$name"
-  ip link add "v-$name" type veth peer name eth0 netns "$name"
-  ip link set "v-$name" master zbr0 up
-  ip netns exec "$name" ip link set lo up
-  ip netns exec "$name" ip addr add "$ip/24" dev eth0
-  ip netns exec "$name" ip link set eth0 up
-  ip netns exec "$name" ip route add default via 10.77.0.1
-}
+bridge_up 10.77.0.1
 bg() { local ns=$1; shift; ip netns exec "$ns" "$@" >>"$WORK/$ns.log" 2>&1 & PIDS+=($!); }
 
 pod client 10.77.0.2; pod server 10.77.0.3; pod plain 10.77.0.4; pod intruder 10.77.0.5; pod ledger 10.77.0.6
@@ -47,7 +30,6 @@ for ip in 10.77.0.2 10.77.0.3 10.77.0.5 10.77.0.6; do
   for _ in $(seq 1 100); do curl -s -m 1 -o /dev/null "http://$ip:15021/healthz/ready" && break; sleep 0.1; done
 done
 
-result() { printf 'RESULT %s %s\n' "$1" "$2"; }
 http() { local ns=$1; shift; ip netns exec "$ns" curl -s -m 5 -o "$WORK/body" -D "$WORK/headers" -w "%{http_code}" "$@" || true; }
 
 result post_allowed "$(http client -X POST -H 'x-forwarded-client-cert: By=spoofed;URI=spiffe://evil' http://10.77.0.3:8080/api/v2/payments/process)"

@@ -7,27 +7,10 @@
 # Arguments: ZMESH WORK OPA_ENVOY_BINARY (an ext_authz gRPC server deciding with OPA; zmesh_testkit::opa_envoy)
 set -euo pipefail
 ZMESH="$1"; WORK="$2"; OPA="$3"; HERE="$(cd "$(dirname "$0")" && pwd)"
-PIDS=()
+source "$HERE/pods.sh"
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-
-mount -t tmpfs tmpfs /run
-mkdir -p /run/netns
-ip link set lo up
-ip link add zbr0 type bridge
-ip addr add 10.78.0.1/24 dev zbr0
-ip link set zbr0 up
-
-pod() {
-  local name=$1 ip=$2
-  ip netns add "$name"
-  ip link add "v-$name" type veth peer name eth0 netns "$name"
-  ip link set "v-$name" master zbr0 up
-  ip netns exec "$name" ip link set lo up
-  ip netns exec "$name" ip addr add "$ip/24" dev eth0
-  ip netns exec "$name" ip link set eth0 up
-  ip netns exec "$name" ip route add default via 10.78.0.1
-}
+bridge_up 10.78.0.1
 bg() { local ns=$1; shift; ip netns exec "$ns" "$@" >>"$WORK/$ns.log" 2>&1 & PIDS+=($!); }
 wait_for() { for _ in $(seq 1 150); do ip netns exec "$1" curl -s -m 1 -o /dev/null "$2" && return 0; sleep 0.1; done; echo "not up: $1 $2" >&2; }
 wait_tcp() { for _ in $(seq 1 150); do ip netns exec "$1" bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0; sleep 0.1; done; echo "not up: $1 $2:$3" >&2; }
@@ -57,7 +40,6 @@ for ip in 10.78.0.2 10.78.0.3 10.78.0.4 10.78.0.5 10.78.0.6 10.78.0.7 10.78.0.8 
   wait_for frontend "http://$ip:15021/healthz/ready"
 done
 
-result() { printf 'RESULT %s %s\n' "$1" "$2"; }
 # http NAME ARGS...: one curl from the frontend pod over HTTP/1.1, one over h2c; prints
 # `NAME <status>` and `NAME_h2 <status>`, keeping each body and headers for the checks after it.
 http() {
