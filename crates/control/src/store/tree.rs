@@ -344,7 +344,10 @@ mod tests {
         let fingerprint = Fingerprint::take(dir.path()).expect("fingerprint");
         let loaded = Tree::default().refresh(dir.path(), &fingerprint).expect("read").load();
         let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
-        assert_eq!(errors, [format!("{}:2:5: error[IST0106]: the file is not UTF-8 text; save it as UTF-8", path.display())]);
+        assert_eq!(
+            errors,
+            [format!("{}:2:5: error[IST0106]: the file is not UTF-8 text; save it as UTF-8", path.display())]
+        );
         assert_eq!(loaded.files, 1);
     }
 
