@@ -163,7 +163,14 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
         let identity_text = config.workload.identity.to_string();
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
-        let (own, admin_ip) = if args.explicit { (address, address) } else { (any, IpAddr::V4(Ipv4Addr::LOCALHOST)) };
+        // Admin serves configuration and certificates: on the workload's address only when
+        // that is a loopback address (single-host meshes), else on localhost.
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (own, admin_ip) = if args.explicit {
+            (address, if address.is_loopback() { address } else { loopback })
+        } else {
+            (any, loopback)
+        };
         let listeners = Listeners {
             hbone: args.hbone_listen.unwrap_or(at(own, args.hbone_port)),
             health: args.health.unwrap_or(at(own, HEALTH_PORT)),

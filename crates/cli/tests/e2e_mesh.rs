@@ -71,6 +71,10 @@ fn a_mesh_of_pods_enforces_mtls_and_policy_end_to_end() {
     expect("plain_strict", "000");
     expect("plain_port_disable", "200");
     expect("plain_health", "200");
+    expect("health_port_config_dump", "404");
+    expect("metrics_port_certs", "404");
+    expect("admin_port_from_network", "000");
+    expect("admin_port_on_loopback", "200");
     expect("plain_permissive_public", "200");
     // Namespace isolation: a caller from another namespace is denied.
     expect("namespace_isolation", "403");

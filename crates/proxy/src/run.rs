@@ -657,9 +657,20 @@ impl Proxy {
         }
     }
 
-    fn routes(self: &Arc<Self>) -> crate::admin::Routes {
+    /// What one endpoint port serves: health (15021) only `/healthz/ready`, metrics (15020)
+    /// only `/stats/prometheus` — both are reachable from the network and exempt from capture —
+    /// and admin (15000, loopback only) everything, configuration and certificates included.
+    fn routes(self: &Arc<Self>, endpoint: Endpoint) -> crate::admin::Routes {
         let proxy = self.clone();
         Arc::new(move |path| {
+            let served = match endpoint {
+                Endpoint::Health => path == "/healthz/ready",
+                Endpoint::Metrics => path == "/stats/prometheus",
+                Endpoint::Admin => true,
+            };
+            if !served {
+                return None;
+            }
             let identity = proxy.store.identity();
             match path {
                 "/healthz/ready" => Some((StatusCode::OK, "text/plain", "ready\n".to_owned())),
@@ -717,6 +728,14 @@ impl Proxy {
     }
 }
 
+/// The proxy's endpoint ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Health,
+    Metrics,
+    Admin,
+}
+
 /// An opened outbound connection: an HBONE tunnel to a mesh destination, or a direct connection.
 pub(crate) type Outbound = Either<hbone::Tunnel, TcpStream>;
 
@@ -753,9 +772,20 @@ pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()>
         hbone::ServerLimits::default(),
         shutdown.clone(),
     ));
-    for (addr, routes) in
-        [(listeners.health, proxy.routes()), (listeners.metrics, proxy.routes()), (listeners.admin, proxy.routes())]
-    {
+    if !listeners.admin.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the admin endpoint ({}) serves the configuration and certificates: give it a loopback address",
+                listeners.admin
+            ),
+        ));
+    }
+    for (addr, routes) in [
+        (listeners.health, proxy.routes(Endpoint::Health)),
+        (listeners.metrics, proxy.routes(Endpoint::Metrics)),
+        (listeners.admin, proxy.routes(Endpoint::Admin)),
+    ] {
         let listener = bind(addr).await?;
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

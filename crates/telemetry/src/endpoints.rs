@@ -9,22 +9,70 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// What an endpoint answers for a path; `None` is 404.
 pub type Routes = Arc<dyn Fn(&str) -> Option<(StatusCode, &'static str, String)> + Send + Sync>;
 
-/// Serve GET endpoints on `listener` until `shutdown`.
+/// How much one endpoint server takes on: it answers probes and scrapes, so a flood of idle or
+/// slow connections must never take descriptors, memory or log volume from the rest of the
+/// process.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLimits {
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// From a connection's first byte to the end of its request head.
+    pub header_read: Duration,
+    /// How long a connection may live, kept alive or not.
+    pub connection: Duration,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        EndpointLimits { max_connections: 64, header_read: Duration::from_secs(5), connection: Duration::from_secs(30) }
+    }
+}
+
+/// Serve GET endpoints on `listener` until `shutdown`, within [`EndpointLimits::default`].
 pub async fn serve(listener: TcpListener, routes: Routes, shutdown: CancellationToken) {
+    serve_with(listener, routes, EndpointLimits::default(), shutdown).await;
+}
+
+/// Serve GET endpoints on `listener` until `shutdown`, within `limits`. Accept errors (out of
+/// descriptors, say) back off from 10 ms doubling to 1 s and are logged at most once a second,
+/// so a flood cannot turn into a busy loop or a flood of logs.
+pub async fn serve_with(listener: TcpListener, routes: Routes, limits: EndpointLimits, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = Duration::ZERO;
+    let mut last_warning: Option<Instant> = None;
     loop {
-        let (stream, _) = tokio::select! {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, _)) => {
+                    backoff = Duration::ZERO;
+                    stream
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    continue;
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(%error, retry_in = ?backoff, "endpoint accept failed");
+                        last_warning = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => continue,
+                        () = shutdown.cancelled() => return,
+                    }
                 }
             },
             () = shutdown.cancelled() => return,
@@ -35,7 +83,12 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: Cancellation
                 let routes = routes.clone();
                 async move { Ok::<_, Infallible>(respond(&routes, &request)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection, connection).await;
+            drop(permit);
         });
     }
 }
@@ -50,4 +103,65 @@ fn respond(routes: &Routes, request: &Request<Incoming>) -> Response<Full<Bytes>
     *response.status_mut() = status;
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    fn health() -> Routes {
+        Arc::new(|path| (path == "/healthz/ready").then(|| (StatusCode::OK, "text/plain", "ready\n".to_owned())))
+    }
+
+    async fn start(limits: EndpointLimits) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve_with(listener, health(), limits, shutdown.clone()));
+        (addr, shutdown)
+    }
+
+    async fn get(addr: std::net::SocketAddr) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"GET /healthz/ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("write");
+        let mut response = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await;
+        response
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_wait_and_are_cut_when_their_head_never_comes() {
+        let limits =
+            EndpointLimits { max_connections: 2, header_read: Duration::from_millis(300), ..Default::default() };
+        let (addr, shutdown) = start(limits).await;
+        // Two idle connections take both slots: a probe waits for a slot rather than being served.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(b"GET /hea").await.expect("write");
+            held.push(stream);
+        }
+        // The header timeout frees the slots, and the probe is answered.
+        let response = get(addr).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        for mut stream in held {
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+            assert!(read.is_ok(), "a slow-header connection was not closed");
+        }
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn only_the_listed_paths_are_served() {
+        let (addr, shutdown) = start(EndpointLimits::default()).await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"GET /config_dump HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 404"), "{response:?}");
+        shutdown.cancel();
+    }
 }

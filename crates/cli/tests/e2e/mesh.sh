@@ -53,4 +53,10 @@ result plain_port_disable "$(http plain http://10.77.0.3:9090/metrics)"
 result plain_health "$(http plain http://10.77.0.3:15021/healthz/ready)"
 result plain_permissive_public "$(http plain http://10.77.0.6:8080/public)"
 result namespace_isolation "$(http client http://10.77.0.6:8080/private)"
+# Health and metrics ports are reachable from the network and serve only health and metrics;
+# the admin port (configuration, certificates) is on the proxy's loopback only.
+result health_port_config_dump "$(http plain http://10.77.0.3:15021/config_dump)"
+result metrics_port_certs "$(http plain http://10.77.0.3:15020/certs)"
+result admin_port_from_network "$(http plain http://10.77.0.3:15000/config_dump)"
+result admin_port_on_loopback "$(ip netns exec server curl -s -m 3 -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/config_dump || true)"
 result metrics "$(ip netns exec plain curl -s -m 3 http://10.77.0.3:15020/stats/prometheus | grep -c '^istio_' || true)"
