@@ -75,6 +75,11 @@ fn a_mesh_of_pods_enforces_mtls_and_policy_end_to_end() {
     expect("metrics_port_certs", "404");
     expect("admin_port_from_network", "000");
     expect("admin_port_on_loopback", "200");
+    expect("own_port_outbound", "000");
+    expect("own_port_inbound", "000");
+    expect("peer_proxy_port", "000");
+    let grew: i64 = r["self_dial_fds"].parse().expect("a count");
+    assert!(grew < 10, "a request to a proxy's own port took {grew} more descriptors: {r:#?}");
     expect("plain_permissive_public", "200");
     // Namespace isolation: a caller from another namespace is denied.
     expect("namespace_isolation", "403");

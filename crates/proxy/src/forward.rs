@@ -397,6 +397,10 @@ fn outbound_failure(destination: &str, error: &OutboundError) -> Answer {
                 )
             }
         },
+        OutboundError::OwnProxyPort { .. } => {
+            info!(%destination, %error, "refused: the workload's own proxy port");
+            Answer::new(StatusCode::FORBIDDEN, format!("{destination}: {error}"))
+        }
         OutboundError::Passthrough { .. } => {
             info!(%destination, %error, "passthrough connect failed");
             Answer::new(StatusCode::BAD_GATEWAY, format!("cannot reach {destination}: {error}"))

@@ -48,6 +48,11 @@ use zmesh_registry::{HostRoute, MeshWorkload, PortHandling, ServiceEntryRoute, U
 /// tried: Istio's default cluster `connectTimeout`.
 const SERVICE_ENTRY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The ports an Istio sidecar reserves for itself (Envoy's 15000–15090): never an app's. Traffic
+/// to them on the workload's own address would loop through the proxy into itself, so inbound
+/// (plaintext or HBONE) and outbound refuse them.
+const PROXY_PORTS: std::ops::RangeInclusive<u16> = 15000..=15090;
+
 /// Where each listener binds.
 #[derive(Debug, Clone)]
 pub struct Listeners {
@@ -407,6 +412,12 @@ impl TunnelHandler for Inbound {
                 request.target, config.workload.namespace, config.workload.name
             )));
         }
+        if PROXY_PORTS.contains(&request.target.port()) {
+            return Err(Refusal::unknown_target(format!(
+                "{} is a port the proxy reserves for itself, not an app's",
+                request.target
+            )));
+        }
         if config.workload.port_handling(request.target.port()) != PortHandling::Opaque {
             // Every request on the tunnel is authorized at L7 (or, for an undeclared port that
             // turns out not to be HTTP, the connection at L4 once its first bytes are seen).
@@ -504,6 +515,11 @@ impl Proxy {
             Err(error) => return tracing::warn!(%error, "no original destination on a captured connection"),
         };
         let config = self.config();
+        if target.ip() != config.workload.address || PROXY_PORTS.contains(&target.port()) {
+            // Capture sends here only traffic for the workload; anything else (its own
+            // ports, another address) would make the proxy dial itself.
+            return tracing::debug!(%source, %target, "captured inbound connection not for an app port of this workload; dropped");
+        }
         let mode = config.policies.mtls_mode(&config.as_policy_sees_it, target.port());
         if mode.mode == MtlsMode::Strict {
             self.record_connection(&config, None, target, "strict_refused");
@@ -536,6 +552,9 @@ impl Proxy {
     /// caller that speaks a protocol (the HTTP proxy port) can answer a failure in it.
     pub(crate) async fn open_outbound(&self, target: SocketAddr) -> Result<Outbound, OutboundError> {
         let config = self.config();
+        if target.ip() == config.workload.address && PROXY_PORTS.contains(&target.port()) {
+            return Err(OutboundError::OwnProxyPort { target });
+        }
         if let Some(destination) = config.registry.destination(target) {
             return self.tunnel(destination, target).await;
         }
@@ -750,6 +769,8 @@ pub(crate) enum OutboundError {
     NotInRegistry { target: SocketAddr },
     #[error("cannot reach {target} for ServiceEntry {service_entry}: {error}")]
     ServiceEntry { service_entry: String, target: String, error: std::io::Error },
+    #[error("{target} is the workload's own address on a port its proxy reserves; refused, as it would loop")]
+    OwnProxyPort { target: SocketAddr },
     #[error("ServiceEntry {service_entry} lists no endpoint to connect to")]
     NoEndpoints { service_entry: String },
 }

@@ -11,6 +11,7 @@ trap cleanup EXIT
 bridge_up 10.77.0.1
 bg() { local ns=$1; shift; ip netns exec "$ns" "$@" >>"$WORK/$ns.log" 2>&1 & PIDS+=($!); }
 
+declare -A PROXY_PID
 pod client 10.77.0.2; pod server 10.77.0.3; pod plain 10.77.0.4; pod intruder 10.77.0.5; pod ledger 10.77.0.6
 
 "$ZMESH" ca init --dir "$WORK/ca" >/dev/null
@@ -25,6 +26,7 @@ for p in client:fintech-core/order-service server:fintech-core/payment-processor
   ns=${p%%:*}; workload=${p#*:}
   ip netns exec "$ns" "$ZMESH" capture install
   bg "$ns" "$ZMESH" proxy --config "$WORK/config" --ca-dir "$WORK/ca" --workload "$workload" --log-level warn
+  PROXY_PID[$ns]=$!
 done
 for ip in 10.77.0.2 10.77.0.3 10.77.0.5 10.77.0.6; do
   for _ in $(seq 1 100); do curl -s -m 1 -o /dev/null "http://$ip:15021/healthz/ready" && break; sleep 0.1; done
@@ -59,4 +61,13 @@ result health_port_config_dump "$(http plain http://10.77.0.3:15021/config_dump)
 result metrics_port_certs "$(http plain http://10.77.0.3:15020/certs)"
 result admin_port_from_network "$(http plain http://10.77.0.3:15000/config_dump)"
 result admin_port_on_loopback "$(ip netns exec server curl -s -m 3 -o /dev/null -w '%{http_code}' http://127.0.0.1:15000/config_dump || true)"
+# Traffic to a proxy's own ports — on the workload's own address (outbound capture, inbound
+# capture) or through HBONE to another proxy's — is refused, never dialled in a loop.
+fds() { ls "/proc/$1/fd" | wc -l; }
+before_client=$(fds "${PROXY_PID[client]}"); before_server=$(fds "${PROXY_PID[server]}")
+result own_port_outbound "$(http client http://10.77.0.2:15001/)"
+result own_port_inbound "$(http client http://10.77.0.2:15006/)"
+result peer_proxy_port "$(http client http://10.77.0.3:15006/)"
+sleep 1
+result self_dial_fds "$(( $(fds "${PROXY_PID[client]}") - before_client + $(fds "${PROXY_PID[server]}") - before_server ))"
 result metrics "$(ip netns exec plain curl -s -m 3 http://10.77.0.3:15020/stats/prometheus | grep -c '^istio_' || true)"
