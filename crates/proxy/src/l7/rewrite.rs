@@ -47,6 +47,7 @@ pub(super) fn encode_upstream_head(
         out.extend_from_slice(part.as_bytes());
     }
     let mut framing_written = false;
+    let mut host_written = false;
     for header in &head.headers {
         let name = header.name.as_str();
         match name {
@@ -59,6 +60,17 @@ pub(super) fn encode_upstream_head(
             }
             "connection" | "upgrade" if websocket => {}
             "connection" | "keep-alive" | "proxy-connection" | "upgrade" | XFCC => continue,
+            // Several Host lines are one authority to policy (joined with `,`, as Envoy makes
+            // `:authority` of them): the app gets that one value, once, where the first was.
+            "host" => {
+                if !host_written {
+                    if let Some(host) = head.headers.joined("host") {
+                        write_header("host", &host, out);
+                    }
+                    host_written = true;
+                }
+                continue;
+            }
             _ if edits.drops(name) => continue,
             _ => {}
         }
@@ -131,6 +143,12 @@ mod tests {
             "GET / HTTP/1.1\r\nhost: app\r\na: 1\r\nx-forwarded-client-cert: URI=spiffe://td/ns/a/sa/b\r\n\r\n"
         );
         assert_eq!(rewrite(raw, "/", false, None), "GET / HTTP/1.1\r\nhost: app\r\na: 1\r\n\r\n");
+    }
+
+    #[test]
+    fn several_host_lines_reach_the_app_as_the_one_authority_policy_saw() {
+        let raw = "GET / HTTP/1.1\r\nHost: a.example\r\nX: 1\r\nHost: b.example\r\n\r\n";
+        assert_eq!(rewrite(raw, "/", false, None), "GET / HTTP/1.1\r\nhost: a.example,b.example\r\nx: 1\r\n\r\n");
     }
 
     #[test]
