@@ -99,14 +99,22 @@ fn rfc3339(time: SystemTime) -> String {
     zmesh_ca::Rfc3339(time).to_string()
 }
 
+/// Writes `contents` to `path`; a secret is created with mode 0600 (and an existing file is
+/// restricted) before any byte is written, so the key is never readable under the umask's mode.
 fn write_file(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
     if secret {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    if secret {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
     }
+    file.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

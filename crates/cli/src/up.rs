@@ -67,8 +67,60 @@ pub(crate) fn default_state_dir() -> PathBuf {
     if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(runtime).join("zmesh-up");
     }
-    let uid = std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m));
-    std::env::temp_dir().join(format!("zmesh-up-{uid}"))
+    std::env::temp_dir().join(format!("zmesh-up-{}", own_uid()))
+}
+
+/// The uid this process runs as (the owner of `/proc/self`).
+fn own_uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m))
+}
+
+/// Makes `state` (mode 0700) if it is missing, and refuses one another user could have planted
+/// or can write into: it must be a real directory (not a link), owned by this user, with no
+/// access for group or others. The same holds for the CA and token keys already in it. Without
+/// `XDG_RUNTIME_DIR` the default lies in the shared temporary directory, where anyone can
+/// create `zmesh-up-<uid>` first and hand the mesh a CA of their own.
+pub(crate) fn secure_state_dir(state: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if let Some(parent) = state.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(state) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error).with_context(|| format!("cannot create {}", state.display())),
+    }
+    let uid = own_uid();
+    let check = |path: &Path, want_dir: bool| -> anyhow::Result<()> {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !want_dir => return Ok(()),
+            Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let kind_ok = if want_dir { meta.file_type().is_dir() } else { meta.file_type().is_file() };
+        if !kind_ok || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+            bail!(
+                "{} is not private to you (owner uid {}, mode {:o}, {}): another user could have planted it; \
+                 remove it, or give `--state-dir` a directory of your own",
+                path.display(),
+                meta.uid(),
+                meta.mode() & 0o7777,
+                if meta.file_type().is_symlink() {
+                    "a symbolic link"
+                } else if want_dir {
+                    "a directory"
+                } else {
+                    "a file"
+                },
+            );
+        }
+        Ok(())
+    };
+    check(state, true)?;
+    for secret in ["ca/ca-key.pem".to_owned(), format!("ca/{}", zmesh_control::plane::TOKEN_KEY_FILE)] {
+        check(&state.join(secret), false)?;
+    }
+    Ok(())
 }
 
 /// What `zmesh exec` needs to know about a running `up`, kept in `STATE/up.json`.
@@ -287,6 +339,7 @@ impl Mesh {
         isolation: &mut Isolation,
     ) -> anyhow::Result<Mesh> {
         let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
+        secure_state_dir(&state)?;
         if let Some(pid) = state_dir_in_use(&state) {
             bail!("zmesh up is already running (pid {pid}) with state in {}; stop it first", state.display());
         }
@@ -643,4 +696,36 @@ pub(crate) fn exec(args: ExecArgs) -> anyhow::Result<u8> {
     }
     let status = command.status().with_context(|| format!("cannot run {program}"))?;
     Ok(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(crate::EXIT_FINDINGS))
+}
+
+#[cfg(test)]
+mod state_dir_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_new_state_directory_is_made_private_and_a_shared_one_is_refused() {
+        let base = zmesh_testkit::TempDir::new("state-dir");
+        let state = base.path().join("zmesh-up");
+        secure_state_dir(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = secure_state_dir(&state).unwrap_err().to_string();
+        assert!(error.contains("is not private to you") && error.contains("mode 777"), "{error}");
+
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::create_dir_all(state.join("ca")).unwrap();
+        std::fs::write(state.join("ca/ca-key.pem"), "key").unwrap();
+        std::fs::set_permissions(state.join("ca/ca-key.pem"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = secure_state_dir(&state).unwrap_err().to_string();
+        assert!(error.contains("ca-key.pem is not private to you"), "{error}");
+
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&state, &link).unwrap();
+        let error = secure_state_dir(&link).unwrap_err().to_string();
+        assert!(error.contains("a symbolic link"), "{error}");
+    }
 }
