@@ -51,6 +51,9 @@ pub enum StartError {
 /// The file holding the key bootstrap tokens are signed with.
 pub const TOKEN_KEY_FILE: &str = "bootstrap-token.key";
 
+/// Streams one gRPC connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
 /// The bootstrap-token issuer of a CA directory, creating its key (32 random bytes, mode
 /// 0600) on first use. `zmesh up` reads the same key to hand each proxy its token.
 pub fn token_issuer(ca_dir: &Path) -> Result<BootstrapTokens, StartError> {
@@ -142,8 +145,13 @@ impl ControlPlane {
 
         let stop = shutdown.clone();
         tasks.spawn(async move {
+            // A proxy holds two streams (push and, now and then, signing): a connection that
+            // opens many more is not a proxy, and a peer that stops answering pings is gone.
             let served = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+                .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+                .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
                 .add_service(signer.into_service())
                 .add_service(push.into_service())
                 .serve_with_incoming_shutdown(
