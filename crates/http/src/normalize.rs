@@ -55,6 +55,7 @@ pub fn normalize_path(path_and_query: &str, mode: PathNormalization) -> Result<C
     } else {
         Cow::Borrowed(path)
     };
+    let path = strip_dot_segment_parameters(&path);
     let mut path = canonicalize(&path)?;
     if mode != PathNormalization::Base {
         path = merge_slashes(path);
@@ -64,6 +65,22 @@ pub fn normalize_path(path_and_query: &str, mode: PathNormalization) -> Result<C
     }
     path.push_str(query);
     Ok(Cow::Owned(path))
+}
+
+/// A segment of literal `.` or `..` followed by path parameters (`..;jsessionid=1`) is a dot
+/// segment for Envoy 1.40: the parameters go and the dots resolve, so `/x/..;p/admin` is
+/// `/admin` — a DENY rule on `/admin*` must not be bypassed with it. Only literal dots count
+/// (`%2e%2e;p` stays a name, as Envoy keeps it), and every other segment keeps its parameters.
+fn strip_dot_segment_parameters(path: &str) -> Cow<'_, str> {
+    let is_dotted = |segment: &str| segment.split_once(';').is_some_and(|(dots, _)| dots == "." || dots == "..");
+    if !path.split('/').any(is_dotted) {
+        return Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| if is_dotted(segment) { segment.split(';').next().unwrap_or_default() } else { segment })
+        .collect();
+    Cow::Owned(segments.join("/"))
 }
 
 /// Envoy's `PathUtil::unescapeSlashes`: each spelling replaced in turn.

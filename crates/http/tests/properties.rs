@@ -28,8 +28,16 @@ proptest! {
         mode in prop::sample::select(vec![PathNormalization::Base, PathNormalization::MergeSlashes]),
     ) {
         if let Ok(once) = normalize_path(&path, mode) {
-            let twice = normalize_path(&once, mode);
-            prop_assert_eq!(twice.as_deref(), Ok(once.as_ref()));
+            // The one exception, as in Envoy: escaped dots with path parameters (`%2e%2e;p`)
+            // decode to `..;p`, which stays a name the first time but is a dot segment when
+            // normalized again.
+            let dotted_with_parameters = segments(&once)
+                .iter()
+                .any(|segment| segment.split_once(';').is_some_and(|(dots, _)| dots == "." || dots == ".."));
+            if !dotted_with_parameters {
+                let twice = normalize_path(&once, mode);
+                prop_assert_eq!(twice.as_deref(), Ok(once.as_ref()));
+            }
         }
     }
 
