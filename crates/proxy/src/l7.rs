@@ -209,9 +209,10 @@ where
         span.record("method", head.method.as_str());
         span.record("path", head.path_and_query().unwrap_or_default());
 
-        let (path, websocket) = match decide(&head, ctx) {
+        let (path, websocket, connect) = match decide(&head, ctx) {
             Verdict::Refuse(refusal) => return self.reject(LocalReply::Refused(refusal)).await,
-            Verdict::Admit { path, websocket } => (path, websocket),
+            Verdict::Admit { path, websocket } => (path, websocket, false),
+            Verdict::Connect => (std::borrow::Cow::Borrowed(""), false, true),
         };
         // An authorizer that asks for the body gets it: read ahead (the bytes stay buffered
         // and go to the app as they would have), at most what the largest such provider takes.
@@ -246,6 +247,7 @@ where
         };
         match ctx.admission.admit(ctx, &attributes).await {
             Admitted::Refuse(refusal) => self.refuse(&head, refusal).await,
+            Admitted::Forward(_) if connect => self.reject(LocalReply::NoRoute).await,
             Admitted::Forward(edits) => self.forward(&head, &path, websocket, &edits).await,
         }
     }

@@ -277,3 +277,22 @@ spec: {{action: CUSTOM, provider: {{name: authz}}, rules: [{{}}]}}
     let bodies = bodies.lock().expect("lock").clone();
     assert_eq!(bodies, [b"hello".to_vec(), b"hello".to_vec()], "the authorizer sees the first 5 bytes");
 }
+
+#[tokio::test]
+async fn connect_is_authorized_and_then_answered_404_never_tunnelled_as_envoy_does() {
+    let deny_all = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: default}
+spec: {action: DENY, rules: [{}]}
+";
+    let request = "CONNECT app:443 HTTP/1.1\r\nhost: app:443\r\n\r\n";
+    let (head, body) = get(context_with(deny_all, Stages::default()), request).await;
+    assert_eq!((status(&head), body.as_str()), ("403", "RBAC: access denied"), "{head}");
+
+    let (app, _seen) = hyper_app();
+    let (mut client, _served) = start(context_with("", Stages::default()), &app);
+    client.send(request).await;
+    let (head, body) = client.response().await;
+    assert_eq!((status(&head), body.as_str()), ("404", ""), "{head}");
+    assert_eq!(app.connects(), 0, "a CONNECT never reaches the app");
+}

@@ -19,6 +19,10 @@ pub(super) enum Verdict<'h> {
     /// Up to admission (token, external authorizer, RBAC, rate limits) with this normalized
     /// path and query.
     Admit { path: Cow<'h, str>, websocket: bool },
+    /// CONNECT: admitted or refused like any request (with no path, which no path rule
+    /// matches), then answered 404 — an Istio inbound route matches paths, never CONNECT —
+    /// exactly as Envoy 1.40 answers it. Never a tunnel.
+    Connect,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +39,7 @@ pub(super) enum Refusal {
 pub(super) fn decide<'h>(head: &'h RequestHead, ctx: &ConnectionContext) -> Verdict<'h> {
     let Some(raw_path) = head.path_and_query() else {
         // Only CONNECT has no path.
-        return Verdict::Refuse(Refusal::UpgradeFailed);
+        return Verdict::Connect;
     };
     let path = match normalize_path(raw_path, ctx.path_normalization) {
         Ok(path) => path,

@@ -60,6 +60,8 @@ pub(super) enum LocalReply {
     UpstreamReset,
     /// The app's response head is malformed.
     UpstreamProtocolError,
+    /// No route matches (a CONNECT that authorization let through): Envoy's empty 404.
+    NoRoute,
 }
 
 impl LocalReply {
@@ -71,6 +73,7 @@ impl LocalReply {
             Self::BadBody => 400,
             // Envoy: 502 for a protocol error, 503 for a connection that failed or went away.
             Self::UpstreamProtocolError => 502,
+            Self::NoRoute => 404,
             Self::ConnectFailed | Self::ConnectTimedOut | Self::UpstreamReset => 503,
         }
     }
@@ -86,6 +89,7 @@ impl LocalReply {
             Self::ConnectTimedOut => "upstream_reset_before_response_started{connection_timeout}",
             Self::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
             Self::UpstreamProtocolError => "upstream_reset_before_response_started{protocol_error}",
+            Self::NoRoute => "route_not_found",
         }
     }
 
@@ -105,7 +109,9 @@ impl LocalReply {
 
     /// Writes the whole response into `out` (cleared first).
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        let detail = self.detail();
+        // Envoy's 404 for an unrouted request has no body; every other local reply carries
+        // its detail.
+        let detail = if *self == Self::NoRoute { "" } else { self.detail() };
         out.clear();
         write_status_line(self.status(), out);
         out.extend_from_slice(b"content-type: text/plain\r\n");

@@ -56,6 +56,7 @@ fn verdict_with_xfcc(raw: &[u8], xfcc: Option<&str>) -> String {
     let (path, websocket) = match decide(&head, &ctx) {
         Verdict::Refuse(refusal) => return format!("refuse {refusal:?}"),
         Verdict::Admit { path, websocket } => (path, websocket),
+        Verdict::Connect => return "connect".to_owned(),
     };
     let values = header_values(&head);
     let headers = header_pairs(&head, &values, xfcc);
@@ -119,7 +120,7 @@ fn path_errors_come_before_the_upgrade_check_and_upgrades_before_policy() {
     assert_eq!(verdict_of(raw), format!("refuse {:?}", Refusal::Path(RequestError::FragmentInPath)));
     let raw = b"GET /other HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n";
     assert_eq!(verdict_of(raw), "refuse UpgradeFailed");
-    assert_eq!(verdict_of(b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n"), "refuse UpgradeFailed");
+    assert_eq!(verdict_of(b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n"), "connect");
 }
 
 #[test]
