@@ -133,8 +133,11 @@ fn next_line(input: &[u8], limit: usize, too_long: ChunkError) -> Result<Option<
     }
 }
 
-/// `1*16HEXDIG [ *(SP / HTAB) ";" extensions ]`; extensions are skipped but may not hold
-/// control bytes other than tab.
+/// `1*16HEXDIG *(SP / HTAB) [ ";" extensions ]`, as leniently as Envoy 1.40 reads it (measured:
+/// trailing whitespace alone, empty or valueless extensions, quoted values, and control or
+/// non-ASCII bytes in extensions are all accepted). Extensions are dropped — the app gets the
+/// chunk size alone — so what they hold never reaches it; only a bare CR (the classic
+/// line-ending confusion) and NUL are refused.
 fn parse_size(line: &[u8]) -> Result<u64, ChunkError> {
     let digits = line.iter().take_while(|byte| byte.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 16 {
@@ -148,10 +151,8 @@ fn parse_size(line: &[u8]) -> Result<u64, ChunkError> {
     let rest = &line[digits..];
     let extensions = rest.iter().position(|&byte| byte != b' ' && byte != b'\t').map(|start| &rest[start..]);
     match extensions {
-        None if rest.is_empty() => Ok(size),
-        Some([b';', extensions @ ..]) if extensions.iter().all(|&byte| byte == b'\t' || !byte.is_ascii_control()) => {
-            Ok(size)
-        }
+        None => Ok(size),
+        Some([b';', extensions @ ..]) if !extensions.iter().any(|&byte| byte == b'\r' || byte == 0) => Ok(size),
         _ => Err(ChunkError::InvalidSize),
     }
 }
@@ -214,16 +215,45 @@ mod tests {
         }
     }
 
+    /// Each was accepted by Envoy 1.40 (measured), and the app gets the chunk without them.
+    #[test]
+    fn chunk_extensions_are_accepted_as_envoy_accepts_them_and_never_forwarded() {
+        for line in [
+            &b"5;a=b"[..],
+            b"5 ;a=b",
+            b"5; a=b",
+            b"5;a=\"x y\"",
+            b"5;a",
+            b"5;;",
+            b"5;a=b;c=d",
+            b"5\t;a=b",
+            b"5;a=b ",
+            b"5;=b",
+            b"5;a=",
+            b"5 ",
+            b"5\t",
+            b"5;a=\x01",
+            b"5;a=\x7f",
+            b"5;a=\xff",
+            b"05;a",
+        ] {
+            let mut input = line.to_vec();
+            input.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+            let (out, consumed) = transcode_all(&input, Output::Chunked).unwrap_or_else(|e| panic!("{line:?}: {e:?}"));
+            assert_eq!((out.as_slice(), consumed), (&b"5\r\nhello\r\n0\r\n\r\n"[..], input.len()), "{line:?}");
+        }
+    }
+
     #[test]
     fn malformed_chunk_sizes_are_refused() {
         for input in [
             &b"-1\r\n"[..],
             b"0x5\r\nhello\r\n",
-            b"5 \r\nhello\r\n",
             b" 5\r\nhello\r\n",
             b"\r\n",
             b"5\nhello\r\n",
-            b"5;\x01\r\nhello\r\n",
+            b"5;a\rb\r\nhello\r\n",
+            b"5;a\x00\r\nhello\r\n",
             b"10000000000000000\r\n",
             b"+5\r\nhello\r\n",
         ] {
