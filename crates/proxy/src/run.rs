@@ -49,9 +49,12 @@ use zmesh_registry::{HostRoute, MeshWorkload, PortHandling, ServiceEntryRoute, U
 const SERVICE_ENTRY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ports an Istio sidecar reserves for itself (Envoy's 15000–15090): never an app's. Traffic
-/// to them on the workload's own address would loop through the proxy into itself, so inbound
-/// (plaintext or HBONE) and outbound refuse them.
-const PROXY_PORTS: std::ops::RangeInclusive<u16> = 15000..=15090;
+/// to them on the workload's own address would loop through the proxy into itself (capture,
+/// HBONE, admin…), so inbound (plaintext or HBONE) and outbound refuse them — except health
+/// and metrics, which the proxy answers itself and other pods probe and scrape.
+fn is_reserved_port(port: u16) -> bool {
+    (15000..=15090).contains(&port) && port != crate::capture::HEALTH_PORT && port != crate::capture::METRICS_PORT
+}
 
 /// Where each listener binds.
 #[derive(Debug, Clone)]
@@ -312,6 +315,11 @@ impl Proxy {
         target: SocketAddr,
         mut stream: S,
     ) {
+        if target.port() == crate::capture::HEALTH_PORT || target.port() == crate::capture::METRICS_PORT {
+            // The proxy's own health and metrics, answered by itself: as in Istio, where capture
+            // never takes them, no policy or rate limit applies.
+            return self.pass_bytes(target, stream).await;
+        }
         match config.workload.port_handling(target.port()) {
             PortHandling::Http => self.serve_http(config, peer, source, target, stream).await,
             PortHandling::Opaque => self.pass_bytes(target, stream).await,
@@ -412,7 +420,7 @@ impl TunnelHandler for Inbound {
                 request.target, config.workload.namespace, config.workload.name
             )));
         }
-        if PROXY_PORTS.contains(&request.target.port()) {
+        if is_reserved_port(request.target.port()) {
             return Err(Refusal::unknown_target(format!(
                 "{} is a port the proxy reserves for itself, not an app's",
                 request.target
@@ -515,7 +523,7 @@ impl Proxy {
             Err(error) => return tracing::warn!(%error, "no original destination on a captured connection"),
         };
         let config = self.config();
-        if target.ip() != config.workload.address || PROXY_PORTS.contains(&target.port()) {
+        if target.ip() != config.workload.address || is_reserved_port(target.port()) {
             // Capture sends here only traffic for the workload; anything else (its own
             // ports, another address) would make the proxy dial itself.
             return tracing::debug!(%source, %target, "captured inbound connection not for an app port of this workload; dropped");
@@ -552,7 +560,7 @@ impl Proxy {
     /// caller that speaks a protocol (the HTTP proxy port) can answer a failure in it.
     pub(crate) async fn open_outbound(&self, target: SocketAddr) -> Result<Outbound, OutboundError> {
         let config = self.config();
-        if target.ip() == config.workload.address && PROXY_PORTS.contains(&target.port()) {
+        if target.ip() == config.workload.address && is_reserved_port(target.port()) {
             return Err(OutboundError::OwnProxyPort { target });
         }
         if let Some(destination) = config.registry.destination(target) {

@@ -105,5 +105,7 @@ result rate_limited_body "$(body limited)"
 result rate_limited_header "$(header limited x-local-rate-limit)"
 code=$(ip netns exec frontend curl -s -m 5 --http2-prior-knowledge -o /dev/null -w "%{http_code}" http://10.78.0.7:8080/ || true)
 result rate_limited_h2 "$code"
-result rate_limit_metric "$(ip netns exec frontend curl -s -m 3 http://10.78.0.7:15020/stats/prometheus | grep -q rate_limited && echo 1 || echo 0)"
+# Read whole, then searched: `curl | grep -q` would fail under pipefail when grep stops early.
+ip netns exec frontend curl -s -m 3 -o "$WORK/limited.metrics" http://10.78.0.7:15020/stats/prometheus || true
+result rate_limit_metric "$(grep -c 'zmesh_local_rate_limit_total{.*result="rate_limited"' "$WORK/limited.metrics" || true)"
 result done 1
