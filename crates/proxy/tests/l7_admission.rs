@@ -296,3 +296,75 @@ spec: {action: DENY, rules: [{}]}
     assert_eq!((status(&head), body.as_str()), ("404", ""), "{head}");
     assert_eq!(app.connects(), 0, "a CONNECT never reaches the app");
 }
+
+/// A real HTTP/2 app on 127.0.0.1 that answers with the length of the body it received.
+async fn h2_app() -> std::net::SocketAddr {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
+                let length = request.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or_default();
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                    length.to_string(),
+                ))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn over_h2c_an_authorizer_that_asks_for_the_body_sees_its_start_and_the_app_gets_all_of_it() {
+    use http_body_util::BodyExt as _;
+    let (port, bodies) = recording_authorizer().await;
+    let policies = format!(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: authz
+      envoyExtAuthzHttp:
+        service: 127.0.0.1
+        port: {port}
+        includeRequestBodyInCheck: {{maxRequestBytes: 5, allowPartialMessage: true}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext, namespace: default}}
+spec: {{action: CUSTOM, provider: {{name: authz}}, rules: [{{}}]}}
+"
+    );
+    let loaded = zmesh_config::load_str(&policies);
+    let set = PolicySet::compile(&loaded.config);
+    let connect: Arc<dyn zmesh_proxy::ext_authz::Connect> =
+        Arc::new(zmesh_proxy::ext_authz::PlainTcp { marked: false });
+    let authorizers =
+        zmesh_proxy::admission::authorizers_for(&set.for_workload(&workload()), &loaded.config.mesh, &connect);
+    let ctx = context_with(&policies, Stages { authorizers, ..Stages::default() });
+    let app = h2_app().await;
+    let (client_end, proxy_end) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move { zmesh_proxy::http2::serve_h2c(proxy_end, &ctx, app, false).await });
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(client_end),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::post("http://app/a")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"hello world")))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"11", "the app gets the whole body");
+    assert_eq!(bodies.lock().expect("lock").clone(), [b"hello".to_vec()], "the authorizer sees the first 5 bytes");
+}
