@@ -59,24 +59,78 @@ impl ProxyStatus {
     }
 }
 
-/// Every proxy that connected since the control plane started, by proxy id.
+/// The proxies connected now, and those that left within [`DISCONNECTED_KEPT`] (at most
+/// [`MAX_TRACKED`] rows), by proxy id. A row belongs to the stream that made it: another
+/// stream — a reconnect, or another caller reusing the id — never changes it.
 #[derive(Debug, Default)]
-pub struct ProxyTracker(Mutex<BTreeMap<String, ProxyStatus>>);
+pub struct ProxyTracker(Mutex<Tracked>);
+
+#[derive(Debug, Default)]
+struct Tracked {
+    rows: BTreeMap<String, (u64, ProxyStatus)>,
+    next_stream: u64,
+}
+
+/// How long a disconnected proxy stays listed (`zmesh proxy-status` shows it as gone).
+pub const DISCONNECTED_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Rows kept at most; past it the longest-disconnected go first.
+pub const MAX_TRACKED: usize = 20_000;
 
 impl ProxyTracker {
-    fn update(&self, proxy_id: &str, change: impl FnOnce(&mut ProxyStatus)) {
-        if let Some(status) = self.0.lock().unwrap_or_else(PoisonError::into_inner).get_mut(proxy_id) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the row of `proxy_id` if `stream` still owns it.
+    fn update(&self, proxy_id: &str, stream: u64, change: impl FnOnce(&mut ProxyStatus)) {
+        if let Some((owner, status)) = self.lock().rows.get_mut(proxy_id)
+            && *owner == stream
+        {
             change(status);
         }
     }
 
-    fn insert(&self, status: ProxyStatus) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(status.proxy_id.clone(), status);
+    /// Gives `status` its row and returns the stream number that owns it — unless a connected
+    /// proxy of another identity holds that id: ids are chosen by callers, and one caller must
+    /// not take over (or hide) another's row.
+    fn insert(&self, status: ProxyStatus, now: SystemTime) -> Result<u64, Status> {
+        let mut tracked = self.lock();
+        if let Some((_, current)) = tracked.rows.get(&status.proxy_id)
+            && current.connected
+            && current.identity != status.identity
+        {
+            return Err(Status::permission_denied(format!(
+                "proxy id `{}` is in use by a connected proxy of another identity; give each proxy its own id",
+                status.proxy_id
+            )));
+        }
+        tracked.rows.retain(|_, (_, row)| {
+            row.connected
+                || row.disconnected_at.is_none_or(|at| now.duration_since(at).unwrap_or_default() < DISCONNECTED_KEPT)
+        });
+        if tracked.rows.len() >= MAX_TRACKED && !tracked.rows.contains_key(&status.proxy_id) {
+            let oldest = tracked
+                .rows
+                .iter()
+                .filter(|(_, (_, row))| !row.connected)
+                .min_by_key(|(_, (_, row))| row.disconnected_at)
+                .map(|(id, _)| id.clone());
+            match oldest {
+                Some(id) => {
+                    tracked.rows.remove(&id);
+                }
+                None => return Err(Status::resource_exhausted("too many proxies are connected")),
+            }
+        }
+        tracked.next_stream += 1;
+        let stream = tracked.next_stream;
+        tracked.rows.insert(status.proxy_id.clone(), (stream, status));
+        Ok(stream)
     }
 
     /// A copy of every proxy's status, ordered by proxy id.
     pub fn list(&self) -> Vec<ProxyStatus> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+        self.lock().rows.values().map(|(_, status)| status.clone()).collect()
     }
 }
 
@@ -160,25 +214,30 @@ impl ConfigService for PushServer {
             ),
             nonce: 0,
             initial_version: initial_version.clone(),
+            row: 0,
         };
         stream.check_identity(&self.snapshots.borrow())?;
-        self.proxies.insert(ProxyStatus {
-            proxy_id: node.proxy_id.clone(),
-            workload: node.workload.clone(),
-            identity: stream.caller.clone(),
-            peer,
-            build_version: node.build_version,
-            connected: true,
-            connected_at: SystemTime::now(),
-            disconnected_at: None,
-            sent: None,
-            acked: initial_version.map(|v| (v, SystemTime::now())),
-            nacked: None,
-            resources: match &stream.held {
-                Held::Reported(held) => held.len(),
-                Held::Slice(_) => 0,
+        let mut stream = stream;
+        stream.row = self.proxies.insert(
+            ProxyStatus {
+                proxy_id: node.proxy_id.clone(),
+                workload: node.workload.clone(),
+                identity: stream.caller.clone(),
+                peer,
+                build_version: node.build_version,
+                connected: true,
+                connected_at: SystemTime::now(),
+                disconnected_at: None,
+                sent: None,
+                acked: initial_version.map(|v| (v, SystemTime::now())),
+                nacked: None,
+                resources: match &stream.held {
+                    Held::Reported(held) => held.len(),
+                    Held::Slice(_) => 0,
+                },
             },
-        });
+            SystemTime::now(),
+        )?;
         tracing::info!(proxy = %node.proxy_id, workload = %node.workload, identity = %caller, "proxy connected");
         let (sender, receiver) = mpsc::channel(1);
         tokio::spawn(stream.run(inbound, sender));
@@ -197,6 +256,8 @@ struct Stream {
     /// What the proxy has acknowledged holding.
     held: Held,
     nonce: u64,
+    /// The tracker row this stream owns.
+    row: u64,
     /// The version the proxy said it holds when it connected.
     initial_version: Option<Arc<str>>,
 }
@@ -248,7 +309,7 @@ impl Stream {
             let _ = sender.send(Err(status)).await;
         }
         let now = SystemTime::now();
-        self.proxies.update(&self.proxy_id, |s| {
+        self.proxies.update(&self.proxy_id, self.row, |s| {
             s.connected = false;
             s.disconnected_at = Some(now);
         });
@@ -278,7 +339,7 @@ impl Stream {
                     }
                 }
                 let sent_at = SystemTime::now();
-                self.proxies.update(&self.proxy_id, |s| s.sent = Some((snapshot.version.clone(), sent_at)));
+                self.proxies.update(&self.proxy_id, self.row, |s| s.sent = Some((snapshot.version.clone(), sent_at)));
                 match self.await_answer(inbound, &nonce).await {
                     Answer::Ack(version) => {
                         let holds = snapshot.resources_count_for(
@@ -286,7 +347,7 @@ impl Stream {
                         );
                         self.held = Held::Slice(snapshot.clone());
                         let now = SystemTime::now();
-                        self.proxies.update(&self.proxy_id, |s| {
+                        self.proxies.update(&self.proxy_id, self.row, |s| {
                             s.acked = Some((version.clone(), now));
                             s.resources = holds;
                         });
@@ -295,7 +356,7 @@ impl Stream {
                     Answer::Nack(error) => {
                         tracing::warn!(proxy = %self.proxy_id, version = %snapshot.version, %error, "proxy refused the configuration (NACK); it keeps its previous version");
                         let now = SystemTime::now();
-                        self.proxies.update(&self.proxy_id, |s| {
+                        self.proxies.update(&self.proxy_id, self.row, |s| {
                             s.nacked = Some((snapshot.version.clone(), error.clone(), now));
                         });
                         // Not resent until the configuration changes again.
@@ -424,6 +485,55 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
+
+    fn row(proxy_id: &str, identity: &str) -> ProxyStatus {
+        ProxyStatus {
+            proxy_id: proxy_id.to_owned(),
+            workload: "ns/w".to_owned(),
+            identity: identity.to_owned(),
+            peer: None,
+            build_version: String::new(),
+            connected: true,
+            connected_at: SystemTime::UNIX_EPOCH,
+            disconnected_at: None,
+            sent: None,
+            acked: None,
+            nacked: None,
+            resources: 0,
+        }
+    }
+
+    #[test]
+    fn a_proxy_id_in_use_by_another_identity_is_refused_and_only_its_stream_changes_a_row() {
+        let tracker = ProxyTracker::default();
+        let now = SystemTime::UNIX_EPOCH;
+        let first = tracker.insert(row("p1", "spiffe://td/ns/a/sa/a"), now).expect("first");
+        let refused = tracker.insert(row("p1", "spiffe://td/ns/b/sa/b"), now).expect_err("another identity");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        // The same identity reconnecting takes the row over; the old stream's late updates
+        // (its disconnect) no longer touch it.
+        let second = tracker.insert(row("p1", "spiffe://td/ns/a/sa/a"), now).expect("reconnect");
+        tracker.update("p1", first, |s| s.connected = false);
+        assert!(tracker.list()[0].connected);
+        tracker.update("p1", second, |s| s.connected = false);
+        assert!(!tracker.list()[0].connected);
+    }
+
+    #[test]
+    fn disconnected_proxies_are_forgotten_after_a_while_so_the_tracker_stays_bounded() {
+        let tracker = ProxyTracker::default();
+        let start = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let stream = tracker.insert(row("gone", "spiffe://td/ns/a/sa/a"), start).expect("insert");
+        tracker.update("gone", stream, |s| {
+            s.connected = false;
+            s.disconnected_at = Some(start);
+        });
+        tracker.insert(row("new", "spiffe://td/ns/a/sa/a"), start + DISCONNECTED_KEPT / 2).expect("insert");
+        assert_eq!(tracker.list().len(), 2, "recently gone proxies are still listed");
+        tracker.insert(row("newer", "spiffe://td/ns/a/sa/a"), start + DISCONNECTED_KEPT * 2).expect("insert");
+        let ids: Vec<String> = tracker.list().into_iter().map(|s| s.proxy_id).collect();
+        assert_eq!(ids, ["new", "newer"]);
+    }
 
     #[test]
     fn a_large_push_is_split_into_parts_that_carry_everything_once() {
