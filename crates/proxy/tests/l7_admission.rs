@@ -232,9 +232,9 @@ async fn recording_authorizer() -> (u16, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
     (port, bodies)
 }
 
-#[tokio::test]
-async fn an_authorizer_that_asks_for_the_body_sees_its_start_and_the_app_still_gets_all_of_it() {
-    let (port, bodies) = recording_authorizer().await;
+/// A context whose CUSTOM policy sends every request, with the first 5 bytes of its body, to
+/// the HTTP authorizer on `port`.
+fn body_checking_context(port: u16) -> ConnectionContext {
     let policies = format!(
         "apiVersion: v1
 kind: ConfigMap
@@ -262,11 +262,17 @@ spec: {{action: CUSTOM, provider: {{name: authz}}, rules: [{{}}]}}
     let authorizers =
         zmesh_proxy::admission::authorizers_for(&set.for_workload(&workload()), &loaded.config.mesh, &connect);
     assert_eq!(authorizers.len(), 1);
+    context_with(&policies, Stages { authorizers, ..Stages::default() })
+}
+
+#[tokio::test]
+async fn an_authorizer_that_asks_for_the_body_sees_its_start_and_the_app_still_gets_all_of_it() {
+    let (port, bodies) = recording_authorizer().await;
     for request in [
         "POST /a HTTP/1.1\r\nhost: app\r\ncontent-length: 11\r\nconnection: close\r\n\r\nhello world",
         "POST /a HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nhel\r\n8\r\nlo world\r\n0\r\n\r\n",
     ] {
-        let ctx = context_with(&policies, Stages { authorizers: authorizers.clone(), ..Stages::default() });
+        let ctx = body_checking_context(port);
         let (app, seen) = hyper_app();
         let (mut client, _served) = start(ctx, &app);
         client.send(request).await;
@@ -323,32 +329,7 @@ async fn h2_app() -> std::net::SocketAddr {
 async fn over_h2c_an_authorizer_that_asks_for_the_body_sees_its_start_and_the_app_gets_all_of_it() {
     use http_body_util::BodyExt as _;
     let (port, bodies) = recording_authorizer().await;
-    let policies = format!(
-        "apiVersion: v1
-kind: ConfigMap
-metadata: {{name: istio, namespace: istio-system}}
-data:
-  mesh: |
-    extensionProviders:
-    - name: authz
-      envoyExtAuthzHttp:
-        service: 127.0.0.1
-        port: {port}
-        includeRequestBodyInCheck: {{maxRequestBytes: 5, allowPartialMessage: true}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: ext, namespace: default}}
-spec: {{action: CUSTOM, provider: {{name: authz}}, rules: [{{}}]}}
-"
-    );
-    let loaded = zmesh_config::load_str(&policies);
-    let set = PolicySet::compile(&loaded.config);
-    let connect: Arc<dyn zmesh_proxy::ext_authz::Connect> =
-        Arc::new(zmesh_proxy::ext_authz::PlainTcp { marked: false });
-    let authorizers =
-        zmesh_proxy::admission::authorizers_for(&set.for_workload(&workload()), &loaded.config.mesh, &connect);
-    let ctx = context_with(&policies, Stages { authorizers, ..Stages::default() });
+    let ctx = body_checking_context(port);
     let app = h2_app().await;
     let (client_end, proxy_end) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move { zmesh_proxy::http2::serve_h2c(proxy_end, &ctx, app, false).await });
