@@ -475,10 +475,13 @@ impl Admission {
         }
     }
 
-    /// AUDIT matches and dry-run results: recorded, never enforced.
-    fn record_side_decisions(&self, decision: &Decision, request: &Request<'_>) {
+    /// AUDIT matches and dry-run results, for an HTTP request or a TCP connection: logged with
+    /// the policy and rule, and counted; never enforced.
+    pub(crate) fn record_side_decisions(&self, decision: &Decision, request: &Request<'_>) {
+        let protocol = if request.is_http() { "http" } else { "tcp" };
         if let Some(audit) = &decision.audit {
             tracing::info!(
+                protocol,
                 policy = %audit.policy,
                 rule = audit.rule,
                 decision = if decision.is_allow() { "allow" } else { "deny" },
@@ -492,6 +495,7 @@ impl Admission {
             let by = shadow.decided_by.as_ref();
             let shadow_result = if shadow.is_allow() { "allow" } else { "deny" };
             tracing::info!(
+                protocol,
                 policy = by.map_or("none", |r| &*r.policy),
                 rule = by.map(|r| r.rule),
                 shadow_result,

@@ -266,22 +266,8 @@ impl Proxy {
         };
         // A CUSTOM rule that matches a TCP connection denies it (`Reason::CustomOnTcp`).
         let decision = config.policy.authorize(&request);
-        if let Some(audit) = &decision.audit {
-            tracing::info!(policy = %audit.policy, rule = audit.rule, %source, %target, "AUDIT policy matched a TCP connection");
-        }
-        if let Some(shadow) =
-            config.policy.shadow_decision(&request).filter(|shadow| shadow.verdict != decision.verdict)
-        {
-            let by = shadow.decided_by.as_ref();
-            tracing::info!(
-                policy = by.map_or("none", |r| &*r.policy),
-                rule = by.map(|r| r.rule),
-                shadow_result = if shadow.is_allow() { "allow" } else { "deny" },
-                %source,
-                %target,
-                "dry-run policy would change the decision on a TCP connection"
-            );
-        }
+        // AUDIT and dry-run results are logged and counted as for HTTP requests.
+        config.admission.record_side_decisions(&decision, &request);
         decision
     }
 
