@@ -285,22 +285,21 @@ impl Admission {
         if let Err(refusal) = self.rate_limit(ctx, FilterPosition::BeforeAuthorization, &mut edits) {
             return Admitted::Refuse(refusal);
         }
+        let http = HttpRequest {
+            method: request.method,
+            host: request.authority,
+            path: request.path,
+            headers: request.headers,
+        };
+        let forwarded_for = http.header("x-forwarded-for");
         let query = Request {
             peer: ctx.peer.as_ref(),
             source_ip: Some(ctx.source.ip()),
-            remote_ip: zmesh_policy::remote_ip_from_forwarded_for(
-                forwarded_for(request.headers).as_deref(),
-                Some(ctx.source.ip()),
-            ),
+            remote_ip: zmesh_policy::remote_ip_from_forwarded_for(forwarded_for.as_deref(), Some(ctx.source.ip())),
             destination_ip: Some(ctx.destination.ip()),
             destination_port: ctx.destination.port(),
             sni: None,
-            http: Some(HttpRequest {
-                method: request.method,
-                host: request.authority,
-                path: request.path,
-                headers: request.headers,
-            }),
+            http: Some(http),
             jwt: claims.as_ref(),
         };
         let decision = self.policy.authorize(&query);
@@ -527,16 +526,6 @@ impl Admission {
             metrics.add(name, labels, 1);
         }
     }
-}
-
-fn forwarded_for(headers: &[(&str, &str)]) -> Option<String> {
-    let mut values = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for")).map(|(_, v)| *v);
-    let first = values.next()?;
-    Some(values.fold(first.to_owned(), |mut joined, value| {
-        joined.push(',');
-        joined.push_str(value);
-        joined
-    }))
 }
 
 /// Envoy's `www-authenticate` for a refused token: the realm is the request URL.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::admission::{Admitted, HttpAttributes, HttpProtocol, Refusal};
-use crate::l7::ConnectionContext;
+use crate::l7::{ConnectionContext, XFCC};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -17,9 +17,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OnceCell;
-
-/// The header that tells the app who the client is; incoming values are spoofing attempts.
-const XFCC: &str = "x-forwarded-client-cert";
 
 /// The client connection preface that starts every HTTP/2 connection (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -167,10 +164,7 @@ impl Forwarder {
             .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
             .unwrap_or_default();
         // The client's XFCC never reaches policy or the app: the proxy's own replaces it.
-        let xfcc = self.ctx.peer.as_ref().map(|peer| match &self.ctx.local_identity {
-            Some(local) => format!("By={};URI={}", local.as_uri(), peer.as_uri()),
-            None => format!("URI={}", peer.as_uri()),
-        });
+        let xfcc = crate::l7::xfcc_value(&self.ctx);
         // Header values that are not UTF-8 are matched as lossily decoded text, so a policy on
         // such a header can never be satisfied by bytes it cannot name.
         let mut owned: Vec<(String, String)> = request

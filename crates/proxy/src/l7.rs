@@ -33,7 +33,9 @@ use zmesh_id::SpiffeId;
 
 use crate::admission::{Admission, Admitted, Edits, HttpAttributes, HttpProtocol, Refusal, Refuser};
 
+pub(crate) use decide::XFCC;
 pub use error::{ChunkError, L7Error, ResponseError, Side};
+pub(crate) use rewrite::xfcc_value;
 
 use decide::{Verdict, decide};
 use exchange::{After, Scratch, exchange};

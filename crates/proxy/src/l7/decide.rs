@@ -10,7 +10,7 @@ use zmesh_http::{RequestError, RequestHead, Upgrade, normalize_path};
 use super::ConnectionContext;
 
 /// The header that tells the app who the client is; incoming values are spoofing attempts.
-pub(super) const XFCC: &str = "x-forwarded-client-cert";
+pub(crate) const XFCC: &str = "x-forwarded-client-cert";
 
 #[derive(Debug)]
 pub(super) enum Verdict<'h> {

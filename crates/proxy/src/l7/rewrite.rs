@@ -15,7 +15,7 @@ use crate::admission::Edits;
 ///
 /// Istio's sidecar also adds `Hash=` (the peer certificate's SHA-256) and `Subject=`; the L7
 /// engine only sees the peer's SPIFFE ID, so it sends the part apps use.
-pub(super) fn xfcc_value(ctx: &ConnectionContext) -> Option<String> {
+pub(crate) fn xfcc_value(ctx: &ConnectionContext) -> Option<String> {
     let peer = ctx.peer.as_ref()?;
     Some(match &ctx.local_identity {
         Some(local) => format!("By={};URI={}", local.as_uri(), peer.as_uri()),
