@@ -56,7 +56,9 @@ fn is_reserved_port(port: u16) -> bool {
     (15000..=15090).contains(&port) && port != crate::capture::HEALTH_PORT && port != crate::capture::METRICS_PORT
 }
 
-/// Where each listener binds.
+/// Where each listener binds. HBONE, health, metrics and capture bound to every IPv4 address
+/// (`0.0.0.0`) also listen on every IPv6 address (`[::]`, IPv6 only), as capture redirects both
+/// families and peers may be known by an IPv6 address.
 #[derive(Debug, Clone)]
 pub struct Listeners {
     pub hbone: SocketAddr,
@@ -769,6 +771,36 @@ pub(crate) enum OutboundError {
     NoEndpoints { service_entry: String },
 }
 
+/// The IPv6 twin of a listener on every IPv4 address (`0.0.0.0:port`): `[::]:port` with
+/// IPV6_V6ONLY, so the IPv4 socket keeps its port and each family's connections arrive on their
+/// own socket. `None` for any other address, for port 0 (the twin's port would be another,
+/// known to no one), and on a kernel without IPv6, where no IPv6 connection can arrive.
+fn bind_ipv6_twin(addr: SocketAddr) -> std::io::Result<Option<TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    /// Linux's "address family not supported by protocol": the kernel has no IPv6.
+    const EAFNOSUPPORT: i32 = 97;
+    if addr != SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()) || addr.port() == 0 {
+        return Ok(None);
+    }
+    let twin = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), addr.port());
+    let failed = |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {twin}: {e}"));
+    let socket = match Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)) {
+        Ok(socket) => socket,
+        Err(e) if e.raw_os_error() == Some(EAFNOSUPPORT) => {
+            tracing::info!(%addr, "the kernel has no IPv6; listening on IPv4 only");
+            return Ok(None);
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    // As tokio's own bind: a restarted proxy must not wait for old connections' TIME_WAIT.
+    socket.set_reuse_address(true).map_err(failed)?;
+    socket.set_only_v6(true).map_err(failed)?;
+    socket.bind(&twin.into()).map_err(failed)?;
+    socket.listen(1024).map_err(failed)?;
+    socket.set_nonblocking(true).map_err(failed)?;
+    TcpListener::from_std(socket.into()).map(Some).map_err(failed)
+}
+
 /// Bind every listener and serve until `shutdown`.
 pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()> {
     let shutdown = proxy.shutdown.clone();
@@ -777,16 +809,23 @@ pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()>
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
     };
-    let hbone_listener = bind(listeners.hbone).await?;
+    // A listener on every IPv4 address, and its IPv6 twin when it has one.
+    let bind_both = |addr: SocketAddr| async move {
+        let mut bound = vec![bind(addr).await?];
+        bound.extend(bind_ipv6_twin(addr)?);
+        Ok::<_, std::io::Error>(bound)
+    };
     let tls = zmesh_tls::server_config(proxy.store.clone(), &TlsOptions::default());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(hbone::serve(
-        hbone_listener,
-        tls,
-        Arc::new(Inbound(proxy.clone())),
-        hbone::ServerLimits::default(),
-        shutdown.clone(),
-    ));
+    for hbone_listener in bind_both(listeners.hbone).await? {
+        tasks.spawn(hbone::serve(
+            hbone_listener,
+            tls.clone(),
+            Arc::new(Inbound(proxy.clone())),
+            hbone::ServerLimits::default(),
+            shutdown.clone(),
+        ));
+    }
     if !listeners.admin.ip().is_loopback() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -796,42 +835,48 @@ pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()>
             ),
         ));
     }
-    for (addr, routes) in [
-        (listeners.health, proxy.routes(Endpoint::Health)),
-        (listeners.metrics, proxy.routes(Endpoint::Metrics)),
-        (listeners.admin, proxy.routes(Endpoint::Admin)),
+    for (listening, routes) in [
+        (bind_both(listeners.health).await?, proxy.routes(Endpoint::Health)),
+        (bind_both(listeners.metrics).await?, proxy.routes(Endpoint::Metrics)),
+        // Loopback only (checked above): no twin.
+        (vec![bind(listeners.admin).await?], proxy.routes(Endpoint::Admin)),
     ] {
-        let listener = bind(addr).await?;
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            crate::admin::serve(listener, routes, shutdown).await;
-            Ok(())
-        });
+        for listener in listening {
+            let (routes, shutdown) = (routes.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::admin::serve(listener, routes, shutdown).await;
+                Ok(())
+            });
+        }
     }
     if let Some((inbound, outbound)) = listeners.capture {
-        let (inbound, outbound) = (bind(inbound).await?, bind(outbound).await?);
-        let (p1, p2) = (proxy.clone(), proxy.clone());
-        let (s1, s2) = (shutdown.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            accept_loop(inbound, s1, ConnectionLimits::default(), move |stream, source| {
-                p1.clone().plaintext_inbound(stream, source)
-            })
-            .await;
-            Ok(())
-        });
-        tasks.spawn(async move {
-            accept_loop(outbound, s2, ConnectionLimits::default(), move |stream, _| {
-                let proxy = p2.clone();
-                async move {
-                    match net::original_destination(&stream) {
-                        Ok(target) => proxy.outbound(stream, target).await,
-                        Err(error) => tracing::warn!(%error, "no original destination on a captured connection"),
+        // Each family's redirected connections arrive on that family's socket, where
+        // `SO_ORIGINAL_DST` (v4) or `IP6T_SO_ORIGINAL_DST` (v6) answers.
+        let (inbound, outbound) = (bind_both(inbound).await?, bind_both(outbound).await?);
+        for (inbound, outbound) in inbound.into_iter().zip(outbound) {
+            let (p1, p2) = (proxy.clone(), proxy.clone());
+            let (s1, s2) = (shutdown.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                accept_loop(inbound, s1, ConnectionLimits::default(), move |stream, source| {
+                    p1.clone().plaintext_inbound(stream, source)
+                })
+                .await;
+                Ok(())
+            });
+            tasks.spawn(async move {
+                accept_loop(outbound, s2, ConnectionLimits::default(), move |stream, _| {
+                    let proxy = p2.clone();
+                    async move {
+                        match net::original_destination(&stream) {
+                            Ok(target) => proxy.outbound(stream, target).await,
+                            Err(error) => tracing::warn!(%error, "no original destination on a captured connection"),
+                        }
                     }
-                }
-            })
-            .await;
-            Ok(())
-        });
+                })
+                .await;
+                Ok(())
+            });
+        }
     }
     for (listen, target) in listeners.explicit {
         let listener = bind(listen).await?;
