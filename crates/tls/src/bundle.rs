@@ -105,6 +105,17 @@ impl TrustBundle {
         &self.roots
     }
 
+    /// The same roots, accepting SPIFFE IDs of `domains` (the mesh's aliases become known only
+    /// with its configuration, after the first certificate).
+    pub fn with_domains(&self, domains: TrustDomains) -> Self {
+        Self {
+            roots: self.roots.clone(),
+            anchors: self.anchors.clone(),
+            root_subjects: self.root_subjects.clone(),
+            domains,
+        }
+    }
+
     pub fn trust_domains(&self) -> &TrustDomains {
         &self.domains
     }

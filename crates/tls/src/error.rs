@@ -143,6 +143,15 @@ pub enum TlsError {
     // ---- after the handshake ----
     #[error("the connection has no peer certificate; read the peer identity only after a completed mTLS handshake")]
     NoPeerCertificate,
+
+    // ---- trust bundles offered by the control plane ----
+    #[error(
+        "the control plane offered a trust bundle ({offered}) that shares no root with the bundle this \
+         proxy trusts ({trusted}); it is refused, and the trusted bundle stays in force. A root rotation \
+         must keep the old root in the bundle until every proxy holds the new one; a proxy that missed a \
+         whole rotation must be restarted with the new root (--roots)"
+    )]
+    NotVouched { offered: RootSubjects, trusted: RootSubjects },
 }
 
 impl TlsError {
@@ -154,6 +163,7 @@ impl TlsError {
             | Self::UnsupportedKey { .. }
             | Self::KeyMismatch
             | Self::NoPeerCertificate => Side::Local,
+            Self::NotVouched { .. } => Side::Peer,
             Self::BadCertificate { whose, .. }
             | Self::CaAsLeaf { whose, .. }
             | Self::NoSpiffeId { whose, .. }

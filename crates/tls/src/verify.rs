@@ -153,22 +153,47 @@ fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
     Err(rustls::Error::General("TLS 1.2 is not allowed between mesh proxies".into()))
 }
 
+/// Where a verifier finds the roots a peer's chain must lead to: a store's current bundle (which
+/// rotates), or a fixed bundle (what a proxy trusts before it holds an SVID of its own).
+#[derive(Debug, Clone)]
+pub(crate) enum Anchors {
+    Store(Arc<CertStore>),
+    Fixed(Arc<TrustBundle>),
+}
+
+impl Anchors {
+    fn current(&self) -> Arc<TrustBundle> {
+        match self {
+            Anchors::Store(store) => store.bundle(),
+            Anchors::Fixed(bundle) => Arc::clone(bundle),
+        }
+    }
+}
+
 /// Verifies mesh clients on the server side against the store's current bundle.
 #[derive(Debug)]
 pub(crate) struct MeshClientVerifier {
     store: Arc<CertStore>,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Whether a client must present a certificate. Mesh connections: always. The control
+    /// channel: a proxy without an SVID yet proves itself with a bootstrap token instead, but a
+    /// certificate it does present must verify.
+    mandatory: bool,
 }
 
 impl MeshClientVerifier {
     pub(crate) fn new(store: Arc<CertStore>, algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { store, algorithms }
+        Self { store, algorithms, mandatory: true }
+    }
+
+    pub(crate) fn optional(store: Arc<CertStore>, algorithms: WebPkiSupportedAlgorithms) -> Self {
+        Self { store, algorithms, mandatory: false }
     }
 }
 
 impl ClientCertVerifier for MeshClientVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     // No hints: the bundle swaps underneath while this must return a borrow of `self`, and mesh
@@ -216,14 +241,14 @@ impl ClientCertVerifier for MeshClientVerifier {
 /// SPIFFE ID is what names the workload.
 #[derive(Debug)]
 pub(crate) struct MeshServerVerifier {
-    store: Arc<CertStore>,
+    anchors: Anchors,
     expected: ExpectedPeers,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl MeshServerVerifier {
-    pub(crate) fn new(store: Arc<CertStore>, expected: ExpectedPeers, algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { store, expected, algorithms }
+    pub(crate) fn new(anchors: Anchors, expected: ExpectedPeers, algorithms: WebPkiSupportedAlgorithms) -> Self {
+        Self { anchors, expected, algorithms }
     }
 }
 
@@ -236,7 +261,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let bundle = self.store.bundle();
+        let bundle = self.anchors.current();
         let peer = verify_peer(&bundle, end_entity, intermediates, now, KeyUsage::server_auth(), &self.algorithms)?;
         if !self.expected.admits(&peer, bundle.trust_domains()) {
             return Err(TlsError::UnexpectedPeer { peer, expected: self.expected.clone() }.into());

@@ -2,6 +2,7 @@
 //! loopback TCP, asserting what each side sees.
 
 mod fixtures;
+mod control;
 mod handshake;
 mod hot_swap;
 mod loading;
