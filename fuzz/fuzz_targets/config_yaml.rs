@@ -10,7 +10,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     let set = zmesh_policy::PolicySet::compile(&loaded.config);
     let _ = zmesh_policy::analyze::analyze(&loaded.config);
-    let workload = zmesh_policy::Workload { namespace: "foo".into(), labels: [("app".to_owned(), "httpbin".to_owned())].into(), service_account: "sa".into() };
+    let workload = zmesh_policy::Workload {
+        namespace: "foo".into(),
+        labels: [("app".to_owned(), "httpbin".to_owned())].into(),
+        service_account: "sa".into(),
+    };
     let _ = set.for_workload(&workload).authorize(&zmesh_policy::Request::default());
     let _ = set.mtls_mode(&workload, 8080);
 });

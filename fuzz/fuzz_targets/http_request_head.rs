@@ -7,7 +7,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         && let Some(path) = head.path_and_query()
         && let Ok(normalized) = zmesh_http::normalize_path(path, zmesh_http::PathNormalization::Base)
     {
-        let again = zmesh_http::normalize_path(&normalized, zmesh_http::PathNormalization::Base).expect("a normalized path normalizes");
+        let again = zmesh_http::normalize_path(&normalized, zmesh_http::PathNormalization::Base)
+            .expect("a normalized path normalizes");
         assert_eq!(again, normalized);
     }
 });

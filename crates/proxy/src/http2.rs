@@ -95,19 +95,24 @@ pub async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Byt
     Ok((Bytes::from(seen), is_h2))
 }
 
-struct Forwarder {
+struct Forwarder<C> {
     ctx: ConnectionContext,
-    upstream: SocketAddr,
-    marked: bool,
+    /// Opens the connection to the app, at the first allowed request.
+    connect: C,
     sender: OnceCell<hyper::client::conn::http2::SendRequest<Body>>,
 }
 
-impl Forwarder {
+impl<C, Fut, U> Forwarder<C>
+where
+    C: Fn() -> Fut,
+    Fut: Future<Output = std::io::Result<U>>,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     async fn sender(&self) -> std::io::Result<hyper::client::conn::http2::SendRequest<Body>> {
         let sender = self
             .sender
             .get_or_try_init(|| async {
-                let stream = crate::net::connect(self.upstream, self.marked).await?;
+                let stream = (self.connect)().await?;
                 let (sender, connection) =
                     hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                         .await
@@ -346,7 +351,21 @@ pub async fn serve_h2c<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let forwarder = Arc::new(Forwarder { ctx: ctx.clone(), upstream, marked, sender: OnceCell::new() });
+    serve_h2c_with(stream, ctx, move || crate::net::connect(upstream, marked)).await
+}
+
+/// [`serve_h2c`] with the connection to the app opened by `connect` (called at the first
+/// allowed request) instead of a TCP connect: what drives one connection over in-memory
+/// streams, as the fuzz targets do. Not part of the proxy's API.
+#[doc(hidden)]
+pub async fn serve_h2c_with<S, C, Fut, U>(stream: S, ctx: &ConnectionContext, connect: C) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::io::Result<U>> + Send,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let forwarder = Arc::new(Forwarder { ctx: ctx.clone(), connect, sender: OnceCell::new() });
     let service = hyper::service::service_fn(move |request| {
         let forwarder = forwarder.clone();
         async move { Ok::<_, std::convert::Infallible>(forwarder.handle(request).await) }
