@@ -6,6 +6,13 @@
 //!
 //! Like Istio with its default `protocolDetectionTimeout` of 0, detection waits for the client
 //! to speak: a server-first protocol on an undeclared port must be declared (`tcp-…`) to work.
+//! *Departure:* Istio waits for ever; zmesh closes a connection whose protocol is still unknown
+//! after [`DETECTION_TIMEOUT`] (less on the plaintext inbound port when silent connections fill
+//! it; see `preauth`), so that silent clients cannot hold connections and their buffers
+//! without end. Closing rather than carrying on as TCP keeps a half-sent request line from
+//! being let through at L4.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
@@ -112,10 +119,29 @@ impl RsplitOnceSpace for [u8] {
     }
 }
 
+/// How long detection waits for a client to make its protocol known: as long as the HTTP path
+/// gives a client to send a request head (`l7::Timeouts::header_read`), since an HTTP client
+/// sends its request line at once.
+pub const DETECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Read until the protocol is known; returns the bytes read (to be replayed to whichever path
 /// takes the connection) and the verdict. A client that closes before it is known is opaque
-/// TCP with what it sent.
+/// TCP with what it sent; one that has not made it known within [`DETECTION_TIMEOUT`] gets a
+/// `TimedOut` error, and the caller closes it.
 pub async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Bytes, Detected)> {
+    match tokio::time::timeout(DETECTION_TIMEOUT, read_until_known(stream)).await {
+        Ok(detected) => detected,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the client's first bytes did not show its protocol within {DETECTION_TIMEOUT:?}; \
+                 a server-first protocol needs its port declared (`tcp-…`)"
+            ),
+        )),
+    }
+}
+
+async fn read_until_known<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(Bytes, Detected)> {
     let mut seen = Vec::with_capacity(256);
     let mut chunk = [0u8; 1024];
     loop {
@@ -181,5 +207,19 @@ mod tests {
             client.shutdown().await.expect("shutdown");
         }
         assert_eq!(detect(&mut server).await.expect("detect"), (Bytes::from_static(b"GE"), Detected::Tcp));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_makes_its_protocol_known_is_given_up() {
+        use tokio::io::AsyncWriteExt as _;
+        let started = tokio::time::Instant::now();
+        let (_silent, mut server) = tokio::io::duplex(64);
+        let error = detect(&mut server).await.expect_err("silence decides nothing");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), DETECTION_TIMEOUT);
+        let (mut stalling, mut server) = tokio::io::duplex(64);
+        stalling.write_all(b"GET /slow").await.expect("write");
+        let error = detect(&mut server).await.expect_err("a request line that never ends decides nothing");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
     }
 }

@@ -17,6 +17,7 @@ pub mod jwks;
 pub mod l7;
 pub mod local;
 pub mod net;
+pub mod preauth;
 pub mod ratelimit;
 pub mod run;
 pub mod splice;

@@ -40,6 +40,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "counter",
         "Requests over a local rate limit, enforced (rate_limited) or not (shadow_limited).",
     ),
+    (
+        "zmesh_connections_refused_total",
+        "counter",
+        "Connections closed before they proved themselves (handshake or first bytes), by listener and reason.",
+    ),
     ("zmesh_certificate_expiry_seconds", "gauge", "Seconds until the workload certificate expires."),
 ];
 

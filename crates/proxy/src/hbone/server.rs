@@ -1,9 +1,10 @@
 //! Inbound HBONE (port 15008): terminate mTLS from peer proxies and hand admitted CONNECT
 //! tunnels to a [`TunnelHandler`].
 //!
-//! Per connection: accept (within the connection limit) → mTLS handshake (within the handshake
-//! timeout) → the peer's SPIFFE ID → HTTP/2 → per stream: target → admit → `200` → serve the
-//! upgraded stream on a tracked task.
+//! Per connection: accept (within the connection limit, and the limit of handshaking
+//! connections per source address) → mTLS handshake (within the handshake timeout, which
+//! shrinks as handshaking connections fill the listener; see `preauth`) → the peer's SPIFFE ID →
+//! HTTP/2 → per stream: target → admit → `200` → serve the upgraded stream on a tracked task.
 //! Shutdown: close the listener → GOAWAY on every connection (open streams carry on) → wait for
 //! connections and tunnels up to the drain timeout → drop whatever is left.
 
@@ -33,14 +34,21 @@ use super::handler::{Refusal, TunnelHandler, TunnelRequest};
 use super::request::{refusal_response, target_of};
 use super::settings::Http2Settings;
 use super::tls_watch::explain_handshake;
+use crate::metrics::Metrics;
+use crate::preauth::{self, Gate, PreAuthLimits, Waiting};
 
 /// What the inbound side allows, handed down by the caller.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
     /// Open mTLS connections (each carries many tunnels); further peers wait in the backlog.
     pub max_connections: usize,
-    /// From accept to a verified peer, so a silent client cannot hold a connection slot.
-    pub handshake_timeout: Duration,
+    /// From accept to a verified peer, so silent clients cannot hold the connection slots: the
+    /// time allowed (shrinking as handshaking connections fill the listener) and how many may
+    /// be handshaking from one source address at once.
+    pub handshake: PreAuthLimits,
+    /// Where connections closed before their handshake completed (over the per-source limit,
+    /// or out of time) are counted, as `zmesh_connections_refused_total{listener="hbone"}`.
+    pub refusals: Option<Arc<Metrics>>,
     /// Concurrent tunnels on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_streams_per_connection: u32,
     /// After shutdown, how long open tunnels may keep going before they are closed.
@@ -52,7 +60,8 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
-            handshake_timeout: Duration::from_secs(10),
+            handshake: PreAuthLimits::default(),
+            refusals: None,
             // Well above the client's per-connection budget, so clients spread load by choice
             // rather than queueing at the server's limit.
             max_streams_per_connection: 1000,
@@ -80,9 +89,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let local_addr = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let server = Arc::new(Server {
         acceptor: TlsAcceptor::from(tls),
         handler,
+        gate: Gate::new("hbone", limits.handshake, Arc::clone(&slots), limits.refusals.clone()),
+        slots,
         limits,
         tasks: TaskTracker::new(),
         shutdown,
@@ -103,6 +115,10 @@ struct Server {
     acceptor: TlsAcceptor,
     handler: Arc<dyn TunnelHandler>,
     limits: ServerLimits,
+    /// One per open connection, up to `limits.max_connections`.
+    slots: Arc<Semaphore>,
+    /// Connections still in their handshake.
+    gate: Arc<Gate>,
     /// Connections and tunnels, so that draining can wait for both.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -112,12 +128,11 @@ struct Server {
 
 impl Server {
     async fn accept_loop(self: &Arc<Self>, listener: &TcpListener) {
-        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
         loop {
             let slot = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return,
-                slot = Arc::clone(&slots).acquire_owned() => slot.expect("the connection semaphore is never closed"),
+                slot = Arc::clone(&self.slots).acquire_owned() => slot.expect("the connection semaphore is never closed"),
             };
             let accepted = tokio::select! {
                 biased;
@@ -126,7 +141,13 @@ impl Server {
             };
             match accepted {
                 Ok((tcp, peer_addr)) => {
-                    self.tasks.spawn(Arc::clone(self).connection(tcp, peer_addr, slot));
+                    let Some(waiting) = self.gate.admit(peer_addr.ip()) else {
+                        // Closed at once (slot and socket dropped): one source may not hold
+                        // more than its share of the slots with handshakes it never finishes.
+                        debug!(%peer_addr, "too many handshakes from this source; connection closed");
+                        continue;
+                    };
+                    self.tasks.spawn(Arc::clone(self).connection(tcp, peer_addr, slot, waiting));
                 }
                 Err(error) if is_about_one_connection(&error) => {
                     debug!(%error, "a connection failed before it was accepted");
@@ -151,10 +172,16 @@ impl Server {
         }
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer_addr: SocketAddr, _slot: OwnedSemaphorePermit) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer_addr: SocketAddr,
+        _slot: OwnedSemaphorePermit,
+        waiting: Waiting,
+    ) {
         let span = info_span!("hbone_inbound", %peer_addr, peer_id = field::Empty);
         async {
-            if let Err(error) = self.serve_connection(tcp, peer_addr).await {
+            if let Err(error) = self.serve_connection(tcp, peer_addr, waiting).await {
                 error.log();
             }
         }
@@ -162,19 +189,26 @@ impl Server {
         .await;
     }
 
-    async fn serve_connection(self: &Arc<Self>, tcp: TcpStream, peer_addr: SocketAddr) -> Result<(), InboundError> {
+    async fn serve_connection(
+        self: &Arc<Self>,
+        tcp: TcpStream,
+        peer_addr: SocketAddr,
+        waiting: Waiting,
+    ) -> Result<(), InboundError> {
         // Tunnels carry interactive traffic; HTTP/2 and TLS already coalesce bulk writes.
         let _ = tcp.set_nodelay(true);
-        let handshake = timeout(self.limits.handshake_timeout, self.acceptor.accept(tcp));
+        let handshake = preauth::within(&waiting, self.acceptor.accept(tcp));
         let tls = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return Ok(()),
             done = handshake => match done {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => return Err(InboundError::handshake(&error)),
-                Err(_) => return Err(InboundError::HandshakeTimeout(self.limits.handshake_timeout)),
+                Err(timed_out) => return Err(InboundError::HandshakeTimeout(timed_out.waited)),
             },
         };
+        // Handshake done, client certificate verified: no longer waiting.
+        drop(waiting);
         let peer = zmesh_tls::peer_identity(tls.get_ref().1).map_err(InboundError::PeerIdentity)?;
         Span::current().record("peer_id", field::display(&peer));
 
