@@ -1,6 +1,6 @@
 //! The inbound h2c server, fed any bytes (after a valid client preface, or raw) over an
 //! in-memory stream, with an app behind it that answers every request and a DENY policy in
-//! force. Never panics, always finishes once the client has sent its bytes and closed, and no
+//! force. Never panics, finishes as soon as the client has sent its bytes and closed, and no
 //! request the policy denies ever reaches the app — nor a `host` or client-sent
 //! `x-forwarded-client-cert` header (the proxy drops both).
 //!
@@ -108,21 +108,37 @@ async fn one_connection(bytes: Vec<u8>, violations: Violations) {
     let ctx = context();
     let serve = zmesh_proxy::http2::serve_h2c_with(server, ctx, connect);
     let talk = async move {
-        // Write and read at once: a server blocked writing to a client that does not read
-        // would look like a stall.
         let (mut reader, mut writer) = tokio::io::split(&mut client);
+        // A client waits for its answers before it closes: the client closes only once nothing
+        // has moved for a second (time is paused, so that second passes exactly when every
+        // task waits), and reads all the while, so that a server writing to it never blocks.
+        let quiet = tokio::sync::Notify::new();
         let write = async {
-            let _ = writer.write_all(&bytes).await;
+            tokio::select! {
+                _ = writer.write_all(&bytes) => {}
+                () = quiet.notified() => {}
+            }
+            quiet.notified().await;
             let _ = writer.shutdown().await;
         };
         let read = async {
             let mut sink = [0u8; 4096];
-            while let Ok(1..) = reader.read(&mut sink).await {}
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), reader.read(&mut sink)).await {
+                    Ok(Ok(1..)) => {}
+                    Ok(_) => break,
+                    Err(_) => quiet.notify_one(),
+                }
+            }
+            // Closed by the server: nothing more will come.
+            quiet.notify_one();
         };
         tokio::join!(write, read);
     };
-    // Time is paused: it only moves when every task waits, so this fires only on a stall.
-    let finished = tokio::time::timeout(Duration::from_secs(3600), async { tokio::join!(serve, talk) }).await;
+    // Time is paused: it only moves when every task waits, so this fires only on a stall. 20 s
+    // is below every timeout of the connection (30 s for a first request, an hour idle): the
+    // client's close must end the connection by itself, not a timer.
+    let finished = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(serve, talk) }).await;
     assert!(finished.is_ok(), "the h2c connection never finished after the client closed");
 }
 
