@@ -44,8 +44,9 @@ pub(crate) enum CaCommand {
         /// The control plane's CA directory (`zmesh control-plane --ca-dir`).
         #[arg(long, visible_alias = "dir", value_name = "DIR")]
         ca_dir: PathBuf,
-        /// How long the token is accepted, such as 24h or 90m.
-        #[arg(long, default_value = "24h")]
+        /// How long the token is accepted, such as 10m or 1h (at most 1h: a token only gets a
+        /// workload its first certificate).
+        #[arg(long, default_value = "10m")]
         ttl: String,
     },
     /// Rotate the root in stages: prepare (add the new root to the bundle), activate (sign with
@@ -174,9 +175,15 @@ pub(crate) fn ca(command: CaCommand) -> anyhow::Result<u8> {
                 ))
                 .into());
             }
-            let expires =
-                now.checked_add(ttl).ok_or_else(|| crate::UsageError(format!("--ttl `{text}` is too long")))?;
-            let token = zmesh_control::plane::token_issuer(&ca_dir)?.issue(&identity, expires);
+            if ttl > zmesh_control::tokens::MAX_TOKEN_TTL {
+                return Err(crate::UsageError(format!(
+                    "--ttl `{text}` is too long: bootstrap tokens live at most {} minutes (they only get a workload its first certificate; renewals use the certificate)",
+                    zmesh_control::tokens::MAX_TOKEN_TTL.as_secs() / 60
+                ))
+                .into());
+            }
+            let expires = now + ttl;
+            let token = zmesh_control::plane::token_issuer(&ca_dir)?.issue(&identity, now, expires);
             outln!("{token}");
         }
         CaCommand::Rotate { step } => {

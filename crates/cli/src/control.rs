@@ -12,8 +12,9 @@ use zmesh_control::store::WatchOptions;
 
 use crate::UsageError;
 
-/// The control plane's gRPC port (push and signing) and status API port.
-pub(crate) const GRPC_PORT: u16 = 15010;
+/// The control plane's gRPC port (push and signing, over TLS: Istio's 15012) and status API
+/// port.
+pub(crate) const GRPC_PORT: u16 = 15012;
 pub(crate) const STATUS_PORT: u16 = 15014;
 
 #[derive(Debug, clap::Args)]
@@ -24,7 +25,9 @@ pub(crate) struct ControlPlaneArgs {
     /// The CA directory (created with a new root on first start).
     #[arg(long, value_name = "DIR", default_value = "zmesh-ca")]
     ca_dir: PathBuf,
-    /// gRPC: configuration push and certificate signing.
+    /// gRPC over TLS: configuration push and certificate signing. The control plane serves
+    /// under its own certificate from the CA (spiffe://<trust-domain>/ns/zmesh-system/sa/zmesh-control);
+    /// proxies verify it against the CA directory's root-cert.pem (`zmesh proxy --roots`).
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], GRPC_PORT)))]
     listen: SocketAddr,
     /// HTTP status API (/api/v1/resources, /workloads, /proxies, /certificates).

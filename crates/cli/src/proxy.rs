@@ -10,20 +10,25 @@ use tokio_util::sync::CancellationToken;
 use zmesh_proxy::capture::{
     HBONE_PORT, HEALTH_PORT, HTTP_PROXY_PORT, INBOUND_CAPTURE_PORT, METRICS_PORT, OUTBOUND_CAPTURE_PORT,
 };
-use zmesh_proxy::identity::{IdentityManager, SigningClient};
+use zmesh_proxy::control_channel::ControlEndpoint;
+use zmesh_proxy::identity::{BootstrapToken, IdentityManager, SigningClient, identity_named_by};
 use zmesh_proxy::local::{IdentitySource, Local};
 use zmesh_proxy::run::{Listeners, Proxy};
 use zmesh_proxy::subscription::Subscription;
+
+use zmesh_tls::{TrustBundle, TrustDomains};
 
 use crate::UsageError;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProxyArgs {
-    /// Follow this control plane (gRPC URL, such as http://127.0.0.1:15010): configuration
-    /// pushed and certificates signed by it.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["config", "ca_dir", "cert"], requires = "token_file")]
+    /// Follow this control plane (gRPC over TLS, such as https://127.0.0.1:15012):
+    /// configuration pushed and certificates signed by it. Needs --token-file and --roots.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["config", "ca_dir", "cert"], requires_all = ["token_file", "roots"])]
     control_plane: Option<String>,
-    /// The bootstrap token proving this workload's identity to the control plane.
+    /// The bootstrap token proving this workload's identity to the control plane, for its first
+    /// certificate (renewals present the certificate itself). Read again whenever it is needed,
+    /// so it can be refreshed in place.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// Instead of a control plane: a configuration directory (WorkloadEntries, policies,
@@ -39,7 +44,10 @@ pub(crate) struct ProxyArgs {
     /// The private key of --cert (PEM).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// The trust bundle for --cert (PEM roots).
+    /// The mesh's trust bundle (PEM roots): with --cert, what peers are verified against; with
+    /// --control-plane, the roots the control plane's certificate must chain to (the CA
+    /// directory's root-cert.pem) — bundles the control plane hands out later are taken only
+    /// when they keep one of these roots.
     #[arg(long, value_name = "FILE")]
     roots: Option<PathBuf>,
     /// The HBONE port of every proxy of this mesh (move it only when proxies share an address).
@@ -107,10 +115,43 @@ struct Following {
     received: SystemTime,
 }
 
-fn read_token(args: &ProxyArgs) -> anyhow::Result<String> {
-    let path = args.token_file.as_ref().ok_or_else(|| UsageError("--control-plane needs --token-file".into()))?;
-    let token = std::fs::read_to_string(path).with_context(|| format!("cannot read the token {}", path.display()))?;
-    Ok(token.trim().to_owned())
+/// Bootstrap from the control plane at `url`: the first certificate (token, over TLS verified
+/// against --roots), then the first configuration (presenting that certificate).
+async fn follow_control_plane(
+    args: &ProxyArgs,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(Following, zmesh_proxy::config::ProxyConfig, Arc<zmesh_tls::CertStore>)>> {
+    let token_file = args.token_file.clone().ok_or_else(|| UsageError("--control-plane needs --token-file".into()))?;
+    let roots_file = args.roots.as_ref().ok_or_else(|| UsageError("--control-plane needs --roots".into()))?;
+    let token = BootstrapToken::File(token_file);
+    let id = identity_named_by(&token.read()?)?;
+    let own_domain = TrustDomains::new(id.trust_domain().clone());
+    let roots_pem =
+        std::fs::read(roots_file).with_context(|| format!("cannot read the roots {}", roots_file.display()))?;
+    let roots = Arc::new(
+        TrustBundle::from_pem(roots_pem, own_domain.clone())
+            .with_context(|| format!("--roots {}", roots_file.display()))?,
+    );
+    let control = ControlEndpoint::new(url, zmesh_tls::control_plane_id(id.trust_domain()))?.marked(!args.explicit);
+    let mut identity = IdentityManager::new(id.clone(), own_domain, SigningClient::new(control.clone(), token));
+    tracing::info!(control_plane = %url, identity = %id, "asking for a first certificate");
+    let (store, received) = identity.bootstrap(roots, Duration::from_secs(60)).await?;
+    let mut subscription = Subscription::new(control, store.clone(), &args.workload, proxy_id(&args.workload))?;
+    tracing::info!(control_plane = %url, workload = %args.workload, "waiting for the first configuration");
+    let Some(config) = subscription.initial(shutdown).await else { return Ok(None) };
+    if config.workload.identity != id {
+        anyhow::bail!(
+            "workload {} runs as {}, but the bootstrap token names {id}; issue a token for the workload's identity",
+            args.workload,
+            config.workload.identity
+        );
+    }
+    // The mesh's trust-domain aliases are known now: peers under them are accepted from here on.
+    let domains = zmesh_proxy::local::trust_domains_of(&config.mesh);
+    store.set_bundle(store.bundle().with_domains(domains.clone()));
+    identity.set_domains(domains);
+    Ok(Some((Following { subscription, identity, received }, config, store)))
 }
 
 /// A name for this proxy process, unique per run: `name.namespace-pid`.
@@ -131,19 +172,10 @@ pub(crate) fn proxy(args: ProxyArgs) -> anyhow::Result<u8> {
         crate::control::cancel_on_signal(shutdown.clone())?;
         let (source, config, store) = match (&args.control_plane, &args.config) {
             (Some(url), _) => {
-                let token = read_token(&args)?;
-                let mut subscription = Subscription::new(url, token.clone(), &args.workload, proxy_id(&args.workload))?
-                    .marked(!args.explicit);
-                tracing::info!(control_plane = %url, workload = %args.workload, "waiting for the first configuration");
-                let Some(config) = subscription.initial(&shutdown).await else { return Ok(()) };
-                let domains = zmesh_proxy::local::trust_domains_of(&config.mesh);
-                let identity = IdentityManager::new(
-                    config.workload.identity.clone(),
-                    domains,
-                    SigningClient::new(url, token)?.marked(!args.explicit),
-                );
-                let (store, received) = identity.bootstrap(Duration::from_secs(60)).await?;
-                (Source::ControlPlane(Box::new(Following { subscription, identity, received })), config, store)
+                let Some((following, config, store)) = follow_control_plane(&args, url, &shutdown).await? else {
+                    return Ok(());
+                };
+                (Source::ControlPlane(Box::new(following)), config, store)
             }
             (None, Some(dir)) => {
                 let identity = match (&args.ca_dir, &args.cert, &args.key, &args.roots) {

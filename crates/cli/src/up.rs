@@ -375,7 +375,8 @@ impl Mesh {
             watch: WatchOptions::default(),
         };
         let plane = ControlPlane::start(options, shutdown.clone()).await?;
-        let control_plane_url = format!("http://{}", plane.grpc);
+        let control_plane_url = format!("https://{}", plane.grpc);
+        let roots = state.join("ca").join(zmesh_ca::ROOT_CERT_FILE);
         let tokens = zmesh_control::plane::token_issuer(&state.join("ca"))?;
         let snapshot = plane.status.snapshots.borrow().clone();
         let mut workloads: Vec<Arc<MeshWorkload>> = snapshot.registry.workloads().cloned().collect();
@@ -393,11 +394,14 @@ impl Mesh {
             status_api: format!("http://{}", plane.admin),
             workloads: Vec::new(),
         };
-        let expires = SystemTime::now() + Duration::from_secs(24 * 3600);
+        // A token only gets a proxy its first certificate (renewals present the certificate),
+        // so it needs to outlive only the start-up.
+        let now = SystemTime::now();
+        let expires = now + Duration::from_secs(10 * 60);
         for (index, workload) in workloads.iter().enumerate() {
             let key = format!("{}.{}", workload.name, workload.namespace);
             let token_file = state.join("tokens").join(&key);
-            write_private(&token_file, &tokens.issue(&workload.identity, expires))?;
+            write_private(&token_file, &tokens.issue(&workload.identity, now, expires))?;
             let log = |what: &str| state.join("logs").join(format!("{key}.{what}.log"));
             let netns = args.isolate.then(|| format!("zm-{}-{}", workload.namespace, workload.name));
             let in_pod = |netns: &Option<String>| Command::from(as_workload(netns.as_deref(), &exe));
@@ -431,7 +435,7 @@ impl Mesh {
             let mut proxy = in_pod(&netns);
             proxy.args(["proxy", "--control-plane", &control_plane_url, "--workload"]);
             proxy.arg(format!("{}/{}", workload.namespace, workload.name));
-            proxy.arg("--token-file").arg(&token_file).args(["--log-level", "info"]);
+            proxy.arg("--token-file").arg(&token_file).arg("--roots").arg(&roots).args(["--log-level", "info"]);
             if !args.isolate {
                 proxy.arg("--explicit");
             }

@@ -1,8 +1,9 @@
-//! The certificate-signing service: a workload proves who it is with a bearer token and gets
-//! an SVID for exactly that identity.
+//! The certificate-signing service: a workload proves who it is and gets an SVID for exactly
+//! that identity. A renewal proves it with the SVID the caller presents on the TLS connection
+//! (see `channel`); only a first certificate needs a bootstrap token.
 //!
-//! Flow per request: token → proven identity → per-caller rate limit → CA signs the CSR (which
-//! must ask for the proven identity) → audit record → chain and trust bundle back.
+//! Flow per request: SVID or token → proven identity → per-caller rate limit → CA signs the CSR
+//! (which must ask for the proven identity) → audit record → chain and trust bundle back.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -121,12 +122,26 @@ impl CertificateService for Signer {
         &self,
         request: Request<CertificateRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
-        let peer: Option<SocketAddr> = request.remote_addr();
+        let peer: Option<SocketAddr> = crate::channel::remote(&request);
         let now = SystemTime::now();
-        let caller = self.authenticator.authenticate(bearer_token(&request)?, now).map_err(|e| {
-            tracing::warn!(target: "zmesh::audit", peer = ?peer, error = %e, "certificate request refused");
-            Status::unauthenticated(e.to_string())
-        })?;
+        let (caller, proof) = match crate::channel::svid_caller(&request) {
+            Some(svid) => (svid.clone(), "svid"),
+            None => {
+                let caller = self.authenticator.authenticate(bearer_token(&request)?, now).map_err(|e| {
+                    tracing::warn!(target: "zmesh::audit", peer = ?peer, error = %e, "certificate request refused");
+                    Status::unauthenticated(e.to_string())
+                })?;
+                (caller, "bootstrap-token")
+            }
+        };
+        if caller.namespace().as_str() == zmesh_tls::CONTROL_PLANE_NAMESPACE
+            && caller.service_account().as_str() == zmesh_tls::CONTROL_PLANE_SERVICE_ACCOUNT
+        {
+            tracing::warn!(target: "zmesh::audit", identity = %caller, peer = ?peer, "certificate request refused: the control plane's identity");
+            return Err(Status::permission_denied(format!(
+                "{caller} is the control plane's identity; the control plane issues it to itself, never to a caller"
+            )));
+        }
         if let Err(retry_after) = self.limit.check(&caller, Instant::now()) {
             tracing::warn!(target: "zmesh::audit", identity = %caller, peer = ?peer, "certificate request rate-limited");
             return Err(Status::resource_exhausted(format!(
@@ -152,6 +167,7 @@ impl CertificateService for Signer {
             not_after = unix_seconds(issued.not_after),
             ttl_capped = issued.ttl_capped,
             caller = %caller,
+            proof,
             peer = ?peer,
             "certificate issued"
         );
@@ -164,16 +180,4 @@ impl CertificateService for Signer {
             not_after: unix_seconds(issued.not_after),
         }))
     }
-}
-
-/// Serve the signing service on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    signer: Signer,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(signer.into_service())
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
-        .await
 }

@@ -4,9 +4,11 @@
 //! when it is valid as a whole → `snapshot` indexes the accepted documents per workload →
 //! `push` streams each proxy its slice incrementally and tracks ACK/NACK → `status` serves the
 //! whole picture on 15014. Next to it, the CA's signing service (`ca_service`, `tokens`,
-//! `ratelimit`); `plane` runs them all as one process.
+//! `ratelimit`); `channel` serves both over TLS and says who is calling; `plane` runs them all
+//! as one process.
 
 pub mod ca_service;
+pub mod channel;
 pub mod memory;
 pub mod plane;
 pub mod push;

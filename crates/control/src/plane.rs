@@ -1,5 +1,5 @@
 //! The control plane as one process: config store → snapshots → push; the CA's signing
-//! service next to it on the same gRPC port (15010); the status API on 15014.
+//! service next to it on the same gRPC port (15012, TLS only); the status API on 15014.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ pub struct Options {
     /// The CA directory: created with a new root on first start. The bootstrap-token key lives
     /// next to the CA's key.
     pub ca_dir: PathBuf,
-    /// gRPC: configuration push and certificate signing (15010).
+    /// gRPC over TLS: configuration push and certificate signing (15012).
     pub grpc: SocketAddr,
     /// HTTP: status API (15014).
     pub admin: SocketAddr,
@@ -133,7 +133,9 @@ impl ControlPlane {
             PerCallerLimit::new(crate::ca_service::DEFAULT_RATE_PER_SECOND, crate::ca_service::DEFAULT_BURST),
         )
         .with_log(issued.clone());
-        let push = PushServer::new(snapshots.clone(), tokens, proxies.clone());
+        let push = PushServer::new(snapshots.clone(), proxies.clone());
+        let (tls, renew) = crate::channel::tls_server(&ca, shutdown.clone()).map_err(ca_error)?;
+        tasks.spawn(renew);
 
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|error| StartError::Listen { addr, error })
@@ -155,7 +157,7 @@ impl ControlPlane {
                 .add_service(signer.into_service())
                 .add_service(push.into_service())
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    crate::channel::incoming(grpc_listener, tls, stop.clone()),
                     stop.cancelled_owned(),
                 )
                 .await;

@@ -8,8 +8,9 @@
 //! most one response is outstanding per stream: a proxy that is slow to answer gets the newest
 //! configuration once it does, never a queue of stale ones.
 //!
-//! A proxy proves who it is with the bearer token it also uses for certificate signing; it is
-//! served only a workload whose identity is the token's.
+//! A proxy proves who it is with the SVID it presents on the TLS connection (see `channel`);
+//! it is served only a workload whose identity is the SVID's. Bootstrap tokens are not
+//! accepted here: they only get a first certificate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -23,7 +24,6 @@ use zmesh_xds::config::config_service_server::{ConfigService, ConfigServiceServe
 use zmesh_xds::config::{ConfigRequest, ConfigResponse};
 
 use crate::snapshot::{Snapshot, WireResource};
-use crate::tokens::CallerAuthenticator;
 
 /// What the control plane knows about one proxy.
 #[derive(Debug, Clone)]
@@ -138,7 +138,6 @@ impl ProxyTracker {
 #[derive(Clone)]
 pub struct PushServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    authenticator: Arc<dyn CallerAuthenticator>,
     proxies: Arc<ProxyTracker>,
 }
 
@@ -149,12 +148,8 @@ impl std::fmt::Debug for PushServer {
 }
 
 impl PushServer {
-    pub fn new(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
-        authenticator: Arc<dyn CallerAuthenticator>,
-        proxies: Arc<ProxyTracker>,
-    ) -> Self {
-        PushServer { snapshots, authenticator, proxies }
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, proxies: Arc<ProxyTracker>) -> Self {
+        PushServer { snapshots, proxies }
     }
 
     pub fn into_service(self) -> ConfigServiceServer<PushServer> {
@@ -172,12 +167,14 @@ impl ConfigService for PushServer {
         &self,
         request: Request<Streaming<ConfigRequest>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
-        let peer = request.remote_addr();
-        let token = crate::ca_service::bearer_token(&request)?;
-        let caller = self.authenticator.authenticate(token, SystemTime::now()).map_err(|e| {
-            tracing::warn!(target: "zmesh::audit", peer = ?peer, error = %e, "configuration stream refused");
-            Status::unauthenticated(e.to_string())
-        })?;
+        let peer = crate::channel::remote(&request);
+        let Some(caller) = crate::channel::svid_caller(&request).cloned() else {
+            tracing::warn!(target: "zmesh::audit", peer = ?peer, "configuration stream refused: no SVID");
+            return Err(Status::unauthenticated(
+                "present the workload's SVID as TLS client certificate: configuration is served over mTLS only \
+                 (a bootstrap token only gets a first certificate)",
+            ));
+        };
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -291,7 +288,7 @@ impl Stream {
             Some(workload) if workload.identity.to_string() != self.caller => {
                 tracing::warn!(target: "zmesh::audit", proxy = %self.proxy_id, caller = %self.caller, workload = %workload.identity, "configuration stream refused: identity mismatch");
                 Err(Status::permission_denied(format!(
-                    "workload {}/{} runs as {}, but the token proves {}",
+                    "workload {}/{} runs as {}, but the caller's SVID proves {}",
                     self.namespace, self.name, workload.identity, self.caller
                 )))
             }

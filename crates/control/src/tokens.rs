@@ -4,6 +4,10 @@
 //! workload's proxy; the CA signs only CSRs for the identity the token names. A token is
 //! `zmesh-bootstrap:v1:<spiffe-id>:<expiry-unix-seconds>:<hex HMAC-SHA256>` — SPIFFE IDs never
 //! contain spaces, and the MAC covers everything before it.
+//!
+//! A token has one purpose: getting a workload its first certificate. Renewals prove the
+//! identity with the SVID itself and configuration is served only to SVIDs, so a token is
+//! worth nothing once the workload runs, and it lives at most [`MAX_TOKEN_TTL`].
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +16,13 @@ use zmesh_id::SpiffeId;
 
 use crate::ControlError;
 
-const PREFIX: &str = "zmesh-bootstrap:v1:";
+const PREFIX: &str = zmesh_xds::BOOTSTRAP_TOKEN_PREFIX;
+
+/// The longest a bootstrap token may live: long enough to start a workload (or copy a token to
+/// a machine and start its proxy), short enough that a leaked token is soon worthless.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Clock skew allowed between the issuer and the control plane when checking the cap.
+const SKEW: Duration = Duration::from_secs(300);
 
 /// Proves a caller's identity from its bearer token.
 pub trait CallerAuthenticator: Send + Sync + 'static {
@@ -39,8 +49,10 @@ impl BootstrapTokens {
         Ok(BootstrapTokens { key: hmac::Key::new(hmac::HMAC_SHA256, secret) })
     }
 
-    /// A token for `id`, valid until `expires`.
-    pub fn issue(&self, id: &SpiffeId, expires: SystemTime) -> String {
+    /// A token for `id`, valid until `expires` — or for [`MAX_TOKEN_TTL`] after `now` when
+    /// that comes first.
+    pub fn issue(&self, id: &SpiffeId, now: SystemTime, expires: SystemTime) -> String {
+        let expires = expires.min(now + MAX_TOKEN_TTL);
         let expiry = expires.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
         let body = format!("{PREFIX}{id}:{expiry}");
         let tag = hmac::sign(&self.key, body.as_bytes());
@@ -63,6 +75,14 @@ impl CallerAuthenticator for BootstrapTokens {
         if now_secs >= expiry {
             return Err(ControlError::BadToken(format!(
                 "the token expired at {expiry} (now {now_secs}); restart the workload to get a new one"
+            )));
+        }
+        // A token living longer than the cap was not minted by a current issuer: refuse it
+        // rather than honour a lifetime the mesh no longer grants.
+        if expiry > now_secs + (MAX_TOKEN_TTL + SKEW).as_secs() {
+            return Err(ControlError::BadToken(format!(
+                "the token is valid until {expiry}, longer than bootstrap tokens may live ({} s); issue a new one",
+                MAX_TOKEN_TTL.as_secs()
             )));
         }
         id.parse().map_err(|e| ControlError::BadToken(format!("the token names no valid identity: {e}")))
@@ -95,14 +115,14 @@ mod tests {
     #[test]
     fn a_token_proves_the_identity_it_was_issued_for() {
         let now = SystemTime::now();
-        let token = tokens().issue(&id(), now + Duration::from_secs(60));
+        let token = tokens().issue(&id(), now, now + Duration::from_secs(60));
         assert_eq!(tokens().authenticate(&token, now).unwrap(), id());
     }
 
     #[test]
     fn a_token_with_an_edited_identity_is_refused() {
         let now = SystemTime::now();
-        let token = tokens().issue(&id(), now + Duration::from_secs(60)).replace("order-service", "admin");
+        let token = tokens().issue(&id(), now, now + Duration::from_secs(60)).replace("order-service", "admin");
         let error = tokens().authenticate(&token, now).unwrap_err();
         assert_eq!(error.to_string(), "caller authentication failed: the token's signature does not verify");
     }
@@ -110,7 +130,7 @@ mod tests {
     #[test]
     fn an_expired_token_is_refused() {
         let now = SystemTime::now();
-        let token = tokens().issue(&id(), now);
+        let token = tokens().issue(&id(), now, now);
         assert!(
             tokens().authenticate(&token, now + Duration::from_secs(1)).unwrap_err().to_string().contains("expired")
         );
@@ -119,8 +139,28 @@ mod tests {
     #[test]
     fn a_token_from_another_key_is_refused() {
         let now = SystemTime::now();
-        let other = BootstrapTokens::new(&[8u8; 32]).unwrap().issue(&id(), now + Duration::from_secs(60));
+        let other = BootstrapTokens::new(&[8u8; 32]).unwrap().issue(&id(), now, now + Duration::from_secs(60));
         assert!(tokens().authenticate(&other, now).is_err());
+    }
+
+    #[test]
+    fn a_token_asked_for_longer_than_the_cap_lives_only_as_long_as_the_cap() {
+        let now = SystemTime::now();
+        let token = tokens().issue(&id(), now, now + Duration::from_secs(30 * 24 * 3600));
+        assert!(tokens().authenticate(&token, now + MAX_TOKEN_TTL - Duration::from_secs(1)).is_ok());
+        assert!(tokens().authenticate(&token, now + MAX_TOKEN_TTL + Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn a_token_that_lives_longer_than_the_cap_is_refused_even_with_a_valid_signature() {
+        // Minted by hand (as an old issuer without the cap would have): valid MAC, a year long.
+        let now = SystemTime::now();
+        let expiry = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 365 * 24 * 3600;
+        let body = format!("{PREFIX}{}:{expiry}", id());
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]);
+        let token = format!("{body}:{}", hex(hmac::sign(&key, body.as_bytes()).as_ref()));
+        let error = tokens().authenticate(&token, now).unwrap_err().to_string();
+        assert!(error.contains("longer than bootstrap tokens may live"), "{error}");
     }
 
     #[test]

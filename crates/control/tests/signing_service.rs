@@ -52,7 +52,7 @@ fn request(csr_for: &str, token: Option<String>) -> Request<CertificateRequest> 
 }
 
 fn token(fixture: &Fixture, sa: &str) -> String {
-    fixture.tokens.issue(&id(sa), SystemTime::now() + Duration::from_secs(60))
+    fixture.tokens.issue(&id(sa), SystemTime::now(), SystemTime::now() + Duration::from_secs(60))
 }
 
 #[tokio::test]
@@ -129,4 +129,42 @@ async fn every_issue_leaves_an_audit_record_with_identity_serial_expiry_and_call
     assert!(line.contains(&format!("serial={}", response.serial)), "{line}");
     assert!(line.contains(&format!("not_after={}", response.not_after)), "{line}");
     assert!(line.contains("caller=spiffe://cluster.local/ns/shop/sa/web"), "{line}");
+}
+
+/// A request as it arrives on the TLS control channel from a caller that presented `svid`.
+fn over_mtls(csr_for: &str, svid: &str) -> Request<CertificateRequest> {
+    let mut request = request(csr_for, None);
+    request.extensions_mut().insert(zmesh_control::channel::ConnectionInfo {
+        remote: "127.0.0.1:40000".parse().expect("addr"),
+        svid: Some(id(svid)),
+    });
+    request
+}
+
+#[tokio::test]
+async fn a_renewal_is_proven_by_the_svid_the_caller_presents_without_a_token() {
+    let f = fixture("svid", 10);
+    let response = f.signer.create_certificate(over_mtls("web", "web")).await.expect("renewed").into_inner();
+    let info = zmesh_ca::inspect_pem(&response.cert_chain.concat()).expect("pem");
+    assert_eq!(info[0].spiffe_ids, ["spiffe://cluster.local/ns/shop/sa/web"]);
+}
+
+#[tokio::test]
+async fn an_svid_cannot_renew_another_identity() {
+    let f = fixture("svid-other", 10);
+    let status = f.signer.create_certificate(over_mtls("admin", "web")).await.expect_err("refused");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn nobody_is_issued_the_control_planes_identity() {
+    let f = fixture("control-id", 10);
+    let control: SpiffeId = "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-control".parse().expect("id");
+    let (csr, _key) = zmesh_ca::generate_csr(&control, &SystemRandom::new()).expect("csr");
+    let mut request = Request::new(CertificateRequest { csr, validity_seconds: 0 });
+    let token = f.tokens.issue(&control, SystemTime::now(), SystemTime::now() + Duration::from_secs(60));
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+    let status = f.signer.create_certificate(request).await.expect_err("refused");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("control plane's identity"), "{}", status.message());
 }

@@ -1,19 +1,25 @@
 //! Workload identity: get an SVID for the workload, keep it fresh, and publish it to the TLS
 //! store that every new handshake reads.
 //!
-//! Flow: generate a key and CSR → call the signing service with the bootstrap token → swap the
-//! new identity and trust bundle into the [`CertStore`] → sleep until half the remaining
-//! lifetime (with jitter) → renew; on failure retry with backoff, keeping the current
-//! certificate until it expires. Rotation is driven by time, not by traffic.
+//! Flow: generate a key and CSR → call the signing service over the TLS control channel, the
+//! first time with the bootstrap token, afterwards presenting the current SVID → check that the
+//! trust bundle that came back is vouched for by the one held (it keeps a trusted root) → swap
+//! the new identity and bundle into the [`CertStore`] → sleep until half the remaining lifetime
+//! (with jitter) → renew; on failure retry with backoff, keeping the current certificate until
+//! it expires. Rotation is driven by time, not by traffic. Only a proxy whose certificate has
+//! expired (a host asleep for a day) falls back to its bootstrap token, read afresh from its
+//! file.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use ring::rand::{SecureRandom, SystemRandom};
-use tonic::transport::{Channel, Endpoint};
 use zmesh_id::SpiffeId;
-use zmesh_tls::{CertStore, Identity, TrustBundle, TrustDomains};
+use zmesh_tls::{CertStore, ControlCredentials, Identity, TrustBundle, TrustDomains};
+
+use crate::control_channel::ControlEndpoint;
 use zmesh_xds::ca::CertificateRequest;
 use zmesh_xds::ca::certificate_service_client::CertificateServiceClient;
 
@@ -28,6 +34,10 @@ pub enum IdentityError {
     Csr(String),
     #[error("the signing service returned an unusable certificate: {0}")]
     BadResponse(String),
+    #[error("the signing service's trust bundle is refused: {0}")]
+    NotVouched(zmesh_tls::TlsError),
+    #[error("bootstrap token: {0}")]
+    Token(String),
 }
 
 impl IdentityError {
@@ -38,64 +48,82 @@ impl IdentityError {
     }
 }
 
+/// Where the bootstrap token comes from. A file is read again at every use, so whoever keeps it
+/// fresh (`zmesh up`, or the kubelet for a projected token) keeps the proxy able to bootstrap.
+#[derive(Debug, Clone)]
+pub enum BootstrapToken {
+    File(PathBuf),
+    Text(String),
+}
+
+impl BootstrapToken {
+    pub fn read(&self) -> Result<String, IdentityError> {
+        match self {
+            BootstrapToken::Text(text) => Ok(text.clone()),
+            BootstrapToken::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim().to_owned())
+                .map_err(|e| IdentityError::Token(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// The SPIFFE ID a zmesh bootstrap token names: the identity to ask a certificate for. Read
+/// without the key — the control plane checks the token; a proxy only learns whom it is to be.
+pub fn identity_named_by(token: &str) -> Result<SpiffeId, IdentityError> {
+    let not_ours = || {
+        IdentityError::Token(format!(
+            "not a zmesh bootstrap token (`{}<spiffe-id>:<expiry>:<mac>`); issue one with `zmesh ca token`",
+            zmesh_xds::BOOTSTRAP_TOKEN_PREFIX
+        ))
+    };
+    let rest = token.strip_prefix(zmesh_xds::BOOTSTRAP_TOKEN_PREFIX).ok_or_else(not_ours)?;
+    let (rest, _mac) = rest.rsplit_once(':').ok_or_else(not_ours)?;
+    let (id, _expiry) = rest.rsplit_once(':').ok_or_else(not_ours)?;
+    id.parse().map_err(|e| IdentityError::Token(format!("the token names no valid identity: {e}")))
+}
+
 /// How to reach the signing service and prove who we are.
 #[derive(Debug, Clone)]
 pub struct SigningClient {
-    endpoint: Endpoint,
-    token: String,
+    control: ControlEndpoint,
+    token: BootstrapToken,
     /// Lifetime to ask for; `None` takes the CA's default.
     pub requested_ttl: Option<Duration>,
-    /// Carry the proxy's mark (transparent capture).
-    marked: bool,
 }
 
 impl SigningClient {
-    pub fn new(url: &str, token: String) -> Result<Self, IdentityError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| IdentityError::Unreachable { endpoint: url.to_owned(), message: e.to_string() })?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5));
-        Ok(SigningClient { endpoint, token, requested_ttl: None, marked: false })
+    pub fn new(control: ControlEndpoint, token: BootstrapToken) -> Self {
+        SigningClient { control: control.with_timeout(Duration::from_secs(5)), token, requested_ttl: None }
     }
 
-    /// Mark this client's connections so transparent capture lets them pass.
-    pub fn marked(mut self, marked: bool) -> Self {
-        self.marked = marked;
-        self
-    }
-
-    async fn channel(&self) -> Result<Channel, IdentityError> {
-        crate::net::control_plane_channel(&self.endpoint, self.marked).await.map_err(|e| IdentityError::Unreachable {
-            endpoint: self.endpoint.uri().to_string(),
-            message: source_chain(&e),
-        })
-    }
-
-    /// One signing round trip: a fresh key, a CSR for `id`, the SVID and trust bundle back.
+    /// One signing round trip: a fresh key, a CSR for `id`, the SVID and trust bundle back. With
+    /// bootstrap credentials the token proves the identity; with an SVID, the SVID does.
     pub async fn fetch(
         &self,
         id: &SpiffeId,
         domains: &TrustDomains,
         rng: &SystemRandom,
+        credentials: &ControlCredentials,
     ) -> Result<Fetched, IdentityError> {
         let (csr, key) = zmesh_ca::generate_csr(id, rng).map_err(|e| IdentityError::Csr(e.to_string()))?;
         let mut request = tonic::Request::new(CertificateRequest {
             csr,
             validity_seconds: self.requested_ttl.map_or(0, |ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
         });
-        let bearer = format!("Bearer {}", self.token)
-            .parse()
-            .map_err(|_| IdentityError::Csr("the bootstrap token is not valid metadata text".into()))?;
-        request.metadata_mut().insert(zmesh_xds::AUTHORIZATION, bearer);
-        let mut client = CertificateServiceClient::new(self.channel().await?);
+        if let ControlCredentials::Bootstrap(_) = credentials {
+            let bearer = format!("Bearer {}", self.token.read()?)
+                .parse()
+                .map_err(|_| IdentityError::Token("the bootstrap token is not valid metadata text".into()))?;
+            request.metadata_mut().insert(zmesh_xds::AUTHORIZATION, bearer);
+        }
+        let unreachable = |message: String| IdentityError::Unreachable { endpoint: self.control.uri(), message };
+        let channel = self.control.connect(credentials).await.map_err(|e| unreachable(source_chain(&e)))?;
+        let mut client = CertificateServiceClient::new(channel);
         let response = client.create_certificate(request).await.map_err(|status| match status.code() {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
             | tonic::Code::ResourceExhausted
-            | tonic::Code::Unknown => IdentityError::Unreachable {
-                endpoint: self.endpoint.uri().to_string(),
-                message: status.message().to_owned(),
-            },
+            | tonic::Code::Unknown => unreachable(status.message().to_owned()),
             _ => IdentityError::Refused(format!("{}: {}", status.code(), status.message())),
         })?;
         let response = response.into_inner();
@@ -162,7 +190,7 @@ impl ExpiryGauge {
 #[derive(Debug)]
 pub struct IdentityManager {
     pub id: SpiffeId,
-    pub domains: TrustDomains,
+    domains: TrustDomains,
     client: SigningClient,
     rng: SystemRandom,
     pub gauge: ExpiryGauge,
@@ -171,6 +199,16 @@ pub struct IdentityManager {
 impl IdentityManager {
     pub fn new(id: SpiffeId, domains: TrustDomains, client: SigningClient) -> Self {
         IdentityManager { id, domains, client, rng: SystemRandom::new(), gauge: ExpiryGauge::default() }
+    }
+
+    /// Accept peers of `domains` from the next certificate on (the mesh's trust-domain aliases
+    /// arrive with its configuration, after the first certificate).
+    pub fn set_domains(&mut self, domains: TrustDomains) {
+        self.domains = domains;
+    }
+
+    pub fn domains(&self) -> &TrustDomains {
+        &self.domains
     }
 
     fn jitter(&self) -> f64 {
@@ -182,13 +220,21 @@ impl IdentityManager {
         }
     }
 
-    /// Get the first certificate, retrying transient failures until `deadline` passes.
-    pub async fn bootstrap(&self, deadline: Duration) -> Result<(Arc<CertStore>, SystemTime), IdentityError> {
+    /// Get the first certificate with the bootstrap token, trusting the control plane through
+    /// `roots` (and taking only a bundle `roots` vouches for), retrying transient failures until
+    /// `deadline` passes.
+    pub async fn bootstrap(
+        &self,
+        roots: Arc<TrustBundle>,
+        deadline: Duration,
+    ) -> Result<(Arc<CertStore>, SystemTime), IdentityError> {
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
+        let credentials = ControlCredentials::Bootstrap(Arc::clone(&roots));
         loop {
-            match self.client.fetch(&self.id, &self.domains, &self.rng).await {
+            match self.client.fetch(&self.id, &self.domains, &self.rng, &credentials).await {
                 Ok(fetched) => {
+                    zmesh_tls::vouch(&roots, &fetched.bundle).map_err(IdentityError::NotVouched)?;
                     self.gauge.set(fetched.identity.not_after(), SystemTime::now());
                     let received = fetched.received;
                     return Ok((Arc::new(CertStore::new(fetched.identity, fetched.bundle)), received));
@@ -201,6 +247,20 @@ impl IdentityManager {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// One renewal: presenting the current SVID while it is valid, else (expired) with the
+    /// bootstrap token; the bundle that comes back must be vouched for by the one held.
+    async fn renew_once(&self, store: &Arc<CertStore>) -> Result<Fetched, IdentityError> {
+        let credentials = if store.identity().not_after() > SystemTime::now() {
+            ControlCredentials::Svid(Arc::clone(store))
+        } else {
+            tracing::warn!(identity = %self.id, "the certificate has expired; asking for a new one with the bootstrap token");
+            ControlCredentials::Bootstrap(store.bundle())
+        };
+        let fetched = self.client.fetch(&self.id, &self.domains, &self.rng, &credentials).await?;
+        zmesh_tls::vouch(&store.bundle(), &fetched.bundle).map_err(IdentityError::NotVouched)?;
+        Ok(fetched)
     }
 
     /// Renew forever (until `stop` resolves): at half of the remaining lifetime, retrying with
@@ -223,7 +283,7 @@ impl IdentityManager {
             }
             let mut attempt = 0;
             loop {
-                match self.client.fetch(&self.id, &self.domains, &self.rng).await {
+                match self.renew_once(&store).await {
                     Ok(fetched) => {
                         tracing::info!(identity = %self.id, serial = fetched.identity.serial(), "certificate renewed");
                         self.gauge.set(fetched.identity.not_after(), SystemTime::now());
@@ -252,6 +312,15 @@ impl IdentityManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bootstrap_token_names_the_identity_to_ask_for() {
+        let token = "zmesh-bootstrap:v1:spiffe://cluster.local/ns/shop/sa/cart:1796688646:00ff";
+        assert_eq!(identity_named_by(token).unwrap().to_string(), "spiffe://cluster.local/ns/shop/sa/cart");
+        let error = identity_named_by("eyJhbGciOi.a.b").unwrap_err().to_string();
+        assert!(error.contains("not a zmesh bootstrap token"), "{error}");
+        assert!(identity_named_by("zmesh-bootstrap:v1:cart:1:00").is_err());
+    }
 
     #[test]
     fn backoff_doubles_up_to_thirty_seconds_but_not_past_expiry() {

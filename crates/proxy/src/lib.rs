@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod capture;
 pub mod config;
+pub mod control_channel;
 pub mod detect;
 pub mod ext_authz;
 pub mod forward;

@@ -40,26 +40,6 @@ pub async fn connect(target: SocketAddr, marked: bool) -> io::Result<TcpStream> 
     Ok(stream)
 }
 
-/// A gRPC channel to the control plane whose connections carry the proxy's mark when
-/// `marked`: in a captured pod, the proxy's own traffic to the control plane must bypass the
-/// outbound capture like every other connection the proxy makes.
-pub async fn control_plane_channel(
-    endpoint: &tonic::transport::Endpoint,
-    marked: bool,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    if !marked {
-        return endpoint.connect().await;
-    }
-    let connector = tower::service_fn(move |uri: http::Uri| async move {
-        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = uri.port_u16().unwrap_or(80);
-        let address = lookup(&host, port).await?[0];
-        let stream = connect(address, true).await?;
-        Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
-    });
-    endpoint.connect_with_connector(connector).await
-}
-
 /// DNS for a name the proxy connects to (the control plane, a DNS ServiceEntry's host, any host
 /// under ALLOW_ANY); getaddrinfo may otherwise retry for long.
 const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

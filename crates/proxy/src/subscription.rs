@@ -4,7 +4,8 @@
 //! validating loader the control plane used, compiled for this workload and put in force whole
 //! — or refused (NACK), in which case the proxy keeps enforcing its previous version. When the
 //! stream breaks the proxy keeps its configuration and reconnects with backoff, telling the
-//! control plane what it holds so only differences come back.
+//! control plane what it holds so only differences come back. The stream runs over the TLS
+//! control channel, the proxy presenting its SVID (see `control_channel`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,18 +13,22 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use zmesh_config::{FileKind, Loader};
+use zmesh_tls::{CertStore, ControlCredentials};
 use zmesh_xds::config::config_service_client::ConfigServiceClient;
 use zmesh_xds::config::{ConfigRequest, ConfigResponse, Node, Resource};
 
 use crate::config::ProxyConfig;
+use crate::control_channel::ControlEndpoint;
+
+/// The most a response split in parts may add up to (its documents' text): far above any real
+/// mesh's slice for one workload, and a bound on what a broken or hostile stream can make the
+/// proxy buffer.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// Why a subscription cannot be set up at all (transient failures are retried, not returned).
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriptionError {
-    #[error("control plane URL `{url}`: {message}")]
-    BadUrl { url: String, message: String },
     #[error("--workload must be NAMESPACE/NAME, got `{0}`")]
     Workload(String),
 }
@@ -31,8 +36,9 @@ pub enum SubscriptionError {
 /// What the proxy holds from the control plane, and how to reach it.
 #[derive(Debug)]
 pub struct Subscription {
-    endpoint: Endpoint,
-    token: String,
+    control: ControlEndpoint,
+    /// The proxy's SVID, presented on every connection.
+    credentials: ControlCredentials,
     node: Node,
     namespace: String,
     name: String,
@@ -43,10 +49,13 @@ pub struct Subscription {
     stream: Option<Open>,
     /// Connection attempts since the last successful response, for backoff.
     failures: u32,
-    /// Carry the proxy's mark (transparent capture).
-    marked: bool,
     /// The first parts of a response split in several (`more`), until its last part arrives.
     partial: Option<ConfigResponse>,
+    /// The size of the documents in `partial`.
+    partial_bytes: usize,
+    /// A split response refused part-way: its remaining parts are skipped, never applied as a
+    /// response of their own.
+    skipping: Option<String>,
 }
 
 #[derive(Debug)]
@@ -64,19 +73,19 @@ enum Applied {
 }
 
 impl Subscription {
-    pub fn new(url: &str, token: String, workload: &str, proxy_id: String) -> Result<Self, SubscriptionError> {
+    pub fn new(
+        control: ControlEndpoint,
+        svid: Arc<CertStore>,
+        workload: &str,
+        proxy_id: String,
+    ) -> Result<Self, SubscriptionError> {
         let (namespace, name) = workload
             .split_once('/')
             .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
             .ok_or_else(|| SubscriptionError::Workload(workload.to_owned()))?;
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| SubscriptionError::BadUrl { url: url.to_owned(), message: e.to_string() })?
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
         Ok(Subscription {
-            endpoint,
-            token,
+            control,
+            credentials: ControlCredentials::Svid(svid),
             node: Node { workload: workload.to_owned(), proxy_id, build_version: env!("CARGO_PKG_VERSION").to_owned() },
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -84,15 +93,10 @@ impl Subscription {
             version: String::new(),
             stream: None,
             failures: 0,
-            marked: false,
             partial: None,
+            partial_bytes: 0,
+            skipping: None,
         })
-    }
-
-    /// Mark this subscription's connections so transparent capture lets them pass.
-    pub fn marked(mut self, marked: bool) -> Self {
-        self.marked = marked;
-        self
     }
 
     /// The version in force (empty before the first).
@@ -145,12 +149,14 @@ impl Subscription {
                         // quickly every time.
                         self.failures = 0;
                         self.partial = None;
+                        self.partial_bytes = 0;
+                        self.skipping = None;
                         self.stream = Some(open);
                     }
                     Err(error) => {
                         let wait = backoff(self.failures);
                         self.failures = self.failures.saturating_add(1);
-                        tracing::warn!(endpoint = %self.endpoint.uri(), %error, retry_in = ?wait, version = %self.version, "control plane unreachable; keeping the configuration in force");
+                        tracing::warn!(endpoint = %self.control.uri(), %error, retry_in = ?wait, version = %self.version, "control plane unreachable; keeping the configuration in force");
                         tokio::select! {
                             () = tokio::time::sleep(wait) => continue,
                             () = shutdown.cancelled() => return None,
@@ -186,9 +192,8 @@ impl Subscription {
     }
 
     async fn connect(&self) -> Result<Open, String> {
-        let channel = crate::net::control_plane_channel(&self.endpoint, self.marked)
-            .await
-            .map_err(|e| crate::identity::source_chain(&e))?;
+        let channel =
+            self.control.connect(&self.credentials).await.map_err(|e| crate::identity::source_chain(&e))?;
         let (requests, outgoing) = mpsc::channel(4);
         let hello = ConfigRequest {
             node: Some(self.node.clone()),
@@ -198,15 +203,13 @@ impl Subscription {
         };
         // The server reads this first request before it answers the call.
         requests.send(hello).await.map_err(|_| "the request channel closed".to_owned())?;
-        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
-        let bearer = format!("Bearer {}", self.token).parse().map_err(|_| "the token is not valid metadata text")?;
-        request.metadata_mut().insert(zmesh_xds::AUTHORIZATION, bearer);
+        let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
         let responses = ConfigServiceClient::new(channel)
             .stream_config(request)
             .await
             .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
             .into_inner();
-        tracing::info!(endpoint = %self.endpoint.uri(), workload = %self.node.workload, "connected to the control plane");
+        tracing::info!(endpoint = %self.control.uri(), workload = %self.node.workload, "connected to the control plane");
         Ok(Open { requests, responses })
     }
 
@@ -215,20 +218,57 @@ impl Subscription {
         response: ConfigResponse,
         apply: &mut (dyn FnMut(ProxyConfig) -> Result<(), String> + Send),
     ) -> Applied {
+        if let Some(nonce) = &self.skipping {
+            if *nonce == response.nonce {
+                if !response.more {
+                    self.skipping = None;
+                }
+                return Applied::Partial;
+            }
+            self.skipping = None;
+        }
         // A split response is applied whole, once its last part is here.
+        let size = response_bytes(&response);
         let response = match self.partial.take() {
             Some(mut first) if first.nonce == response.nonce => {
                 first.resources.extend(response.resources);
                 first.removed.extend(response.removed);
                 first.more = response.more;
+                self.partial_bytes += size;
                 first
             }
-            _ => response,
+            _ => {
+                self.partial_bytes = size;
+                response
+            }
         };
+        if self.partial_bytes > MAX_RESPONSE_BYTES {
+            let error = format!(
+                "the response holds more than {MAX_RESPONSE_BYTES} bytes of documents; refused without reading the rest"
+            );
+            tracing::warn!(version = %response.version_info, kept = %self.version, %error, "configuration refused (NACK)");
+            self.partial_bytes = 0;
+            if response.more {
+                self.skipping = Some(response.nonce.clone());
+            }
+            let nack = ConfigRequest {
+                response_nonce: response.nonce,
+                version_info: self.version.clone(),
+                error_detail: error,
+                ..Default::default()
+            };
+            if let Some(open) = &self.stream
+                && open.requests.send(nack).await.is_err()
+            {
+                self.stream = None;
+            }
+            return Applied::Refused;
+        }
         if response.more {
             self.partial = Some(response);
             return Applied::Partial;
         }
+        self.partial_bytes = 0;
         let mut candidate = self.held.clone();
         for key in &response.removed {
             candidate.remove(key);
@@ -266,6 +306,12 @@ impl Subscription {
         }
         applied
     }
+}
+
+/// What a response part adds to the proxy's memory: its documents and keys.
+fn response_bytes(response: &ConfigResponse) -> usize {
+    let resources: usize = response.resources.iter().map(|r| r.key.len() + r.document.len() + r.version.len()).sum();
+    resources + response.removed.iter().map(String::len).sum::<usize>()
 }
 
 /// Load the held documents (in the control plane's load order) and compile them for the

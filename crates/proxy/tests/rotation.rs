@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zmesh_ca::{CaConfig, CertificateAuthority};
-use zmesh_control::ca_service::{SharedCa, Signer, serve};
+use zmesh_control::ca_service::{SharedCa, Signer};
 use zmesh_control::ratelimit::PerCallerLimit;
 use zmesh_control::tokens::BootstrapTokens;
 use zmesh_id::SpiffeId;
-use zmesh_proxy::identity::{IdentityManager, SigningClient};
-use zmesh_tls::{CertStore, ExpectedPeers, TlsOptions, TrustDomains};
+use zmesh_proxy::control_channel::ControlEndpoint;
+use zmesh_proxy::identity::{BootstrapToken, IdentityManager, SigningClient};
+use zmesh_tls::{CertStore, ExpectedPeers, TlsOptions, TrustBundle, TrustDomains};
 
 const TTL: Duration = Duration::from_secs(6);
 
@@ -61,20 +62,44 @@ async fn start_ca(
     let bound = listener.local_addr().expect("addr");
     let signer = Signer::new(mesh.ca.clone(), mesh.tokens.clone(), PerCallerLimit::new(50.0, 50));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (tls, renew) = zmesh_control::channel::tls_server(&mesh.ca, stop.clone()).expect("control-plane SVID");
     let task = tokio::spawn(async move {
-        serve(listener, signer, async {
+        let renewing = tokio::spawn(renew);
+        let stopped = stop.clone();
+        tokio::spawn(async move {
             let _ = stop_rx.await;
-        })
-        .await
-        .expect("CA serves");
+            stopped.cancel();
+        });
+        tonic::transport::Server::builder()
+            .add_service(signer.into_service())
+            .serve_with_incoming_shutdown(
+                zmesh_control::channel::incoming(listener, tls, stop.clone()),
+                stop.cancelled_owned(),
+            )
+            .await
+            .expect("CA serves");
+        let _ = renewing.await;
     });
     (bound, stop_tx, task)
 }
 
+/// The roots a proxy is started with: the CA's bundle.
+fn roots(mesh: &Mesh) -> Arc<TrustBundle> {
+    let domains = TrustDomains::new("cluster.local".parse().expect("td"));
+    Arc::new(TrustBundle::from_pem(mesh.ca.current().trust_bundle_pem(), domains).expect("roots"))
+}
+
 fn manager(mesh: &Mesh, ca_addr: SocketAddr, sa: &str) -> IdentityManager {
     let id: SpiffeId = format!("spiffe://cluster.local/ns/test/sa/{sa}").parse().expect("id");
-    let token = mesh.tokens.issue(&id, SystemTime::now() + Duration::from_secs(3600));
-    let client = SigningClient::new(&format!("http://{ca_addr}"), token).expect("client");
+    let now = SystemTime::now();
+    let token = mesh.tokens.issue(&id, now, now + Duration::from_secs(600));
+    let control = ControlEndpoint::new(
+        &format!("https://{ca_addr}"),
+        zmesh_tls::control_plane_id(&"cluster.local".parse().expect("td")),
+    )
+    .expect("endpoint");
+    let client = SigningClient::new(control, BootstrapToken::Text(token));
     IdentityManager::new(id, TrustDomains::new("cluster.local".parse().expect("td")), client)
 }
 
@@ -183,8 +208,8 @@ async fn setup(
 ) -> (tokio_rustls::TlsConnector, SocketAddr, Vec<tokio::task::JoinHandle<()>>) {
     let server = Arc::new(manager(mesh, ca_addr, "server"));
     let client = Arc::new(manager(mesh, ca_addr, "client"));
-    let (server_store, server_received) = server.bootstrap(Duration::from_secs(5)).await.expect("server SVID");
-    let (client_store, client_received) = client.bootstrap(Duration::from_secs(5)).await.expect("client SVID");
+    let (server_store, server_received) = server.bootstrap(roots(mesh), Duration::from_secs(5)).await.expect("server SVID");
+    let (client_store, client_received) = client.bootstrap(roots(mesh), Duration::from_secs(5)).await.expect("client SVID");
     let addr = echo_server(server_store.clone()).await;
     let expected = ExpectedPeers::one(server.id.clone());
     let connector = tokio_rustls::TlsConnector::from(zmesh_tls::client_config(

@@ -1,8 +1,9 @@
 //! The configuration push protocol end to end, in process: the real control plane (file store,
 //! snapshots, push server) on loopback and the proxy's real subscription client. Edits reach
 //! the proxy as incremental versions; a refused version (NACK) keeps the previous one and is
-//! reported; a proxy whose token proves another identity is refused; a restarted control plane
-//! resyncs a proxy without resending what it holds.
+//! reported; a proxy whose SVID proves another identity is refused, and so is a caller without
+//! an SVID, a plaintext client, or a proxy that does not trust the control plane's root; a
+//! restarted control plane resyncs a proxy without resending what it holds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +15,11 @@ use zmesh_control::plane::{ControlPlane, Options, token_issuer};
 use zmesh_control::store::WatchOptions;
 use zmesh_id::SpiffeId;
 use zmesh_proxy::config::ProxyConfig;
+use zmesh_proxy::control_channel::ControlEndpoint;
+use zmesh_proxy::identity::{BootstrapToken, IdentityError, IdentityManager, SigningClient};
 use zmesh_proxy::subscription::Subscription;
 use zmesh_testkit::TempDir;
+use zmesh_tls::{CertStore, ControlCredentials, TrustBundle, TrustDomains};
 
 const WORKLOADS: &str = "apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -69,15 +73,35 @@ impl Plane {
         self.dir
     }
 
-    fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+    fn control(&self) -> ControlEndpoint {
+        let domain = "cluster.local".parse().expect("trust domain");
+        ControlEndpoint::new(&format!("https://{}", self.grpc), zmesh_tls::control_plane_id(&domain)).expect("endpoint")
+    }
+
+    /// What a proxy is started with: the CA directory's root-cert.pem.
+    fn roots(&self) -> Arc<TrustBundle> {
+        let pem = std::fs::read(self.dir.path().join("ca/root-cert.pem")).expect("root-cert.pem");
+        Arc::new(TrustBundle::from_pem(pem, TrustDomains::new("cluster.local".parse().expect("td"))).expect("roots"))
     }
 
     fn token(&self, identity: &str) -> String {
         let id: SpiffeId = identity.parse().expect("spiffe id");
-        token_issuer(&self.dir.path().join("ca"))
-            .expect("tokens")
-            .issue(&id, SystemTime::now() + Duration::from_secs(600))
+        let now = SystemTime::now();
+        token_issuer(&self.dir.path().join("ca")).expect("tokens").issue(&id, now, now + Duration::from_secs(600))
+    }
+
+    fn identity_manager(&self, identity: &str) -> IdentityManager {
+        let client = SigningClient::new(self.control(), BootstrapToken::Text(self.token(identity)));
+        IdentityManager::new(identity.parse().expect("id"), TrustDomains::new("cluster.local".parse().expect("td")), client)
+    }
+
+    /// A first certificate for `identity`, as a proxy gets it: bootstrap token over TLS.
+    async fn svid(&self, identity: &str) -> Arc<CertStore> {
+        self.identity_manager(identity).bootstrap(self.roots(), Duration::from_secs(5)).await.expect("first SVID").0
+    }
+
+    async fn subscription(&self, identity: &str, workload: &str, proxy_id: &str) -> Subscription {
+        Subscription::new(self.control(), self.svid(identity).await, workload, proxy_id.into()).expect("subscription")
     }
 
     fn proxies(&self) -> serde_json::Value {
@@ -131,9 +155,7 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_arrive_as_versions_and_a_refused_version_keeps_the_previous_one() {
     let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
-    let token = plane.token("spiffe://cluster.local/ns/fintech/sa/payments");
-    let mut subscription =
-        Subscription::new(&plane.url(), token, "fintech/payments", "payments.fintech-1".into()).expect("subscription");
+    let mut subscription = plane.subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-1").await;
     let stop = CancellationToken::new();
     let first = subscription.initial(&stop).await.expect("first configuration");
     assert!(allowed(&first, "/v1") && !allowed(&first, "/v2"));
@@ -179,11 +201,9 @@ async fn edits_arrive_as_versions_and_a_refused_version_keeps_the_previous_one()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_for_another_identity_gets_no_configuration() {
+async fn an_svid_of_another_identity_gets_no_configuration() {
     let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
-    let token = plane.token("spiffe://cluster.local/ns/shop/sa/orders");
-    let mut subscription =
-        Subscription::new(&plane.url(), token, "fintech/payments", "impostor-1".into()).expect("subscription");
+    let mut subscription = plane.subscription("spiffe://cluster.local/ns/shop/sa/orders", "fintech/payments", "impostor-1").await;
     let stop = CancellationToken::new();
     let got = tokio::time::timeout(Duration::from_millis(800), subscription.initial(&stop)).await;
     assert!(got.is_err(), "an impostor must never receive the workload's configuration");
@@ -195,9 +215,7 @@ async fn a_token_for_another_identity_gets_no_configuration() {
 async fn a_restarted_control_plane_resyncs_the_proxy_which_kept_its_configuration_meanwhile() {
     let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
     let grpc = plane.grpc;
-    let token = plane.token("spiffe://cluster.local/ns/fintech/sa/payments");
-    let mut subscription =
-        Subscription::new(&plane.url(), token, "fintech/payments", "payments.fintech-2".into()).expect("subscription");
+    let mut subscription = plane.subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-2").await;
     let stop = CancellationToken::new();
     let first = subscription.initial(&stop).await.expect("first configuration");
     let in_force = Arc::new(std::sync::Mutex::new(first.version.clone()));
@@ -242,14 +260,71 @@ async fn a_large_configuration_arrives_in_parts_and_is_applied_whole() {
         .collect();
     std::fs::write(dir.path().join("config/crowd.yaml"), many).expect("write");
     let plane = Plane::start(dir, "127.0.0.1:0".parse().expect("addr")).await;
-    let token = plane.token("spiffe://cluster.local/ns/fintech/sa/payments");
-    let mut subscription =
-        Subscription::new(&plane.url(), token, "fintech/payments", "payments.fintech-3".into()).expect("subscription");
+    let mut subscription = plane.subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-3").await;
     let stop = CancellationToken::new();
     let first = subscription.initial(&stop).await.expect("first configuration");
     assert_eq!(first.registry.len(), 402, "every peer, though they did not fit in one message");
     assert!(allowed(&first, "/v1"));
     wait_for("SYNCED", || plane.proxies()[0]["state"] == "SYNCED").await;
     assert_eq!(plane.proxies()[0]["resources"], 403);
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_an_svid_gets_no_configuration_even_with_a_valid_bootstrap_token() {
+    use zmesh_xds::config::config_service_client::ConfigServiceClient;
+    use zmesh_xds::config::{ConfigRequest, Node};
+    let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
+    let channel = plane.control().connect(&ControlCredentials::Bootstrap(plane.roots())).await.expect("TLS channel");
+    let hello = ConfigRequest {
+        node: Some(Node { workload: "fintech/payments".into(), proxy_id: "token-only-1".into(), build_version: String::new() }),
+        ..Default::default()
+    };
+    let mut request = tonic::Request::new(tokio_stream::iter([hello]));
+    let bearer = format!("Bearer {}", plane.token("spiffe://cluster.local/ns/fintech/sa/payments"));
+    request.metadata_mut().insert("authorization", bearer.parse().expect("metadata"));
+    let status = ConfigServiceClient::new(channel).stream_config(request).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("SVID"), "{status:?}");
+    assert!(plane.proxies().as_array().expect("list").is_empty());
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_gets_nothing_from_the_control_plane() {
+    use zmesh_xds::ca::CertificateRequest;
+    use zmesh_xds::ca::certificate_service_client::CertificateServiceClient;
+    let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", plane.grpc)).expect("endpoint");
+    let outcome = async {
+        let channel = endpoint.connect().await?;
+        let mut request = tonic::Request::new(CertificateRequest { csr: String::new(), validity_seconds: 0 });
+        let bearer = format!("Bearer {}", plane.token("spiffe://cluster.local/ns/fintech/sa/payments"));
+        request.metadata_mut().insert("authorization", bearer.parse().expect("metadata"));
+        CertificateServiceClient::new(channel).create_certificate(request).await.map_err(Into::into)
+    };
+    let outcome: Result<_, Box<dyn std::error::Error>> =
+        tokio::time::timeout(Duration::from_secs(15), outcome).await.expect("the server answers or closes");
+    assert!(outcome.is_err(), "plaintext gRPC must not be served: {outcome:?}");
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_with_other_roots_refuses_the_control_plane() {
+    let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
+    let elsewhere = TempDir::new("other-ca");
+    let (other, _) = zmesh_ca::CertificateAuthority::open_or_create(
+        elsewhere.path(),
+        zmesh_ca::CaConfig::default(),
+        SystemTime::now(),
+        &ring::rand::SystemRandom::new(),
+    )
+    .expect("another CA");
+    let domains = TrustDomains::new("cluster.local".parse().expect("td"));
+    let wrong = Arc::new(TrustBundle::from_pem(other.trust_bundle_pem(), domains).expect("roots"));
+    let manager = plane.identity_manager("spiffe://cluster.local/ns/fintech/sa/payments");
+    let error = manager.bootstrap(wrong, Duration::from_millis(500)).await.expect_err("no certificate");
+    assert!(matches!(error, IdentityError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().contains("trust bundle"), "the handshake names the root problem: {error}");
     plane.stop().await;
 }

@@ -76,6 +76,11 @@ pub mod google {
 /// The metadata key carrying the caller's bearer token.
 pub const AUTHORIZATION: &str = "authorization";
 
+/// How a zmesh bootstrap token starts: `zmesh-bootstrap:v1:<spiffe-id>:<expiry>:<mac>`. The
+/// control plane issues and checks them; a proxy reads the identity its own token names, to
+/// ask for a certificate of that identity.
+pub const BOOTSTRAP_TOKEN_PREFIX: &str = "zmesh-bootstrap:v1:";
+
 #[cfg(test)]
 mod tests {
     use prost::Message as _;

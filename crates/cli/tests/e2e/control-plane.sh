@@ -77,7 +77,7 @@ write_allow >"$CONFIG/policy.yaml"
 pod frontend 10.79.0.2; pod backend 10.79.0.3; pod reporting 10.79.0.4
 
 start_control_plane() {
-  "$ZMESH" control-plane --config "$CONFIG" --ca-dir "$CA" --listen "$BRIDGE:15010" --admin 127.0.0.1:15014 \
+  "$ZMESH" control-plane --config "$CONFIG" --ca-dir "$CA" --listen "$BRIDGE:15012" --admin 127.0.0.1:15014 \
     >>"$WORK/control-plane.log" 2>&1 &
   CP_PID=$!
 }
@@ -99,9 +99,9 @@ wait_status_api
 bg backend backend-app "$ZMESH" echo --listen 0.0.0.0:8080 --name backend
 mkdir -p "$WORK/tokens"
 for ns in "${PODS[@]}"; do
-  "$ZMESH" ca token --ca-dir "$CA" --identity "spiffe://cluster.local/ns/shop/sa/$ns" --ttl 1h >"$WORK/tokens/$ns"
+  "$ZMESH" ca token --ca-dir "$CA" --identity "spiffe://cluster.local/ns/shop/sa/$ns" --ttl 10m >"$WORK/tokens/$ns"
   ip netns exec "$ns" "$ZMESH" capture install
-  bg "$ns" "$ns" "$ZMESH" proxy --control-plane "http://$BRIDGE:15010" --workload "shop/$ns" \
+  bg "$ns" "$ns" "$ZMESH" proxy --control-plane "https://$BRIDGE:15012" --roots "$CA/root-cert.pem" --workload "shop/$ns" \
     --token-file "$WORK/tokens/$ns" --log-level info
 done
 for ip in 10.79.0.2 10.79.0.3 10.79.0.4; do
