@@ -61,6 +61,6 @@ for tool in iptables iptables-restore; do ln -sf "$(command -v "$tool")" "$WORK/
 pod nov6 10.78.0.6; v6 nov6 fd00:78::6
 result no_ip6tables_with_ipv6 "$(ip netns exec nov6 env PATH="$WORK/v4-only-tools" "$ZMESH" capture install 2>"$WORK/nov6.err" && echo installed || echo refused)"
 result no_ip6tables_with_ipv6_error "$(grep -c 'IPv6 traffic would bypass the proxy' "$WORK/nov6.err" || true)"
-ip netns exec nov6 sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.eth0.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1
+ip netns exec nov6 sh -c 'for c in all default lo eth0; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done'
 result no_ip6tables_ipv6_disabled "$(ip netns exec nov6 env PATH="$WORK/v4-only-tools" "$ZMESH" capture install 2>"$WORK/nov6.err" && echo installed || echo refused)"
 result ipv4_still_captured "$(ip netns exec nov6 iptables -t nat -S ZMESH_REDIRECT | grep -c 'to-ports 15001' || true)"
