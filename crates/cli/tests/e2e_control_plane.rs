@@ -293,18 +293,19 @@ fn policy_edits_reach_every_proxy_bad_edits_are_refused_and_proxies_outlive_the_
     expect("crash_resync_orders", "403");
     expect("crash_resync_reports", "200");
     expect("restart_rounds_synced", "6/6");
+    // 8. TLS only: plaintext gRPC gets no answer, and an impostor control plane with its own CA
+    // on the same address is refused by every proxy, whose policy stays as it was.
+    expect("plaintext_grpc", "000");
+    expect("impostor_proxies", "0");
+    expect("impostor_orders", "403");
+    assert_ne!(r["impostor_refused_in_log"], "0", "the proxy logs why it refused the impostor\n{}", run.context);
     eprintln!("reload_ms={reload} all_synced_ms={all_synced} resync_ms={resync} crash_resync_ms={crash_resync}");
 }
 
 /// Restarting the control plane again and again (files unchanged) must not make proxies slower
 /// to find it each time: backoff is for outages, and every round here is back within
-/// milliseconds.
-///
-/// Fails today. `Subscription::next` (crates/proxy/src/subscription.rs) resets its `failures`
-/// count only when a response arrives, and a control plane that finds a reconnecting proxy
-/// already current sends none (`Stream::serve`, crates/control/src/push.rs). So every no-op
-/// resync leaves the count where it was, the next break waits `backoff(failures)` — 100 ms,
-/// then 200, 400, … — and after a handful of restarts each reconnect waits the 5 s cap.
+/// milliseconds. (A reconnect that receives no response — the proxy was already current — must
+/// still reset the backoff in `Subscription::next`.)
 #[test]
 fn repeated_control_plane_restarts_are_found_as_quickly_as_the_first() {
     let run = script_run();

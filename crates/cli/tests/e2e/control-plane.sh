@@ -288,4 +288,24 @@ for round in 1 2 3 4 5 6; do
 done
 result restart_resync_ms "${RESTARTS[*]}"
 result restart_rounds_synced "${#RESTARTS[@]}/$([ -n "$V5" ] && echo 6 || echo incomplete)"
+
+# --- 8. The channel is TLS: plaintext gRPC gets nothing, and an impostor control plane (its own
+# CA, a configuration without the freeze) on the real one's address is refused by every proxy:
+# no proxy connects to it, and the freeze stays in force.
+result plaintext_grpc "$(curl -s -m 2 --http2-prior-knowledge -o /dev/null -w '%{http_code}' \
+  "http://$BRIDGE:15012/zmesh.ca.v1.CertificateService/CreateCertificate" || true)"
+kill -9 "$CP_PID"; wait "$CP_PID" 2>/dev/null || true
+mkdir -p "$WORK/impostor-config"
+cp "$CONFIG"/*.yaml "$WORK/impostor-config/"
+write_allow >"$WORK/impostor-config/policy.yaml"
+"$ZMESH" control-plane --config "$WORK/impostor-config" --ca-dir "$WORK/impostor-ca" --listen "$BRIDGE:15012" \
+  --admin 127.0.0.1:15014 >>"$WORK/impostor.log" 2>&1 &
+CP_PID=$!
+wait_status_api
+# Proxies retry at most every 5 s: give each two chances.
+sleep 11
+fetch /api/v1/proxies proxies-impostor.json
+result impostor_proxies "$(grep -c '"proxyId":' "$WORK/proxies-impostor.json" || true)"
+result impostor_orders "$(http frontend "$ORDERS")"
+result impostor_refused_in_log "$(grep -c 'signature does not match\|does not chain to any root' "$WORK/frontend.log" || true)"
 result done yes
