@@ -450,12 +450,41 @@ impl TunnelHandler for Inbound {
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub drain_timeout: std::time::Duration,
+    /// On the plaintext inbound port (15006): how long a client may take to send the opening
+    /// bytes that tell its protocol (shrinking as silent connections fill the listener), and
+    /// how many such connections one source address may have at once. Outbound listeners do
+    /// not use it: their clients are the workload itself, and may wait for a server to speak.
+    pub first_bytes: crate::preauth::PreAuthLimits,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        // Istio's default terminationDrainDuration.
-        ConnectionLimits { max_connections: 16_384, drain_timeout: std::time::Duration::from_secs(5) }
+        ConnectionLimits {
+            max_connections: 16_384,
+            // Istio's default terminationDrainDuration.
+            drain_timeout: std::time::Duration::from_secs(5),
+            first_bytes: crate::preauth::PreAuthLimits::default(),
+        }
+    }
+}
+
+/// How the plaintext inbound port learns where a connection was going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginalDestination {
+    /// `SO_ORIGINAL_DST`: the connection was redirected by iptables (`capture`).
+    Redirected,
+    /// The connection's own local address: the listener is bound to the workload's address
+    /// itself (TPROXY-style interception, or a test). Traffic that reaches a redirecting
+    /// listener this way finds the proxy's own port as its target, which is refused.
+    LocalAddress,
+}
+
+impl OriginalDestination {
+    fn of(self, stream: &TcpStream) -> std::io::Result<SocketAddr> {
+        match self {
+            OriginalDestination::Redirected => net::original_destination(stream),
+            OriginalDestination::LocalAddress => stream.local_addr(),
+        }
     }
 }
 
@@ -467,7 +496,25 @@ where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    accept_connections(listener, shutdown, limits, None, move |stream, peer, _| handle(stream, peer)).await;
+}
+
+/// [`accept_loop`], where each connection also gets a place among the unproven ones of the
+/// listener (see `preauth`) when `gate` names it (`listener` label, where refusals are
+/// counted): a source with `limits.first_bytes.per_source` connections waiting already has
+/// the next one closed at once; the handler releases the place when the client has spoken.
+async fn accept_connections<F, Fut>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    limits: ConnectionLimits,
+    gate: Option<(&'static str, Option<Arc<Metrics>>)>,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Option<crate::preauth::Waiting>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let gate = gate.map(|(name, metrics)| crate::preauth::Gate::new(name, limits.first_bytes, slots.clone(), metrics));
     let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let acquired = tokio::select! {
@@ -487,10 +534,22 @@ where
             },
             () = shutdown.cancelled() => break,
         };
+        let waiting = match &gate {
+            Some(gate) => match gate.admit(peer.ip()) {
+                Some(waiting) => Some(waiting),
+                None => {
+                    // Closed at once, its slot freed: one source may not hold more than its
+                    // share of the slots with connections that never speak.
+                    tracing::debug!(%peer, "too many silent connections from this source; closed");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         // Boxed so that the task holds one pointer instead of the handler's state twice (an
         // async block keeps a moved-in future both as its capture and as the awaited value).
-        let work = Box::pin(handle(stream, peer));
+        let work = Box::pin(handle(stream, peer, waiting));
         tasks.spawn(async move {
             work.await;
             drop(slot);
@@ -504,9 +563,38 @@ where
 }
 
 impl Proxy {
+    /// Serve the plaintext inbound port (15006) on `listener` until `shutdown`, learning each
+    /// connection's target as `original` says. Connections that have not yet sent their opening
+    /// bytes are held to `limits.first_bytes` (see [`Proxy::plaintext_inbound`]) and counted
+    /// in `zmesh_connections_refused_total{listener="inbound_capture"}` when closed for it.
+    pub async fn serve_inbound_capture(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        limits: ConnectionLimits,
+        original: OriginalDestination,
+    ) {
+        let gate = Some(("inbound_capture", Some(self.metrics.clone())));
+        accept_connections(listener, shutdown, limits, gate, move |stream, source, waiting| {
+            self.clone().plaintext_inbound(stream, source, waiting, original)
+        })
+        .await;
+    }
+
     /// Plaintext inbound (transparent capture): PeerAuthentication, then policy with no peer.
-    async fn plaintext_inbound(self: Arc<Self>, stream: TcpStream, source: SocketAddr) {
-        let target = match net::original_destination(&stream) {
+    /// Until the client has spoken it holds `waiting`, its place among the listener's unproven
+    /// connections: on a port whose client speaks first (HTTP, or undeclared and so detected)
+    /// the bytes that tell its protocol must arrive in the time the gate allows, or the
+    /// connection is closed; an opaque TCP port lets it go once authorized, as its server may
+    /// be the one to speak first.
+    async fn plaintext_inbound(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        source: SocketAddr,
+        waiting: Option<crate::preauth::Waiting>,
+        original: OriginalDestination,
+    ) {
+        let target = match original.of(&stream) {
             Ok(target) => target,
             Err(error) => return tracing::warn!(%error, "no original destination on a captured connection"),
         };
@@ -521,14 +609,28 @@ impl Proxy {
             self.record_connection(&config, None, target, "strict_refused");
             return tracing::debug!(%source, %target, "plaintext refused: STRICT mTLS");
         }
+        let mut seen = bytes::Bytes::new();
         if config.workload.port_handling(target.port()) == PortHandling::Opaque {
+            drop(waiting);
             let decision = Self::l4_request(&config, None, source, target);
             self.record_connection(&config, None, target, if decision.is_allow() { "allow" } else { "deny" });
             if !decision.is_allow() {
                 return;
             }
+        } else if let Some(waiting) = waiting {
+            // The same reading `forward` does (detection, or telling h2c from HTTP/1.1), done
+            // here under the gate's shrinking deadline; `forward` then judges the replayed
+            // bytes at once. Past the opening, the HTTP path's own header and idle timeouts
+            // apply.
+            seen = match crate::preauth::within(&waiting, crate::detect::detect(&mut stream)).await {
+                Ok(Ok((seen, _))) => seen,
+                Ok(Err(error)) => return tracing::debug!(%error, %source, %target, "connection closed before it spoke"),
+                Err(timed_out) => {
+                    return tracing::debug!(%source, %target, waited = ?timed_out.waited, "silent connection closed");
+                }
+            };
         }
-        self.forward(config, None, source, target, stream).await;
+        self.forward(config, None, source, target, crate::http2::Rewind::new(seen, stream)).await;
     }
 
     /// Outbound: through the mesh when the destination is a mesh workload, to a ServiceEntry's
@@ -822,7 +924,7 @@ pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()>
             hbone_listener,
             tls.clone(),
             Arc::new(Inbound(proxy.clone())),
-            hbone::ServerLimits::default(),
+            hbone::ServerLimits { refusals: Some(proxy.metrics.clone()), ..hbone::ServerLimits::default() },
             shutdown.clone(),
         ));
     }
@@ -857,10 +959,8 @@ pub async fn run(proxy: Arc<Proxy>, listeners: Listeners) -> std::io::Result<()>
             let (p1, p2) = (proxy.clone(), proxy.clone());
             let (s1, s2) = (shutdown.clone(), shutdown.clone());
             tasks.spawn(async move {
-                accept_loop(inbound, s1, ConnectionLimits::default(), move |stream, source| {
-                    p1.clone().plaintext_inbound(stream, source)
-                })
-                .await;
+                p1.serve_inbound_capture(inbound, s1, ConnectionLimits::default(), OriginalDestination::Redirected)
+                    .await;
                 Ok(())
             });
             tasks.spawn(async move {
