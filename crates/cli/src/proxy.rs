@@ -44,6 +44,10 @@ pub(crate) struct ProxyArgs {
     /// The private key of --cert (PEM).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// With --control-plane: the certificate lifetime to ask for, such as 24h or 2m (the CA caps
+    /// it; default: the CA's). Renewal comes at about half of it.
+    #[arg(long, value_name = "DURATION", requires = "control_plane", value_parser = parse_ttl)]
+    cert_ttl: Option<Duration>,
     /// The mesh's trust bundle (PEM roots): with --cert, what peers are verified against; with
     /// --control-plane, the roots the control plane's certificate must chain to (the CA
     /// directory's root-cert.pem) — bundles the control plane hands out later are taken only
@@ -93,6 +97,12 @@ pub(crate) struct ProxyArgs {
     log_level: String,
 }
 
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    zmesh_config::authn::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a duration such as 24h or 90m"))
+}
+
 fn parse_mapping(text: &str) -> Result<(SocketAddr, SocketAddr), String> {
     let (listen, target) =
         text.split_once('=').ok_or("expected LISTEN=TARGET, such as 127.0.0.1:9000=10.0.0.9:8080")?;
@@ -134,7 +144,9 @@ async fn follow_control_plane(
             .with_context(|| format!("--roots {}", roots_file.display()))?,
     );
     let control = ControlEndpoint::new(url, zmesh_tls::control_plane_id(id.trust_domain()))?.marked(!args.explicit);
-    let mut identity = IdentityManager::new(id.clone(), own_domain, SigningClient::new(control.clone(), token));
+    let mut signing = SigningClient::new(control.clone(), token);
+    signing.requested_ttl = args.cert_ttl;
+    let mut identity = IdentityManager::new(id.clone(), own_domain, signing);
     tracing::info!(control_plane = %url, identity = %id, "asking for a first certificate");
     let (store, received) = identity.bootstrap(roots, Duration::from_secs(60)).await?;
     let mut subscription = Subscription::new(control, store.clone(), &args.workload, proxy_id(&args.workload))?;
