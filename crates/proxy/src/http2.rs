@@ -4,11 +4,11 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use crate::admission::{Admitted, HttpAttributes, HttpProtocol, Refusal};
-use crate::l7::{ConnectionContext, XFCC};
+use crate::l7::{ConnectionContext, Timeouts, XFCC};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 /// The client connection preface that starts every HTTP/2 connection (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -341,7 +342,92 @@ fn percent_encode(text: &[u8]) -> String {
     out
 }
 
+/// The streams of one connection: how many are open, and since when none is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Activity {
+    open: usize,
+    /// When the last stream ended, or the connection began.
+    idle_since: Instant,
+    /// Whether any stream has been opened.
+    served: bool,
+}
+
+impl Activity {
+    fn new(now: Instant) -> Self {
+        Activity { open: 0, idle_since: now, served: false }
+    }
+
+    /// When the connection, as it is now, has been idle too long: `None` while a stream is
+    /// open (a slow request or response is never cut by the idle timer).
+    fn idle_deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
+        (self.open == 0).then(|| self.idle_since + timeouts.wait_for_request(u64::from(self.served)))
+    }
+}
+
+#[derive(Debug)]
+struct Streams(Mutex<Activity>);
+
+impl Streams {
+    fn activity(&self) -> Activity {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn open(self: &Arc<Self>) -> StreamGuard {
+        let mut activity = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        activity.open += 1;
+        activity.served = true;
+        StreamGuard(self.clone())
+    }
+}
+
+/// Held while a stream is in progress: by its handler, then by its response body until hyper
+/// has sent all of it or the stream is reset.
+#[derive(Debug)]
+struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut activity = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
+        activity.open = activity.open.saturating_sub(1);
+        if activity.open == 0 {
+            activity.idle_since = Instant::now();
+        }
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is dropped.
+#[derive(Debug)]
+struct Tracked {
+    body: Body,
+    _stream: StreamGuard,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Serve one HTTP/2 (h2c) downstream connection until it closes.
+///
+/// A connection with no stream open for `ctx.timeouts.idle` (`first_request` before its first
+/// stream) is sent a GOAWAY, as is every connection when `ctx.shutdown` is cancelled; streams
+/// already open finish. Once none is left, a client that has not closed within
+/// `ctx.timeouts.drain` is disconnected.
 pub async fn serve_h2c<S>(
     stream: S,
     ctx: &ConnectionContext,
@@ -365,12 +451,51 @@ where
     Fut: Future<Output = std::io::Result<U>> + Send,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let timeouts = ctx.timeouts;
+    let streams = Arc::new(Streams(Mutex::new(Activity::new(Instant::now()))));
     let forwarder = Arc::new(Forwarder { ctx: ctx.clone(), connect, sender: OnceCell::new() });
+    let counter = streams.clone();
     let service = hyper::service::service_fn(move |request| {
         let forwarder = forwarder.clone();
-        async move { Ok::<_, std::convert::Infallible>(forwarder.handle(request).await) }
+        let stream = counter.open();
+        async move {
+            let response = forwarder.handle(request).await;
+            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, _stream: stream }))
+        }
     });
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await
+    let connection =
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    loop {
+        // While a stream is open there is no deadline: look again one idle period later.
+        let wake = streams.activity().idle_deadline(&timeouts).unwrap_or_else(|| Instant::now() + timeouts.idle);
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = ctx.shutdown.cancelled() => {
+                tracing::debug!("HTTP/2 connection drains: the proxy is shutting down");
+                break;
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if streams.activity().idle_deadline(&timeouts).is_some_and(|deadline| deadline <= Instant::now()) {
+                    tracing::debug!("HTTP/2 connection closes: idle");
+                    break;
+                }
+            }
+        }
+    }
+    // GOAWAY: the client opens no more streams here, and those open finish.
+    connection.as_mut().graceful_shutdown();
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = tokio::time::sleep(timeouts.drain) => {
+                if streams.activity().open == 0 {
+                    tracing::debug!("HTTP/2 connection dropped: its client did not close after the GOAWAY");
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -391,6 +516,25 @@ mod tests {
         assert_eq!(plain.headers()["content-type"], "text/plain");
         assert_eq!([grpc_status(401), grpc_status(429), grpc_status(418)], [16, 14, 2]);
         assert_eq!(percent_encode(b"50% \xff"), "50%25 %FF");
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_while_no_stream_is_open_and_sooner_before_its_first() {
+        let timeouts = Timeouts {
+            idle: std::time::Duration::from_secs(60),
+            first_request: std::time::Duration::from_secs(5),
+            ..Timeouts::default()
+        };
+        let start = Instant::now();
+        let fresh = Activity::new(start);
+        assert_eq!(fresh.idle_deadline(&timeouts), Some(start + timeouts.first_request));
+        let busy = Activity { open: 1, served: true, ..fresh };
+        assert_eq!(busy.idle_deadline(&timeouts), None);
+        let later = start + std::time::Duration::from_secs(100);
+        let served = Activity { open: 0, idle_since: later, served: true };
+        assert_eq!(served.idle_deadline(&timeouts), Some(later + timeouts.idle));
+        let short_idle = Timeouts { idle: std::time::Duration::from_secs(1), ..timeouts };
+        assert_eq!(fresh.idle_deadline(&short_idle), Some(start + short_idle.idle), "never later than idle");
     }
 
     #[tokio::test]

@@ -78,20 +78,45 @@ pub struct Timeouts {
     /// How long nothing may arrive: between requests (then the connection closes quietly, like
     /// Envoy's `idle_timeout`), and within an exchange, from the client's body or the app's
     /// response (then 408, like Envoy's `stream_idle_timeout`). WebSocket tunnels have none.
+    /// On HTTP/2 the connection is idle while it has no streams open; it is then sent a GOAWAY.
     pub idle: Duration,
+    /// How long a new connection may wait for its first request (the first byte of its head on
+    /// HTTP/1.1, its first stream on HTTP/2) before it closes like an idle one; when shorter
+    /// than `idle`. Clients open connections to send requests, so one that sends nothing only
+    /// holds a socket and a task.
+    pub first_request: Duration,
+    /// HTTP/2: how long after the GOAWAY (at the idle timeout or shutdown) a client that has no
+    /// streams left may keep the connection open (Envoy's `drain_timeout`). Bounds clients that
+    /// never answer the GOAWAY's PING, which hyper waits for before closing.
+    pub drain: Duration,
     /// For connecting to the app; past it the client gets 503.
     pub upstream_connect: Duration,
 }
 
 impl Default for Timeouts {
-    /// Envoy's HCM idle timeout (1 h) and Istio's default cluster `connectTimeout` (10 s).
-    /// Envoy has no header timeout by default; 10 s is zmesh's, to bound slowloris clients.
+    /// Envoy's HCM idle timeout (1 h) and drain timeout (5 s), and Istio's default cluster
+    /// `connectTimeout` (10 s). Envoy has no header timeout by default; 10 s is zmesh's, to
+    /// bound slowloris clients. Envoy has no first-request timeout either (an unused connection
+    /// waits the idle hour); zmesh gives it 30 s: every HTTP and gRPC client sends its first
+    /// request right after connecting, so 30 s leaves ample room for a slow or loaded client,
+    /// while a connection that never sends one (a scanner, a stuck client, an attacker holding
+    /// sockets) is gone after seconds rather than an hour. A pool's warmed connection that is
+    /// closed unused is merely reopened.
     fn default() -> Self {
         Self {
             header_read: Duration::from_secs(10),
             idle: Duration::from_secs(3600),
+            first_request: Duration::from_secs(30),
+            drain: Duration::from_secs(5),
             upstream_connect: Duration::from_secs(10),
         }
+    }
+}
+
+impl Timeouts {
+    /// How long a connection may wait for a request, having served `served` requests before.
+    pub fn wait_for_request(&self, served: u64) -> Duration {
+        if served == 0 { self.first_request.min(self.idle) } else { self.idle }
     }
 }
 
@@ -197,7 +222,8 @@ where
 
     async fn serve_request(&mut self) -> Result<Next, L7Error> {
         let ctx = self.ctx;
-        let event = next_head(&mut self.client.reader, self.app.as_mut(), ctx).await?;
+        let wait = ctx.timeouts.wait_for_request(self.stats.requests);
+        let event = next_head(&mut self.client.reader, self.app.as_mut(), ctx, wait).await?;
         if !matches!(event, HeadEvent::Done) {
             self.stats.requests += 1;
         }

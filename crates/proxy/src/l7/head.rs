@@ -1,5 +1,6 @@
-//! Waiting for the next request and reading its head: the idle timeout until its first byte,
-//! the header-read timeout from there to its blank line, Envoy's parser on the bytes.
+//! Waiting for the next request and reading its head: the idle timeout (the first-request
+//! timeout on a new connection) until its first byte, the header-read timeout from there to its
+//! blank line, Envoy's parser on the bytes.
 
 use bytes::Buf as _;
 use tokio::io::{AsyncRead, ReadHalf};
@@ -23,7 +24,8 @@ pub(super) enum HeadEvent {
     Done,
 }
 
-/// Waits for and reads the next request head from `client`, consuming its bytes.
+/// Waits (at most `wait` for its first byte) for the next request head from `client` and
+/// reads it, consuming its bytes.
 ///
 /// While no request is in progress the app connection is watched too: if the app closes (or
 /// speaks unasked), the pair of connections is finished, and the client learns it now rather
@@ -32,6 +34,7 @@ pub(super) async fn next_head<D, U>(
     client: &mut Reader<ReadHalf<D>>,
     app: Option<&mut Peer<U>>,
     ctx: &ConnectionContext,
+    wait: std::time::Duration,
 ) -> Result<HeadEvent, L7Error>
 where
     D: AsyncRead + Unpin,
@@ -57,7 +60,7 @@ where
                 }
             }
             () = app_closed => return Ok(HeadEvent::Done),
-            () = tokio::time::sleep(ctx.timeouts.idle) => return Ok(HeadEvent::Done),
+            () = tokio::time::sleep(wait) => return Ok(HeadEvent::Done),
         }
     }
 
