@@ -125,7 +125,9 @@ where
         Ok(sender.clone())
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// `upload` counts the stream as open until the request body has gone to the app (or is
+    /// dropped): it may go on after the response has ended.
+    async fn handle(&self, request: Request<Incoming>, upload: StreamGuard) -> Response<Body> {
         let has_body = !hyper::body::Body::is_end_stream(request.body());
         let is_grpc = request
             .headers()
@@ -133,7 +135,7 @@ where
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         // An authorizer that asks for the body gets it: its first frames are read ahead and
         // then sent on to the app before the rest.
-        let (mut request, body) = match self.ctx.admission.body_limit() {
+        let (request, body) = match self.ctx.admission.body_limit() {
             Some(limit) if has_body => {
                 let (parts, incoming) = request.into_parts();
                 match read_ahead(incoming, limit).await {
@@ -143,6 +145,7 @@ where
             }
             _ => (request.map(http_body_util::BodyExt::boxed), None),
         };
+        let mut request = request.map(|body| Tracked { body, _stream: upload }.boxed());
         if request.method() == http::Method::CONNECT {
             // As on HTTP/1.1: Istio's inbound listener enables no CONNECT or upgrades but
             // WebSocket, so Envoy answers 403 `upgrade_failed` — never a tunnel policy saw as `/`.
@@ -381,7 +384,7 @@ impl Streams {
 }
 
 /// Held while a stream is in progress: by its handler, then by its response body until hyper
-/// has sent all of it or the stream is reset.
+/// has sent all of it or the stream is reset (and a second one by its request body).
 #[derive(Debug)]
 struct StreamGuard(Arc<Streams>);
 
@@ -395,7 +398,7 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A response body that keeps its stream counted as open until it is dropped.
+/// A request or response body that keeps its stream counted as open until it is dropped.
 #[derive(Debug)]
 struct Tracked {
     body: Body,
@@ -457,9 +460,9 @@ where
     let counter = streams.clone();
     let service = hyper::service::service_fn(move |request| {
         let forwarder = forwarder.clone();
-        let stream = counter.open();
+        let (stream, upload) = (counter.open(), counter.open());
         async move {
-            let response = forwarder.handle(request).await;
+            let response = forwarder.handle(request, upload).await;
             Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, _stream: stream }))
         }
     });

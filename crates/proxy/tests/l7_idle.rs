@@ -13,6 +13,7 @@ use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7_support::{ALLOW_ALL, PATIENCE, PIPE, Wire, context, finished, hyper_app, scripted_app, start, status};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zmesh_proxy::http2::{PREFACE, serve_h2c};
 use zmesh_proxy::l7::ConnectionContext;
@@ -29,29 +30,47 @@ fn timed(idle: Duration, first_request: Duration) -> ConnectionContext {
 }
 
 /// A real HTTP/2 app on 127.0.0.1. `/slow` answers after `delay` and then sends its body in
-/// three parts, `delay` apart; anything else answers `ok` at once.
-async fn h2_app(delay: Duration) -> SocketAddr {
+/// three parts, `delay` apart; `/upload` answers `ok` at once and then reads the request body,
+/// reporting how many bytes came before it ended or broke; anything else answers `ok` at once.
+async fn h2_app(delay: Duration) -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
+    let (uploads, uploaded) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| async move {
-                if request.uri().path() != "/slow" {
-                    let body = Full::new(Bytes::from_static(b"ok")).map_err(|never| match never {}).boxed();
-                    return Ok::<_, Infallible>(hyper::Response::new(body));
-                }
-                tokio::time::sleep(delay).await;
-                let (parts, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
-                tokio::spawn(async move {
-                    for part in ["one ", "two ", "three"] {
-                        tokio::time::sleep(delay).await;
-                        if parts.send(Ok(Frame::data(Bytes::from_static(part.as_bytes())))).await.is_err() {
-                            return;
+            let uploads = uploads.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                let uploads = uploads.clone();
+                async move {
+                    let ok = || Full::new(Bytes::from_static(b"ok")).map_err(|never| match never {}).boxed();
+                    match request.uri().path() {
+                        "/slow" => {}
+                        "/upload" => {
+                            let mut body = request.into_body();
+                            tokio::spawn(async move {
+                                let mut read = 0;
+                                while let Some(Ok(frame)) = body.frame().await {
+                                    read += frame.data_ref().map_or(0, Bytes::len);
+                                }
+                                let _ = uploads.send(read);
+                            });
+                            return Ok::<_, Infallible>(hyper::Response::new(ok()));
                         }
+                        _ => return Ok(hyper::Response::new(ok())),
                     }
-                });
-                let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver)).boxed();
-                Ok(hyper::Response::new(body))
+                    tokio::time::sleep(delay).await;
+                    let (parts, receiver) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+                    tokio::spawn(async move {
+                        for part in ["one ", "two ", "three"] {
+                            tokio::time::sleep(delay).await;
+                            if parts.send(Ok(Frame::data(Bytes::from_static(part.as_bytes())))).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver)).boxed();
+                    Ok(hyper::Response::new(body))
+                }
             });
             tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -59,7 +78,7 @@ async fn h2_app(delay: Duration) -> SocketAddr {
             );
         }
     });
-    addr
+    (addr, uploaded)
 }
 
 /// The proxy serving h2c on one in-memory connection; the client's end is returned.
@@ -87,7 +106,7 @@ const GOAWAY: u8 = 0x7;
 
 #[tokio::test]
 async fn an_h2c_connection_that_opens_no_stream_gets_a_goaway_and_is_closed_after_the_first_request_timeout() {
-    let app = h2_app(SHORT).await;
+    let (app, _) = h2_app(SHORT).await;
     let (client, served) = start_h2c(timed(Duration::from_secs(3600), SHORT), app);
     let mut client = Wire::new(client);
     let started = Instant::now();
@@ -105,7 +124,7 @@ async fn an_h2c_connection_that_opens_no_stream_gets_a_goaway_and_is_closed_afte
 
 #[tokio::test]
 async fn an_h2c_connection_idle_after_its_requests_is_closed_after_the_idle_timeout() {
-    let app = h2_app(SHORT).await;
+    let (app, _) = h2_app(SHORT).await;
     let idle = Duration::from_millis(300);
     let (client, served) = start_h2c(timed(idle, Duration::from_millis(100)), app);
     let (mut sender, connection) =
@@ -128,7 +147,7 @@ async fn an_h2c_connection_idle_after_its_requests_is_closed_after_the_idle_time
 async fn an_h2c_stream_slower_than_the_idle_timeout_is_not_cut_and_the_connection_closes_after_it() {
     // The app takes 3 idle periods to answer, then 3 more to send its body.
     let idle = Duration::from_millis(100);
-    let app = h2_app(3 * idle).await;
+    let (app, _) = h2_app(3 * idle).await;
     let (client, served) = start_h2c(timed(idle, idle), app);
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client)).await.expect("handshake");
@@ -145,8 +164,35 @@ async fn an_h2c_stream_slower_than_the_idle_timeout_is_not_cut_and_the_connectio
 }
 
 #[tokio::test]
+async fn an_h2c_upload_that_outlasts_its_response_and_the_idle_timeout_is_not_cut() {
+    let idle = Duration::from_millis(100);
+    let (app, mut uploaded) = h2_app(idle).await;
+    let (client, served) = start_h2c(timed(idle, idle), app);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client)).await.expect("handshake");
+    let connection = tokio::spawn(connection);
+    let (parts, receiver) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    let request = hyper::Request::post("http://app/upload").body(body).expect("request");
+    let response =
+        tokio::time::timeout(PATIENCE, sender.send_request(request)).await.expect("in time").expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(&response.into_body().collect().await.expect("body").to_bytes()[..], b"ok");
+    // The response is over; the upload goes on for 4 idle periods more.
+    for _ in 0..4 {
+        tokio::time::sleep(idle).await;
+        parts.send(Ok(Frame::data(Bytes::from_static(b"0123456789")))).await.expect("the upload goes on");
+    }
+    drop(parts);
+    let read = tokio::time::timeout(PATIENCE, uploaded.recv()).await.expect("in time").expect("a report");
+    assert_eq!(read, 40, "the app got the whole upload");
+    tokio::time::timeout(PATIENCE, connection).await.expect("the idle connection was closed").expect("no panic").ok();
+    let _ = tokio::time::timeout(PATIENCE, served).await.expect("the proxy let go").expect("no panic");
+}
+
+#[tokio::test]
 async fn an_h2c_connection_gets_a_goaway_when_the_proxy_shuts_down() {
-    let app = h2_app(SHORT).await;
+    let (app, _) = h2_app(SHORT).await;
     let ctx = context(ALLOW_ALL);
     let shutdown = ctx.shutdown.clone();
     let (client, served) = start_h2c(ctx, app);
