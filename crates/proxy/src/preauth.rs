@@ -170,10 +170,6 @@ impl Gate {
         Occupancy { waiting: self.waiting.load(Ordering::Relaxed), free: self.slots.available_permits() }
     }
 
-    pub fn limits(&self) -> &PreAuthLimits {
-        &self.limits
-    }
-
     /// Unproven connections from `source` now.
     pub fn waiting_from(&self, source: IpAddr) -> usize {
         let by_source = self.by_source.lock().unwrap_or_else(PoisonError::into_inner);
