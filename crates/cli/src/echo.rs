@@ -44,6 +44,8 @@ async fn describe(
         "app": name,
         "method": parts.method.as_str(),
         "path": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        // HTTP/2's `:authority` (HTTP/1.1 sends the authority in the `host` header instead).
+        "authority": parts.uri.authority().map(|a| a.as_str()),
         "version": format!("{:?}", parts.version),
         "headers": headers,
         "peer": peer.to_string(),

@@ -84,4 +84,28 @@ fn a_mesh_of_pods_enforces_mtls_and_policy_end_to_end() {
     // Namespace isolation: a caller from another namespace is denied.
     expect("namespace_isolation", "403");
     assert_ne!(r["metrics"], "0", "Prometheus metrics with Istio's names: {r:#?}");
+    // Host-based DENY: the app receives exactly the authority the policy decided on.
+    expect("host_public_allowed", "200");
+    expect("host_admin_denied", "403");
+    match r["two_hosts_code"].as_str() {
+        // Both Host values, joined, are what the policy saw (not admin.internal) and the app got.
+        "200" => expect("two_hosts_app_saw", "admin.internal,public.example"),
+        "400" | "403" => {}
+        other => panic!("two Host headers: unexpected status {other}: {r:#?}"),
+    }
+    expect("h2_authority_admin", "RBAC: access denied");
+    expect("h2_authority_public_app_authority", "public.example");
+    let host = r.get("h2_authority_public_app_host").map_or("", String::as_str);
+    assert!(
+        host.is_empty() || host == "public.example",
+        "policy decided on :authority public.example, so the app must not receive host {host:?}: {r:#?}"
+    );
+    // A flood of idle connections to the health port does not exhaust the proxy.
+    let flood: usize = r["flood_connections"].parse().expect("a count");
+    assert!(flood >= 500, "the flood should hold hundreds of connections: {r:#?}");
+    let fds: i64 = r["flood_fds"].parse().expect("a count");
+    assert!(fds <= 100, "{flood} idle health connections took {fds} descriptors of the proxy: {r:#?}");
+    expect("flood_mesh_request", "200");
+    let logged: i64 = r["flood_log_bytes"].parse().expect("a count");
+    assert!(logged < 20_000, "the flood wrote {logged} bytes of log: {r:#?}");
 }
