@@ -366,11 +366,14 @@ impl Proxy {
             timeouts: l7::Timeouts::default(),
             shutdown: self.shutdown.clone(),
         };
-        // HTTP/2 with prior knowledge (h2c) or HTTP/1.1: the first bytes tell.
-        let (seen, is_h2) = match crate::http2::sniff(&mut stream).await {
-            Ok(sniffed) => sniffed,
-            Err(error) => return tracing::debug!(%error, "connection closed before its first request"),
-        };
+        // HTTP/2 with prior knowledge (h2c) or HTTP/1.1: the first bytes tell — within the
+        // first-request timeout, also in an HBONE tunnel, where no pre-authentication guard runs.
+        let (seen, is_h2) =
+            match tokio::time::timeout(context.timeouts.first_request, crate::http2::sniff(&mut stream)).await {
+                Ok(Ok(sniffed)) => sniffed,
+                Ok(Err(error)) => return tracing::debug!(%error, "connection closed before its first request"),
+                Err(_) => return tracing::debug!(%source, %target, "no request within the first-request timeout"),
+            };
         let stream = crate::http2::Rewind::new(seen, stream);
         if is_h2 {
             if let Err(error) = crate::http2::serve_h2c(stream, &context, target, marked).await {
