@@ -56,6 +56,8 @@ pub struct Subscription {
     /// A split response refused part-way: its remaining parts are skipped, never applied as a
     /// response of their own.
     skipping: Option<String>,
+    /// The most a (split) response may add up to; [`MAX_RESPONSE_BYTES`] unless lowered.
+    max_response_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -96,7 +98,14 @@ impl Subscription {
             partial: None,
             partial_bytes: 0,
             skipping: None,
+            max_response_bytes: MAX_RESPONSE_BYTES,
         })
+    }
+
+    /// Refuse responses whose documents add up to more than `bytes` (tests use a small bound).
+    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
+        self
     }
 
     /// The version in force (empty before the first).
@@ -242,9 +251,10 @@ impl Subscription {
                 response
             }
         };
-        if self.partial_bytes > MAX_RESPONSE_BYTES {
+        if self.partial_bytes > self.max_response_bytes {
             let error = format!(
-                "the response holds more than {MAX_RESPONSE_BYTES} bytes of documents; refused without reading the rest"
+                "the response holds more than {} bytes of documents; refused without reading the rest",
+                self.max_response_bytes
             );
             tracing::warn!(version = %response.version_info, kept = %self.version, %error, "configuration refused (NACK)");
             self.partial_bytes = 0;

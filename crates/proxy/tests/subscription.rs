@@ -271,6 +271,37 @@ async fn a_large_configuration_arrives_in_parts_and_is_applied_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_response_beyond_the_size_bound_is_refused_and_none_of_its_parts_applied() {
+    let dir = config_dir("/v1");
+    let many: String = (0..400)
+        .map(|i| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: peer-{i}, namespace: crowd}}\nspec: {{address: 10.9.{}.{}, serviceAccount: peer-{i}}}\n",
+                i / 200,
+                i % 200 + 1
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("config/crowd.yaml"), many).expect("write");
+    let plane = Plane::start(dir, "127.0.0.1:0".parse().expect("addr")).await;
+    let mut subscription = plane
+        .subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-4")
+        .await
+        .with_max_response_bytes(16 * 1024);
+    let stop = CancellationToken::new();
+    let got = tokio::time::timeout(Duration::from_secs(2), subscription.initial(&stop)).await;
+    assert!(got.is_err(), "no configuration may be put in force from a refused response or its tail");
+    wait_for("NACK", || plane.proxies().get(0).is_some_and(|p| p["state"] == "NACKED")).await;
+    let proxies = plane.proxies();
+    assert!(
+        proxies[0]["nack"]["error"].as_str().is_some_and(|e| e.contains("more than 16384 bytes")),
+        "{proxies:#}"
+    );
+    assert_eq!(subscription.version(), "", "nothing was applied");
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_without_an_svid_gets_no_configuration_even_with_a_valid_bootstrap_token() {
     use zmesh_xds::config::config_service_client::ConfigServiceClient;
     use zmesh_xds::config::{ConfigRequest, Node};
