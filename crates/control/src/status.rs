@@ -10,6 +10,10 @@
 //! - `/api/v1/proxies` — connected proxies: version sent and acknowledged, SYNCED/STALE/NACKED,
 //!   how long the current version took to reach them (or has been waiting)
 //! - `/api/v1/certificates` — the latest SVID issued per identity, and the trust bundle
+//! - `/api/v1/config/NAMESPACE/NAME` — exactly what the proxy of that workload is pushed (its
+//!   resources with their keys, versions and load order), the version it makes, and the
+//!   workload's proxies; `zmesh` commands compile it with the proxy's own code to answer
+//!   questions about the configuration in force
 //! - `/healthz/ready`
 
 use std::sync::Arc;
@@ -159,6 +163,30 @@ impl StatusSources {
         json!({"certificates": issued, "trustBundle": roots})
     }
 
+    /// The slice of the configuration the proxy of `namespace/name` is pushed; `None` for a
+    /// workload the registry does not know.
+    fn workload_config(&self, namespace: &str, name: &str) -> Option<Value> {
+        let snapshot = self.snapshots.borrow().clone();
+        let workload = snapshot.registry.workload_named(namespace, name)?.clone();
+        let mut resources: Vec<_> = snapshot.resources_for(Some(&workload)).into_values().collect();
+        resources.sort_by(|a, b| a.key.cmp(&b.key));
+        let key = format!("{namespace}/{name}");
+        let now = SystemTime::now();
+        let proxies: Vec<Value> =
+            self.proxies.list().iter().filter(|p| p.workload == key).map(|p| proxy_json(p, &snapshot, now)).collect();
+        Some(json!({
+            "workload": key,
+            "version": snapshot.version.to_string(),
+            "resources": resources.iter().map(|r| json!({
+                "key": r.key.as_ref(),
+                "version": r.version.as_ref(),
+                "order": r.order,
+                "document": r.document.as_ref(),
+            })).collect::<Vec<_>>(),
+            "proxies": proxies,
+        }))
+    }
+
     /// The route table for [`zmesh_telemetry::endpoints::serve`].
     pub fn routes(self) -> Routes {
         Arc::new(move |path| {
@@ -168,7 +196,17 @@ impl StatusSources {
                 "/api/v1/workloads" => self.workloads(),
                 "/api/v1/proxies" => self.proxies(),
                 "/api/v1/certificates" => self.certificates(),
-                _ => return None,
+                other => {
+                    let workload = other.strip_prefix("/api/v1/config/")?;
+                    let (namespace, name) = workload.split_once('/').filter(|(_, n)| !n.contains('/'))?;
+                    match self.workload_config(namespace, name) {
+                        Some(body) => body,
+                        None => {
+                            let message = json!({"error": format!("no workload {workload} in the registry; see /api/v1/workloads")});
+                            return Some((StatusCode::NOT_FOUND, "application/json", format!("{message:#}\n")));
+                        }
+                    }
+                }
             };
             Some((StatusCode::OK, "application/json", format!("{body:#}\n")))
         })
