@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::decode::Ctx;
-use crate::meta::{Meta, Selector, TargetRef, read_attachment, read_selector};
+use crate::meta::{DRY_RUN_ANNOTATION, Meta, Selector, TargetRef, read_attachment, read_selector};
 use crate::yaml::{Node, Pos, ScalarType};
 
 /// A PeerAuthentication mTLS mode. `Unset` inherits from the level above.
@@ -34,6 +34,10 @@ pub struct PeerAuthentication {
     pub mode: MtlsMode,
     /// Per workload (container) port overrides.
     pub port_level_mtls: BTreeMap<u16, MtlsMode>,
+    /// `istio.io/dry-run: "true"`: not enforced; proxies count and log the plaintext connections
+    /// it would refuse. Istio reads this annotation on AuthorizationPolicy only; reading it on
+    /// PeerAuthentication is a zmesh extension (Istio would enforce such a policy).
+    pub dry_run: bool,
 }
 
 impl PeerAuthentication {
@@ -75,8 +79,18 @@ pub(crate) fn read_peer_authentication(
     spec: Option<(&Node, String)>,
 ) -> Option<PeerAuthentication> {
     let mark = ctx.diagnostics.len();
+    let dry_run = meta.annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if dry_run {
+        ctx.warn(
+            crate::load::codes::PEER_AUTHENTICATION_DRY_RUN,
+            meta.origin.pos,
+            &format!("metadata.annotations.{DRY_RUN_ANNOTATION}"),
+            "PeerAuthentication is dry-run: observed, not enforced; proxies count the plaintext connections it would refuse (zmesh_mtls_dry_run_refusals_total) and log each one",
+            "Istio reads istio.io/dry-run on AuthorizationPolicy only and would enforce this policy; check `zmesh mtls-readiness`, then remove the annotation to enforce it",
+        );
+    }
     let mut policy =
-        PeerAuthentication { meta, selector: None, mode: MtlsMode::Unset, port_level_mtls: BTreeMap::new() };
+        PeerAuthentication { meta, selector: None, mode: MtlsMode::Unset, port_level_mtls: BTreeMap::new(), dry_run };
     let Some((spec_node, spec_path)) = spec else {
         return Some(policy);
     };
@@ -387,5 +401,38 @@ mod tests {
         assert!(check_http_uri("https://auth.company.com/.well-known/jwks.json").is_ok());
         assert!(check_http_uri("ftp://example.com/jwks.json").is_err());
         assert!(check_http_uri("https:///jwks").is_err());
+    }
+
+    const DRY_RUN_STRICT: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: strict-trial
+  namespace: shop
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  mtls: {mode: STRICT}
+"#;
+
+    #[test]
+    fn a_dry_run_peer_authentication_loads_marked_and_warns_that_it_is_not_enforced() {
+        let loaded = crate::load::load_str(DRY_RUN_STRICT);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let policy = &loaded.config.peer_authentications[0];
+        assert!(policy.dry_run);
+        assert_eq!(policy.mode, MtlsMode::Strict);
+        let warning = loaded.diagnostics.iter().find(|d| d.code == Some("ZM2015")).expect("a ZM2015 warning");
+        assert!(!warning.is_error());
+        assert!(warning.to_string().contains("observed, not enforced"), "{warning}");
+    }
+
+    #[test]
+    fn a_peer_authentication_without_the_annotation_or_with_false_is_enforced() {
+        for text in [DRY_RUN_STRICT.replace("\"true\"", "\"false\""), DRY_RUN_STRICT.replace("annotations", "labels")] {
+            let loaded = crate::load::load_str(&text);
+            assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+            assert!(!loaded.config.peer_authentications[0].dry_run);
+            assert!(loaded.diagnostics.iter().all(|d| d.code != Some("ZM2015")));
+        }
     }
 }

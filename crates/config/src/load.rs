@@ -41,6 +41,8 @@ pub(crate) mod codes {
     pub const KIND_NOT_SUPPORTED: &str = "ZM2013";
     /// A MeshConfig field that is accepted and ignored.
     pub const MESH_CONFIG_FIELD_IGNORED: &str = "ZM2014";
+    /// A PeerAuthentication annotated `istio.io/dry-run: "true"`: observed, not enforced.
+    pub const PEER_AUTHENTICATION_DRY_RUN: &str = "ZM2015";
 }
 
 /// Applies the macro `$apply` to the names of every resource list of [`Config`].

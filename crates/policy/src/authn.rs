@@ -9,7 +9,37 @@ use std::sync::Arc;
 use crate::authz::Reason;
 use crate::compile::PolicyId;
 use crate::request::Claims;
-use crate::set::JwtRules;
+use crate::set::{JwtRules, MtlsDecision, PolicySet, Workload};
+
+/// The mTLS mode in force on a workload port, and the one a dry-run PeerAuthentication would
+/// put in force (`istio.io/dry-run: "true"` on a PeerAuthentication is a zmesh extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsModes {
+    /// What the proxy enforces: dry-run policies take no part.
+    pub enforced: MtlsDecision,
+    /// The decision with dry-run policies enforced too, when a dry-run policy is the one that
+    /// sets it (its `policy` names that dry-run PeerAuthentication); `None` when removing every
+    /// dry-run annotation would change nothing.
+    pub dry_run: Option<MtlsDecision>,
+}
+
+impl MtlsModes {
+    /// The dry-run policy that would refuse a plaintext connection the enforced mode accepts.
+    pub fn dry_run_refuses_plaintext(&self) -> Option<&MtlsDecision> {
+        self.dry_run.as_ref().filter(|d| self.enforced.accepts_plaintext() && !d.accepts_plaintext())
+    }
+}
+
+impl PolicySet {
+    /// The enforced mode of a workload port and, beside it, the mode its dry-run
+    /// PeerAuthentications would enforce (the same composition, as if their annotation were
+    /// removed).
+    pub fn mtls_modes(&self, workload: &Workload, port: u16) -> MtlsModes {
+        let (enforced, _) = self.compose_mtls_mode(workload, port, false);
+        let (would, by_dry_run) = self.compose_mtls_mode(workload, port, true);
+        MtlsModes { enforced, dry_run: by_dry_run.then_some(would) }
+    }
+}
 
 /// Where a token was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,5 +153,99 @@ pub fn authenticate(rules: &[Arc<JwtRules>], token: &Token) -> AuthnOutcome {
             reason: Reason::JwtAudience,
             detail: "Audiences in Jwt are not allowed".to_owned(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zmesh_config::authn::MtlsMode;
+
+    fn set(yaml: &str) -> PolicySet {
+        let loaded = zmesh_config::load_str(yaml);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        PolicySet::compile(&loaded.config)
+    }
+
+    fn backend() -> Workload {
+        Workload {
+            namespace: "shop".into(),
+            labels: [("app".to_owned(), "backend".to_owned())].into(),
+            service_account: "backend".into(),
+        }
+    }
+
+    const PERMISSIVE_NAMESPACE: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: PERMISSIVE}}
+"#;
+
+    const STRICT_DRY_RUN_WORKLOAD: &str = r#"
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: backend-strict, namespace: shop, annotations: {istio.io/dry-run: "true"}}
+spec:
+  selector: {matchLabels: {app: backend}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {9090: {mode: PERMISSIVE}}
+"#;
+
+    #[test]
+    fn a_dry_run_strict_policy_is_not_enforced_but_is_reported_as_the_mode_it_would_set() {
+        let set = set(&format!("{PERMISSIVE_NAMESPACE}{STRICT_DRY_RUN_WORKLOAD}"));
+        let modes = set.mtls_modes(&backend(), 8080);
+        assert_eq!(modes.enforced.mode, MtlsMode::Permissive);
+        assert_eq!(modes.enforced.policy.as_ref().map(|p| p.to_string()), Some("shop/default".to_owned()));
+        assert_eq!(set.mtls_mode(&backend(), 8080), modes.enforced);
+        let would = modes.dry_run_refuses_plaintext().expect("the dry-run policy refuses plaintext on 8080");
+        assert_eq!(would.mode, MtlsMode::Strict);
+        assert_eq!(would.policy.as_ref().map(|p| p.to_string()), Some("shop/backend-strict".to_owned()));
+    }
+
+    #[test]
+    fn a_dry_run_port_level_permissive_refuses_nothing_on_that_port() {
+        let set = set(&format!("{PERMISSIVE_NAMESPACE}{STRICT_DRY_RUN_WORKLOAD}"));
+        let modes = set.mtls_modes(&backend(), 9090);
+        assert_eq!(modes.enforced.mode, MtlsMode::Permissive);
+        assert!(modes.dry_run.as_ref().is_some_and(|d| d.port_level && d.mode == MtlsMode::Permissive));
+        assert_eq!(modes.dry_run_refuses_plaintext(), None);
+    }
+
+    #[test]
+    fn an_enforced_workload_policy_overrides_a_dry_run_namespace_policy() {
+        let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop, annotations: {istio.io/dry-run: "true"}}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: backend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: backend}}
+  mtls: {mode: PERMISSIVE}
+"#;
+        let set = set(yaml);
+        let modes = set.mtls_modes(&backend(), 8080);
+        assert_eq!(modes.enforced.mode, MtlsMode::Permissive);
+        assert_eq!(modes.dry_run, None, "removing the annotation would change nothing for this workload");
+        let other = Workload { labels: Default::default(), ..backend() };
+        let modes = set.mtls_modes(&other, 8080);
+        assert_eq!(modes.enforced.mode, MtlsMode::Permissive);
+        assert_eq!(modes.enforced.policy, None);
+        assert_eq!(modes.dry_run_refuses_plaintext().map(|d| d.mode), Some(MtlsMode::Strict));
+    }
+
+    #[test]
+    fn an_enforced_strict_policy_leaves_nothing_for_the_dry_run_to_refuse() {
+        let yaml = format!("{}{STRICT_DRY_RUN_WORKLOAD}", PERMISSIVE_NAMESPACE.replace("PERMISSIVE", "STRICT"));
+        let set = set(&yaml);
+        let modes = set.mtls_modes(&backend(), 8080);
+        assert_eq!(modes.enforced.mode, MtlsMode::Strict);
+        assert_eq!(modes.dry_run_refuses_plaintext(), None);
     }
 }

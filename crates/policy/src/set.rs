@@ -214,10 +214,19 @@ impl PolicySet {
         rules
     }
 
-    /// The effective PeerAuthentication mode for a workload port (istio-semantics §7).
+    /// The effective PeerAuthentication mode for a workload port (istio-semantics §7). Dry-run
+    /// policies are not enforced and take no part; see [`PolicySet::mtls_modes`].
     pub fn mtls_mode(&self, workload: &Workload, port: u16) -> MtlsDecision {
+        self.compose_mtls_mode(workload, port, false).0
+    }
+
+    /// The mode for a workload port from the enforced PeerAuthentications, and the dry-run ones
+    /// too when `with_dry_run` (as if their annotation were removed); true when a dry-run policy
+    /// set the mode.
+    pub(crate) fn compose_mtls_mode(&self, workload: &Workload, port: u16, with_dry_run: bool) -> (MtlsDecision, bool) {
         let root = self.root_namespace.as_str();
-        let in_namespace = |ns: String| self.peer_authn.iter().filter(move |p| p.meta.namespace == ns);
+        let in_namespace =
+            |ns: String| self.peer_authn.iter().filter(move |p| p.meta.namespace == ns && (with_dry_run || !p.dry_run));
         let mesh = oldest(in_namespace(root.to_owned()).filter(|p| !p.has_selector()));
         let namespace = oldest(in_namespace(workload.namespace.clone()).filter(|p| !p.has_selector()));
         // Selector policies in the root namespace are ignored, even for root-namespace workloads.
@@ -230,9 +239,11 @@ impl PolicySet {
                 })
                 .flatten();
         let mut decision = MtlsDecision { mode: MtlsMode::Permissive, policy: None, port_level: false };
+        let mut by_dry_run = false;
         for level in [mesh, namespace, selected].into_iter().flatten() {
             if level.mode != MtlsMode::Unset {
                 decision = MtlsDecision { mode: level.mode, policy: Some(level.meta.key().into()), port_level: false };
+                by_dry_run = level.dry_run;
             }
         }
         if let Some(workload_policy) = selected
@@ -240,7 +251,8 @@ impl PolicySet {
             && mode != MtlsMode::Unset
         {
             decision = MtlsDecision { mode, policy: Some(workload_policy.meta.key().into()), port_level: true };
+            by_dry_run = workload_policy.dry_run;
         }
-        decision
+        (decision, by_dry_run)
     }
 }
