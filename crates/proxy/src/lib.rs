@@ -18,6 +18,7 @@ pub mod jwks;
 pub mod l7;
 pub mod local;
 pub mod net;
+pub mod observed;
 pub mod preauth;
 pub mod ratelimit;
 pub mod run;

@@ -101,6 +101,8 @@ pub struct Proxy {
     next_upstream: AtomicUsize,
     /// The admission stages' parts that outlive a configuration version.
     stages: StageParts,
+    /// Who sent plaintext to which app port (exported as `zmesh_plaintext_*` series).
+    pub observed: crate::observed::PlaintextObservations,
 }
 
 /// What admission needs beyond one configuration version: fetched key sets, verified tokens,
@@ -231,6 +233,7 @@ impl Proxy {
                 hbone,
                 next_upstream: AtomicUsize::new(0),
                 stages,
+                observed: crate::observed::PlaintextObservations::default(),
             }
         })
     }
@@ -607,8 +610,9 @@ impl Proxy {
             // ports, another address) would make the proxy dial itself.
             return tracing::debug!(%source, %target, "captured inbound connection not for an app port of this workload; dropped");
         }
-        let mode = config.policies.mtls_mode(&config.as_policy_sees_it, target.port());
-        if mode.mode == MtlsMode::Strict {
+        let modes = config.policies.mtls_modes(&config.as_policy_sees_it, target.port());
+        self.observe_plaintext(&config, source, target, &modes, SystemTime::now());
+        if modes.enforced.mode == MtlsMode::Strict {
             self.record_connection(&config, None, target, "strict_refused");
             return tracing::debug!(%source, %target, "plaintext refused: STRICT mTLS");
         }
@@ -634,6 +638,46 @@ impl Proxy {
             };
         }
         self.forward(config, None, source, target, crate::http2::Rewind::new(seen, stream)).await;
+    }
+
+    /// Record a plaintext connection from `source` to an app port (`observed`, and its series
+    /// for `zmesh mtls-readiness`), and, when a dry-run PeerAuthentication would refuse it, log
+    /// and count that refusal — which is not made.
+    fn observe_plaintext(
+        &self,
+        config: &ProxyConfig,
+        source: SocketAddr,
+        target: SocketAddr,
+        modes: &zmesh_policy::authn::MtlsModes,
+        now: SystemTime,
+    ) {
+        let workload = config.registry.at(source.ip()).map(|w| format!("{}/{}", w.namespace, w.name));
+        let recorded = self.observed.record(source.ip(), workload.as_deref(), target.port(), now);
+        let labels = recorded.labels();
+        self.metrics.add("zmesh_plaintext_connections_total", labels.clone(), 1);
+        self.metrics.set(
+            "zmesh_plaintext_first_seen_seconds",
+            labels.clone(),
+            crate::observed::unix_seconds(recorded.row.first_seen),
+        );
+        self.metrics.set(
+            "zmesh_plaintext_last_seen_seconds",
+            labels,
+            crate::observed::unix_seconds(recorded.row.last_seen),
+        );
+        if let Some(would) = modes.dry_run_refuses_plaintext() {
+            let policy = value(would.policy.as_ref());
+            let from = workload.unwrap_or_else(|| source.ip().to_string());
+            tracing::info!(
+                "would refuse: plaintext connection from {from} to port {} under STRICT dry-run policy {policy}",
+                target.port()
+            );
+            self.metrics.add(
+                "zmesh_mtls_dry_run_refusals_total",
+                vec![("destination_port", recorded.port.to_string()), ("policy", policy)],
+                1,
+            );
+        }
     }
 
     /// Outbound: through the mesh when the destination is a mesh workload, to a ServiceEntry's

@@ -46,6 +46,26 @@ const HELP: &[(&str, &str, &str)] = &[
         "Connections closed before they proved themselves (handshake or first bytes), by listener and reason.",
     ),
     ("zmesh_certificate_expiry_seconds", "gauge", "Seconds until the workload certificate expires."),
+    (
+        "zmesh_plaintext_connections_total",
+        "counter",
+        "Plaintext (non-mTLS) connections to an app port, by destination port and source (at most 1024 sources, then `other`).",
+    ),
+    (
+        "zmesh_plaintext_first_seen_seconds",
+        "gauge",
+        "When a source's first plaintext connection to the port arrived (Unix time).",
+    ),
+    (
+        "zmesh_plaintext_last_seen_seconds",
+        "gauge",
+        "When a source's latest plaintext connection to the port arrived (Unix time).",
+    ),
+    (
+        "zmesh_mtls_dry_run_refusals_total",
+        "counter",
+        "Plaintext connections a dry-run PeerAuthentication would refuse (not enforced), by destination port and policy.",
+    ),
 ];
 
 impl Metrics {
