@@ -32,6 +32,7 @@ mod check;
 mod control;
 mod echo;
 mod proxy;
+mod readiness;
 mod up;
 mod validate;
 
@@ -75,6 +76,9 @@ enum Command {
     ControlPlane(control::ControlPlaneArgs),
     /// SYNCED/STALE and the acknowledged version of every proxy (istioctl proxy-status).
     ProxyStatus(control::ProxyStatusArgs),
+    /// Is it safe to switch to STRICT? Who still sends plaintext to each workload and port,
+    /// from what the proxies observed, and what a STRICT dry-run policy would have refused.
+    MtlsReadiness(readiness::ReadinessArgs),
     /// Run a whole mesh on this machine: control plane, CA, a proxy per workload (and, with no
     /// --config, a demo mesh with apps and traffic). Ctrl-C stops everything.
     Up(up::UpArgs),
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::proxy(*args),
         Command::ControlPlane(args) => control::control_plane(args),
         Command::ProxyStatus(args) => control::proxy_status(args),
+        Command::MtlsReadiness(args) => readiness::mtls_readiness(args),
         Command::Up(args) => up::up(args),
         Command::Exec(args) => up::exec(args),
         Command::Traffic(args) => up::traffic::traffic(args),

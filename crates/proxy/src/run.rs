@@ -222,6 +222,11 @@ impl Proxy {
             let dialer: Arc<dyn ext_authz::Connect> = Arc::new(AuthorizerDialer(weak.clone()));
             let stages = StageParts::new(marked, dialer);
             let metrics = Arc::new(Metrics::default());
+            metrics.set(
+                "zmesh_plaintext_observed_since_seconds",
+                vec![],
+                crate::observed::unix_seconds(SystemTime::now()),
+            );
             let config = stages.complete(config, &metrics);
             Proxy {
                 config: Current::new(config),

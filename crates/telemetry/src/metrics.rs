@@ -52,6 +52,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Plaintext (non-mTLS) connections to an app port, by destination port and source (at most 1024 sources, then `other`).",
     ),
     (
+        "zmesh_plaintext_observed_since_seconds",
+        "gauge",
+        "When this proxy began observing plaintext connections (Unix time); the zmesh_plaintext_* series cover the time since.",
+    ),
+    (
         "zmesh_plaintext_first_seen_seconds",
         "gauge",
         "When a source's first plaintext connection to the port arrived (Unix time).",
