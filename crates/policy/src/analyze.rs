@@ -9,6 +9,9 @@ use zmesh_config::diag::codes;
 use zmesh_config::meta::{Meta, Selector};
 use zmesh_config::yaml::Pos;
 use zmesh_config::{Config, Diagnostic, ObjectRef, Origin, Severity, Spanned};
+use zmesh_http::PathNormalization;
+
+use crate::matcher::{PathMatch, StringMatch, TemplatePart};
 
 /// A workload known from the configuration: namespace and pod labels.
 #[derive(Debug, Clone)]
@@ -148,6 +151,7 @@ Subject { kind: "AuthorizationPolicy", meta: &policy.meta, pos: provider.pos },
         );
     }
     analyze_shadowing(&mut findings, config);
+    analyze_path_bypass(&mut findings, config);
     findings.out
 }
 
@@ -366,6 +370,294 @@ Subject { kind: "AuthorizationPolicy", meta: &allow.meta, pos: allow_rule.pos },
                     format!("this ALLOW rule never allows anything: every request it matches is denied by DENY policy {} rule {deny_index}, and DENY is evaluated first", deny.meta.key()),
                     "narrow the DENY rule, or remove this ALLOW rule".into(),
                 );
+            }
+        }
+    }
+}
+
+/// The code of a DENY path that a request can get past by spelling the path another way
+/// (docs/diagnostic-codes.md).
+pub const DENY_PATH_BYPASS: &str = "ZM1010";
+
+/// A way of spelling a path that the app may serve as the protected one while a path match does
+/// not see it as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BypassClass {
+    /// `//admin`.
+    RepeatedSlashes,
+    /// `/%2Fadmin`, `/api%2Fadmin`.
+    EncodedSlash,
+    /// `/%5Cadmin`.
+    EncodedBackslash,
+    /// `/\admin`.
+    Backslash,
+    /// `/./admin`, `/x/../admin`.
+    DotSegment,
+    /// `/%2e/admin`, `/x/%2e%2e/admin`.
+    EncodedDot,
+    /// `/%61dmin`: an escaped letter, digit or `-._~`.
+    EncodedCharacter,
+    /// `/ADMIN`: no pathNormalization changes case.
+    Case,
+}
+
+impl BypassClass {
+    pub const ALL: [BypassClass; 8] = [
+        BypassClass::RepeatedSlashes,
+        BypassClass::EncodedSlash,
+        BypassClass::EncodedBackslash,
+        BypassClass::Backslash,
+        BypassClass::DotSegment,
+        BypassClass::EncodedDot,
+        BypassClass::EncodedCharacter,
+        BypassClass::Case,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            BypassClass::RepeatedSlashes => "repeated slashes",
+            BypassClass::EncodedSlash => "an encoded slash %2F",
+            BypassClass::EncodedBackslash => "an encoded backslash %5C",
+            BypassClass::Backslash => "a backslash",
+            BypassClass::DotSegment => "a dot segment",
+            BypassClass::EncodedDot => "encoded dots %2e",
+            BypassClass::EncodedCharacter => "an encoded letter",
+            BypassClass::Case => "other letter case",
+        }
+    }
+
+    /// What the app must do with the spelling for it to reach the protected resource.
+    fn app_reading(self) -> &'static str {
+        match self {
+            BypassClass::RepeatedSlashes => "merges slashes",
+            BypassClass::EncodedSlash => "decodes %2F",
+            BypassClass::EncodedBackslash => "decodes %5C and treats `\\` as `/`",
+            BypassClass::Backslash => "treats `\\` as `/`",
+            BypassClass::DotSegment => "resolves `.` and `..`",
+            BypassClass::EncodedDot => "decodes %2e and resolves dot segments",
+            BypassClass::EncodedCharacter => "percent-decodes the path",
+            BypassClass::Case => "matches paths without regard to case",
+        }
+    }
+
+    /// Spellings of `path` (absolute, as the DENY pattern matches it) in this class.
+    fn spellings(self, path: &str) -> Vec<String> {
+        let slashes: Vec<usize> = path.match_indices('/').map(|(i, _)| i).collect();
+        let insert_after = |i: usize, text: &str| format!("{}{text}{}", &path[..=i], &path[i + 1..]);
+        let replace_slash = |i: usize, text: &str| format!("{}{text}{}", &path[..i], &path[i + 1..]);
+        let mut out = Vec::new();
+        for &i in &slashes {
+            match self {
+                BypassClass::RepeatedSlashes => out.push(insert_after(i, "/")),
+                BypassClass::EncodedSlash | BypassClass::EncodedBackslash | BypassClass::Backslash => {
+                    let text = match self {
+                        BypassClass::EncodedSlash => "%2F",
+                        BypassClass::EncodedBackslash => "%5C",
+                        _ => "\\",
+                    };
+                    out.push(insert_after(i, text));
+                    if i > 0 {
+                        out.push(replace_slash(i, text));
+                    }
+                }
+                BypassClass::DotSegment => {
+                    out.push(insert_after(i, "./"));
+                    out.push(insert_after(i, "x/../"));
+                }
+                BypassClass::EncodedDot => {
+                    out.push(insert_after(i, "%2e/"));
+                    out.push(insert_after(i, "x/%2e%2e/"));
+                }
+                BypassClass::EncodedCharacter => {
+                    if let Some(c) = path[i + 1..].chars().next().filter(char::is_ascii_alphanumeric) {
+                        out.push(format!("{}%{:02X}{}", &path[..=i], u32::from(c), &path[i + 1 + c.len_utf8()..]));
+                    }
+                }
+                BypassClass::Case => {}
+            }
+        }
+        if self == BypassClass::Case && path.bytes().any(|b| b.is_ascii_lowercase()) {
+            out.push(path.to_ascii_uppercase());
+        }
+        out
+    }
+}
+
+/// One spelling that gets past a path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathBypass {
+    pub class: BypassClass,
+    /// What the client sends.
+    pub sent: String,
+    /// The path after the mesh's normalization: what the rule matches and the app receives.
+    pub normalized: String,
+}
+
+/// A path as an app that is lenient about spelling reads it: escapes decoded once, `\` as `/`,
+/// dot segments resolved, slashes merged (and, for [`BypassClass::Case`], lower case).
+fn app_reading(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|b| char::from(*b).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
+                i += 3;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in text.split('/').filter(|s| !s.is_empty()) {
+        match segment {
+            "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let trailing = if text.ends_with('/') && !segments.is_empty() { "/" } else { "" };
+    format!("/{}{trailing}", segments.join("/"))
+}
+
+/// A path the pattern matches, to spell other ways: the pattern's literal with each wildcard
+/// filled with one segment; `None` for patterns that match any path or are not absolute.
+fn example_path(pattern: &PathMatch) -> Option<String> {
+    let path = match pattern {
+        PathMatch::String(StringMatch::Exact(path)) => path.clone(),
+        PathMatch::String(StringMatch::Prefix(prefix)) if prefix.ends_with('/') => format!("{prefix}x"),
+        PathMatch::String(StringMatch::Prefix(prefix)) => prefix.clone(),
+        PathMatch::String(StringMatch::Suffix(suffix)) => format!("/x{suffix}"),
+        PathMatch::String(StringMatch::Present) => return None,
+        PathMatch::Template(parts) => parts
+            .iter()
+            .map(|part| match part {
+                TemplatePart::Literal(text) => text.as_str(),
+                TemplatePart::OneSegment | TemplatePart::AnyRest => "x",
+            })
+            .collect(),
+    };
+    (path.len() > 1 && path.starts_with('/') && !path.contains(['%', '\\', '?', '#'])).then_some(path)
+}
+
+/// Whether the proxy takes `path` as a request target at all (Envoy's HTTP/1 codec and
+/// connection manager checks, as `zmesh_http` reproduces them).
+fn accepted_target(path: &str) -> bool {
+    let head = format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n");
+    matches!(zmesh_http::parse_request_head(head.as_bytes(), &zmesh_http::Limits::default()), Ok(Some(_)))
+}
+
+/// The spellings of a path `pattern` matches that a request can use to get past the pattern
+/// under `mode`: the proxy accepts the request, its normalized path (what the rule sees and
+/// the app receives) does not match, and an app that reads paths leniently (the class's
+/// reading) serves it as a path the pattern matches. At most one per class, the first found.
+pub fn path_bypasses(pattern: &str, mode: PathNormalization) -> Vec<PathBypass> {
+    let matcher = PathMatch::parse(pattern);
+    let Some(example) = example_path(&matcher) else { return Vec::new() };
+    // The example itself must be what the rule sees, or the finding would be about the
+    // pattern's own spelling.
+    if !matches!(zmesh_http::normalize_path(&example, mode), Ok(n) if n == example) {
+        return Vec::new();
+    }
+    let lower = PathMatch::parse(&pattern.to_ascii_lowercase());
+    let mut out = Vec::new();
+    for class in BypassClass::ALL {
+        let found = class.spellings(&example).into_iter().find_map(|sent| {
+            if !accepted_target(&sent) {
+                return None;
+            }
+            let normalized = zmesh_http::normalize_path(&sent, mode).ok()?.into_owned();
+            if matcher.matches(&normalized) {
+                return None;
+            }
+            let read = app_reading(&normalized);
+            let served = if class == BypassClass::Case {
+                lower.matches(&read.to_ascii_lowercase())
+            } else {
+                matcher.matches(&read)
+            };
+            served.then_some(PathBypass { class, sent, normalized })
+        });
+        out.extend(found);
+    }
+    out
+}
+
+fn mode_name(mode: PathNormalization) -> &'static str {
+    match mode {
+        PathNormalization::None => "NONE",
+        PathNormalization::Base => "BASE",
+        PathNormalization::MergeSlashes => "MERGE_SLASHES",
+        PathNormalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
+    }
+}
+
+/// DENY rules on paths that the mesh's pathNormalization lets a client spell past.
+fn analyze_path_bypass(findings: &mut Findings, config: &Config) {
+    let mode = config.mesh.path_normalization;
+    let stricter = [PathNormalization::Base, PathNormalization::MergeSlashes, PathNormalization::DecodeAndMergeSlashes];
+    let rank = |m: PathNormalization| stricter.iter().position(|s| *s == m).map_or(0, |p| p + 1);
+    for policy in config.authorization_policies.iter().filter(|p| p.action == Action::Deny && p.target_refs.is_empty())
+    {
+        for (rule_index, rule) in policy.rules.iter().enumerate() {
+            for (to_index, operation) in rule.to.iter().enumerate() {
+                for (path_index, path) in operation.paths.iter().enumerate() {
+                    let bypasses = path_bypasses(path, mode);
+                    if bypasses.is_empty() {
+                        continue;
+                    }
+                    let list: Vec<String> = bypasses
+                        .iter()
+                        .map(|b| {
+                            let arrives =
+                                if b.normalized == b.sent { String::new() } else { format!(" → `{}`", b.normalized) };
+                            format!("`{}`{arrives} ({})", b.sent, b.class.describe())
+                        })
+                        .collect();
+                    let mut readings: Vec<&str> = bypasses.iter().map(|b| b.class.app_reading()).collect();
+                    readings.dedup();
+                    // The weakest stricter mode that closes every class but case, if any.
+                    let closing = stricter
+                        .iter()
+                        .copied()
+                        .filter(|m| rank(*m) > rank(mode))
+                        .find(|m| path_bypasses(path, *m).iter().all(|b| b.class == BypassClass::Case));
+                    let only_case = bypasses.iter().all(|b| b.class == BypassClass::Case);
+                    let mut hint = match closing {
+                        Some(m) if !only_case => format!(
+                            "set meshConfig.pathNormalization.normalization: {} (it closes every spelling but letter case), or write an ALLOW rule listing the paths that are allowed instead of this DENY",
+                            mode_name(m)
+                        ),
+                        _ => "write an ALLOW rule listing the paths that are allowed instead of this DENY".to_owned(),
+                    };
+                    if bypasses.iter().any(|b| b.class == BypassClass::Case) {
+                        hint.push_str("; no pathNormalization changes letter case, so against a case-insensitive app only an ALLOW list holds");
+                    }
+                    findings.add(
+                        DENY_PATH_BYPASS,
+                        Subject { kind: "AuthorizationPolicy", meta: &policy.meta, pos: path.pos },
+                        format!("spec.rules[{rule_index}].to[{to_index}].operation.paths[{path_index}]"),
+                        format!(
+                            "under pathNormalization {}, a request can get past this DENY on `{}`: {} reach the app as paths the rule does not match, yet an app that {} serves them as the denied path",
+                            mode_name(mode),
+                            path.value,
+                            list.join(", "),
+                            readings.join(", or ")
+                        ),
+                        hint,
+                    );
+                    // Letter case alone depends on the app more than on the mesh: noted, not warned.
+                    if only_case && let Some(finding) = findings.out.last_mut() {
+                        finding.severity = Severity::Info;
+                    }
+                }
             }
         }
     }

@@ -44,6 +44,9 @@ pub enum Reason {
     JwtInvalid,
     /// The request carried a valid token for an audience the rule does not accept.
     JwtAudience,
+    /// A plaintext peer on a port whose PeerAuthentication is STRICT: the connection is closed
+    /// before authorization (no HTTP status; the decision's `status` is 0).
+    PlaintextRefused,
 }
 
 impl Reason {
@@ -64,6 +67,9 @@ impl Reason {
             }
             Reason::JwtInvalid => "the request's JWT failed verification",
             Reason::JwtAudience => "the request's JWT is not for an accepted audience",
+            Reason::PlaintextRefused => {
+                "the port is STRICT mTLS: a plaintext connection is closed before authorization"
+            }
         }
     }
 }

@@ -9,14 +9,16 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Deserialize;
+use zmesh_config::authn::MtlsMode;
 use zmesh_config::mesh::MeshConfig;
+use zmesh_http::PathNormalization;
 use zmesh_id::SpiffeId;
 
 use crate::authn::{AuthnOutcome, Token, TokenLocation, authenticate};
-use crate::authz::{Decision, Reason};
+use crate::authz::{Decision, Reason, WorkloadPolicy};
 use crate::explain::{Explanation, explain};
 use crate::request::{HttpRequest, Request, remote_ip_from_forwarded_for};
-use crate::set::{PolicySet, Workload};
+use crate::set::{JwtRules, MtlsDecision, PolicySet, Workload};
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -126,6 +128,9 @@ pub struct Checked {
     pub normalized_path: Option<String>,
     /// Why the request was refused before authorization, if it was.
     pub refused: Option<String>,
+    /// The destination port's effective PeerAuthentication, when it was applied
+    /// ([`check_request`], [`check_in_force`]).
+    pub mtls: Option<MtlsDecision>,
 }
 
 impl RequestInput {
@@ -158,7 +163,8 @@ impl RequestInput {
     }
 }
 
-/// Decide a request the way the workload's sidecar would.
+/// Decide a request the way the workload's sidecar would, from authorization on: the
+/// connection is taken as accepted (see [`check_request`] for PeerAuthentication first).
 pub fn check_authz(
     set: &PolicySet,
     mesh: &MeshConfig,
@@ -166,6 +172,64 @@ pub fn check_authz(
     request: &RequestInput,
 ) -> Result<Checked, InputError> {
     let workload = Workload::from(workload);
+    decide(&set.for_workload(&workload), &set.jwt_rules(&workload), mesh.path_normalization, request)
+}
+
+/// Decide a request the way the workload's sidecar would, from the connection on: the
+/// effective PeerAuthentication of the destination port first (a plaintext peer — one without
+/// a principal — is refused on a STRICT port before any authorization, as the proxy closes
+/// such a connection), then [`check_authz`].
+pub fn check_request(
+    set: &PolicySet,
+    mesh: &MeshConfig,
+    workload: &WorkloadInput,
+    request: &RequestInput,
+) -> Result<Checked, InputError> {
+    let workload = Workload::from(workload);
+    check_in_force(set, &set.for_workload(&workload), &workload, mesh.path_normalization, request)
+}
+
+/// [`check_request`] with the workload's policies already gathered, as a proxy holds them in
+/// its configuration (`ProxyConfig::policy`): the live `zmesh authz check` passes the proxy's
+/// own compiled configuration here, so the answer is the one the proxy computes.
+pub fn check_in_force(
+    set: &PolicySet,
+    policy: &WorkloadPolicy,
+    workload: &Workload,
+    normalization: PathNormalization,
+    request: &RequestInput,
+) -> Result<Checked, InputError> {
+    let mtls = set.mtls_mode(workload, request.destination.port);
+    if request.source.principal.is_none() && mtls.mode == MtlsMode::Strict {
+        let set_by = match (&mtls.policy, mtls.port_level) {
+            (Some(policy), true) => format!("PeerAuthentication {policy} (portLevelMtls)"),
+            (Some(policy), false) => format!("PeerAuthentication {policy}"),
+            // STRICT is never the default, so some policy set it.
+            (None, _) => "a PeerAuthentication".to_owned(),
+        };
+        return Ok(Checked {
+            decision: Decision::deny(Reason::PlaintextRefused, 0, None),
+            explanation: None,
+            normalized_path: None,
+            refused: Some(format!(
+                "plaintext refused before authorization: {set_by} sets STRICT mTLS on port {}, so a peer without an mTLS identity has its connection closed",
+                request.destination.port
+            )),
+            mtls: Some(mtls),
+        });
+    }
+    let mut checked = decide(policy, &set.jwt_rules(workload), normalization, request)?;
+    checked.mtls = Some(mtls);
+    Ok(checked)
+}
+
+/// Token, path normalization, then authorization, for a connection already accepted.
+fn decide(
+    policy: &WorkloadPolicy,
+    jwt_rules: &[std::sync::Arc<JwtRules>],
+    normalization: PathNormalization,
+    request: &RequestInput,
+) -> Result<Checked, InputError> {
     let peer = request.peer()?;
     let is_http = request.protocol == Protocol::Http;
     let refuse = |decision: Decision, why: String, path: Option<String>| Checked {
@@ -173,11 +237,12 @@ pub fn check_authz(
         explanation: None,
         normalized_path: path,
         refused: Some(why),
+        mtls: None,
     };
 
     let mut claims = None;
     if is_http {
-        match authenticate(&set.jwt_rules(&workload), &request.token()) {
+        match authenticate(jwt_rules, &request.token()) {
             AuthnOutcome::Pass { claims: verified, .. } => claims = verified,
             AuthnOutcome::Reject { status, reason, detail } => {
                 return Ok(refuse(Decision::deny(reason, status, None), detail, None));
@@ -185,7 +250,7 @@ pub fn check_authz(
         }
     }
     let normalized = match (&request.path, is_http) {
-        (Some(path), true) => match zmesh_http::normalize_path(path, mesh.path_normalization) {
+        (Some(path), true) => match zmesh_http::normalize_path(path, normalization) {
             Ok(normalized) => Some(normalized.into_owned()),
             Err(error) => {
                 return Ok(refuse(
@@ -219,11 +284,12 @@ pub fn check_authz(
         http,
         jwt: claims.as_ref(),
     };
-    let explanation = explain(&set.for_workload(&workload), &attributes);
+    let explanation = explain(policy, &attributes);
     Ok(Checked {
         decision: explanation.decision.clone(),
         explanation: Some(explanation),
         normalized_path: normalized,
         refused: None,
+        mtls: None,
     })
 }
