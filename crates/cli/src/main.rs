@@ -31,6 +31,8 @@ mod capture;
 mod check;
 mod control;
 mod echo;
+mod inspect;
+mod live;
 mod proxy;
 mod readiness;
 mod up;
@@ -76,6 +78,15 @@ enum Command {
     ControlPlane(control::ControlPlaneArgs),
     /// SYNCED/STALE and the acknowledged version of every proxy (istioctl proxy-status).
     ProxyStatus(control::ProxyStatusArgs),
+    /// What a running proxy holds: certificates, listeners, clusters, endpoints, policies
+    /// (istioctl proxy-config), read through the control plane.
+    #[command(subcommand)]
+    ProxyConfig(inspect::ProxyConfigCommand),
+    /// A running workload: mTLS per port and the policy that set it, the policies that apply and
+    /// those that do not (and why), the services it belongs to.
+    Describe(inspect::WorkloadArgs),
+    /// Will SOURCE's connections to DESTINATION use mTLS, and will the server accept them?
+    TlsCheck(inspect::TlsCheckArgs),
     /// Is it safe to switch to STRICT? Who still sends plaintext to each workload and port,
     /// from what the proxies observed, and what a STRICT dry-run policy would have refused.
     MtlsReadiness(readiness::ReadinessArgs),
@@ -122,6 +133,9 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::proxy(*args),
         Command::ControlPlane(args) => control::control_plane(args),
         Command::ProxyStatus(args) => control::proxy_status(args),
+        Command::ProxyConfig(command) => inspect::proxy_config(command),
+        Command::Describe(args) => inspect::describe(args),
+        Command::TlsCheck(args) => inspect::tls_check(args),
         Command::MtlsReadiness(args) => readiness::mtls_readiness(args),
         Command::Up(args) => up::up(args),
         Command::Exec(args) => up::exec(args),

@@ -13,7 +13,10 @@
 //! - `/api/v1/config/NAMESPACE/NAME` — exactly what the proxy of that workload is pushed (its
 //!   resources with their keys, versions and load order), the version it makes, and the
 //!   workload's proxies; `zmesh` commands compile it with the proxy's own code to answer
-//!   questions about the configuration in force
+//!   questions about the configuration in force. Also `namespacePolicies`: every
+//!   AuthorizationPolicy, PeerAuthentication and RequestAuthentication of the workload's
+//!   namespace and of the root namespace, pushed to it or not (`pushed`), so `zmesh describe`
+//!   can say which target it but select nothing, and why
 //! - `/healthz/ready`
 
 use std::sync::Arc;
@@ -174,6 +177,7 @@ impl StatusSources {
         let now = SystemTime::now();
         let proxies: Vec<Value> =
             self.proxies.list().iter().filter(|p| p.workload == key).map(|p| proxy_json(p, &snapshot, now)).collect();
+        let namespace_policies = self.namespace_policies(&snapshot, &workload);
         Some(json!({
             "workload": key,
             "version": snapshot.version.to_string(),
@@ -184,7 +188,37 @@ impl StatusSources {
                 "document": r.document.as_ref(),
             })).collect::<Vec<_>>(),
             "proxies": proxies,
+            "rootNamespace": self.store.borrow().loaded.config.mesh.root_namespace,
+            "namespacePolicies": namespace_policies,
         }))
+    }
+
+    /// The policies that could select `workload` by where they live (its namespace and the root
+    /// namespace), in the pushed form, whether they select it or not. Documents of a store state
+    /// that the snapshot does not hold yet are left out: the answer stays one version's.
+    fn namespace_policies(&self, snapshot: &Snapshot, workload: &zmesh_registry::MeshWorkload) -> Vec<Value> {
+        const KINDS: [&str; 3] = ["AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"];
+        let state = self.store.borrow().clone();
+        let root = state.loaded.config.mesh.root_namespace.as_str();
+        let mut policies: Vec<Value> = state
+            .loaded
+            .sources
+            .iter()
+            .filter(|s| KINDS.contains(&s.kind.as_str()) && (s.namespace == workload.namespace || s.namespace == root))
+            .filter_map(|source| {
+                let key = crate::snapshot::resource_key(source);
+                let resource = snapshot.resource(&key)?;
+                Some(json!({
+                    "key": resource.key.as_ref(),
+                    "order": resource.order,
+                    "document": resource.document.as_ref(),
+                    "pushed": snapshot.applies(&key, Some(workload)).is_some(),
+                }))
+            })
+            .collect();
+        policies.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+        policies.dedup_by(|a, b| a["key"] == b["key"]);
+        policies
     }
 
     /// The route table for [`zmesh_telemetry::endpoints::serve`].
