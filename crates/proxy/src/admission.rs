@@ -312,6 +312,7 @@ impl Admission {
                 Err(refusal) => return Admitted::Refuse(refusal),
             }
         }
+        self.log_decision(ctx, request, &decision);
         if !decision.is_allow() {
             return Admitted::Refuse(Refusal::rbac(decision.decided_by));
         }
@@ -319,6 +320,50 @@ impl Admission {
             return Admitted::Refuse(refusal);
         }
         Admitted::Forward(edits)
+    }
+
+    /// The log line of an authorization decision (RBAC, after any external authorizer allowed),
+    /// with every attribute `zmesh authz explain` needs to decide the request again with the
+    /// configuration in force: the workload, the peer's principal (`none` for plaintext), the
+    /// source address, the destination port, method, host, the path as policy saw it
+    /// (normalized) and as the client sent it, and the deciding policy and rule (`none` when no
+    /// rule decided). Strings that come from the client are quoted. Denials are logged at INFO;
+    /// allowed requests, the bulk of the traffic, at DEBUG
+    /// (`--log-level info,zmesh_proxy::admission=debug` shows both).
+    fn log_decision(&self, ctx: &ConnectionContext, request: &HttpAttributes<'_>, decision: &Decision) {
+        if decision.is_allow() && !tracing::enabled!(tracing::Level::DEBUG) {
+            // The hot path: nothing to build when the line would not be written.
+            return;
+        }
+        let label = |name: &str| self.labels.iter().find(|(n, _)| *n == name).map_or("unknown", |(_, v)| v.as_str());
+        let workload = format_args!("{}/{}", label("destination_workload_namespace"), label("destination_workload"));
+        let peer = ctx.peer.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
+        let by = decision.decided_by.as_ref();
+        let policy = by.map_or_else(|| "none".to_owned(), |r| r.policy.to_string());
+        let rule = by.map_or_else(|| "none".to_owned(), |r| r.rule.to_string());
+        macro_rules! decision_line {
+            ($level:ident, $decision:literal) => {
+                tracing::$level!(
+                    decision = $decision,
+                    %workload,
+                    %peer,
+                    source = %ctx.source,
+                    port = ctx.destination.port(),
+                    method = request.method,
+                    host = request.authority,
+                    path = request.path,
+                    sent_path = request.original_path,
+                    %policy,
+                    %rule,
+                    "authorization decision"
+                )
+            };
+        }
+        if decision.is_allow() {
+            decision_line!(debug, "allow");
+        } else {
+            decision_line!(info, "deny");
+        }
     }
 
     /// The token stage: `Ok(claims)` to go on (with the claims of a verified token), or the
