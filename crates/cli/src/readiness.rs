@@ -164,7 +164,7 @@ impl PlaintextSource {
     fn who(&self) -> String {
         match self.workload.as_str() {
             "unknown" => self.address.clone(),
-            "other" => "other sources (beyond the proxy's bound of 1024)".to_owned(),
+            "other" => format!("other sources (beyond the proxy's bound of {})", zmesh_proxy::observed::MAX_SOURCES),
             workload => format!("{workload} ({})", self.address),
         }
     }

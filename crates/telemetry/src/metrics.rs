@@ -138,4 +138,32 @@ mod tests {
         );
         assert!(text.contains("zmesh_certificate_expiry_seconds 42\n"), "{text}");
     }
+
+    #[test]
+    fn plaintext_observation_series_render_with_their_type() {
+        let metrics = Metrics::default();
+        let labels = vec![
+            ("destination_port", "8080".to_owned()),
+            ("source_workload", "shop/legacy".to_owned()),
+            ("source_address", "10.0.0.4".to_owned()),
+        ];
+        metrics.add("zmesh_plaintext_connections_total", labels.clone(), 2);
+        metrics.set("zmesh_plaintext_last_seen_seconds", labels, 1_700_000_000);
+        metrics.add(
+            "zmesh_mtls_dry_run_refusals_total",
+            vec![("destination_port", "8080".to_owned()), ("policy", "shop/strict".to_owned())],
+            2,
+        );
+        let text = metrics.render();
+        assert!(text.contains("# TYPE zmesh_plaintext_connections_total counter\n"), "{text}");
+        assert!(text.contains("# TYPE zmesh_plaintext_last_seen_seconds gauge\n"), "{text}");
+        assert!(
+            text.contains("zmesh_plaintext_last_seen_seconds{destination_port=\"8080\",source_workload=\"shop/legacy\",source_address=\"10.0.0.4\"} 1700000000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zmesh_mtls_dry_run_refusals_total{destination_port=\"8080\",policy=\"shop/strict\"} 2\n"),
+            "{text}"
+        );
+    }
 }
