@@ -3,18 +3,30 @@
 //! traffic generator too, so allowed and denied flows happen at once and the summary shows
 //! them. `zmesh exec WORKLOAD -- CMD` runs a command as one of the workloads.
 //!
-//! Two shapes:
-//! - loopback (default, no privileges): every workload has its own 127.0.x.y address; proxies
-//!   run in explicit mode, and apps reach the mesh through their proxy's HTTP proxy port;
+//! Three shapes:
+//! - default (no privileges, where the kernel permits user namespaces): `up` runs itself again
+//!   inside new user, network and mount namespaces (see [`userns`]) and builds the `--isolate`
+//!   layout there, so STRICT holds against every process outside a workload;
 //! - `--isolate` (root): every workload gets its own network namespace joined to a bridge,
-//!   with iptables capture, exactly like pods.
+//!   with iptables capture, exactly like pods;
+//! - `--loopback` (or when user namespaces are not permitted, with a warning): every workload
+//!   has its own 127.0.x.y address; proxies run in explicit mode, and apps reach the mesh
+//!   through their proxy's HTTP proxy port. Any local process can dial an app's address
+//!   directly, so STRICT does not hold against local processes.
+//!
+//! A workload's network namespace is held by a `unshare --net sleep infinity` process of its
+//! own, so it disappears with that process even when `up` is killed outright, and `zmesh exec`
+//! enters it by that PID (recorded in `STATE/up.json`).
 //!
 //! Whatever `up` starts it stops on Ctrl-C (or `--duration`): processes by PID, then the
-//! namespaces and the bridge. Nothing else on the machine is touched.
+//! bridge. Nothing else on the machine is touched.
 
 mod demo;
+mod expect;
 mod stand_in;
+mod summary;
 pub(crate) mod traffic;
+mod userns;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -40,9 +52,18 @@ pub(crate) struct UpArgs {
     /// it, the built-in demo mesh runs.
     #[arg(long, value_name = "DIR")]
     config: Option<PathBuf>,
-    /// Give every workload its own network namespace with transparent capture (needs root).
-    #[arg(long)]
+    /// Give every workload its own network namespace with transparent capture in this
+    /// machine's network (needs root). Without it, `up` does the same inside a user namespace
+    /// of its own, without root.
+    #[arg(long, conflicts_with = "loopback")]
     isolate: bool,
+    /// Run every workload on a loopback address of this machine instead of in a namespace of its
+    /// own. STRICT then does not hold against local processes: they can dial an app directly.
+    #[arg(long)]
+    loopback: bool,
+    /// Set when `up` has run itself inside its own user, network and mount namespaces.
+    #[arg(long, hide = true)]
+    in_user_namespace: bool,
     /// Where the run keeps its configuration copy, CA, tokens and logs.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -127,7 +148,11 @@ pub(crate) fn secure_state_dir(state: &Path) -> anyhow::Result<()> {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RunState {
     pub pid: u32,
+    /// Every workload has a network namespace of its own (`--isolate` or the default shape).
     pub isolate: bool,
+    /// Those namespaces belong to a user namespace of `up`'s own, which `zmesh exec` enters too.
+    #[serde(default)]
+    pub user_namespace: bool,
     pub status_api: String,
     pub workloads: Vec<RunWorkload>,
 }
@@ -139,8 +164,8 @@ pub(crate) struct RunWorkload {
     pub address: IpAddr,
     /// The proxy's HTTP proxy port (loopback mode).
     pub http_proxy: Option<SocketAddr>,
-    /// The network namespace (`--isolate`).
-    pub netns: Option<String>,
+    /// The PID holding the workload's network namespace (`--isolate` and the default shape).
+    pub netns_pid: Option<u32>,
 }
 
 /// Every process `up` started, stopped by PID when it goes away (also on errors).
@@ -150,7 +175,7 @@ struct Processes {
 }
 
 impl Processes {
-    fn spawn(&mut self, what: String, command: &mut Command, log: &Path) -> anyhow::Result<()> {
+    fn spawn(&mut self, what: String, command: &mut Command, log: &Path) -> anyhow::Result<u32> {
         let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let child = command
             .stdin(Stdio::null())
@@ -159,8 +184,9 @@ impl Processes {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {what}"))?;
+        let pid = child.id().with_context(|| format!("{what} exited at once"))?;
         self.children.push((what, child));
-        Ok(())
+        Ok(pid)
     }
 
     fn adopt(&mut self, what: String, child: Child) {
@@ -190,12 +216,12 @@ impl Processes {
     }
 }
 
-/// `program`, run inside the workload's network namespace when it has one.
-fn as_workload(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
-    match netns {
-        Some(ns) => {
-            let mut command = std::process::Command::new("ip");
-            command.args(["netns", "exec", ns]).arg(program);
+/// `program`, run inside the network namespace held by `netns_pid` when there is one.
+fn as_workload(netns_pid: Option<u32>, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    match netns_pid {
+        Some(pid) => {
+            let mut command = std::process::Command::new("nsenter");
+            command.args(["-t", &pid.to_string(), "-n"]).arg(program);
             command
         }
         None => std::process::Command::new(program),
@@ -211,10 +237,9 @@ async fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The network namespaces and bridge of `--isolate`, removed on drop of the run.
+/// The bridge of `--isolate`, removed when the run ends (the namespaces go with their holders).
 #[derive(Debug, Default)]
 struct Isolation {
-    namespaces: Vec<String>,
     bridge: bool,
 }
 
@@ -228,52 +253,45 @@ impl Isolation {
         run("ip", &["link", "set", BRIDGE, "up"]).await
     }
 
-    async fn pod(&mut self, netns: &str, address: Ipv4Addr, index: usize) -> anyhow::Result<()> {
-        let _ = run("ip", &["netns", "del", netns]).await;
-        run("ip", &["netns", "add", netns]).await?;
-        self.namespaces.push(netns.to_owned());
+    /// A network namespace for one workload, held by a process of its own, with `eth0` at
+    /// `address` on the bridge; returns the holder's PID.
+    async fn pod(
+        &mut self,
+        processes: &mut Processes,
+        log: &Path,
+        address: Ipv4Addr,
+        index: usize,
+    ) -> anyhow::Result<u32> {
+        let mut holder = Command::new("unshare");
+        holder.args(["--net", "sleep", "infinity"]);
+        let pid = processes.spawn(format!("namespace holder {address}"), &mut holder, log)?;
+        userns::wait_for_own_netns(pid).await?;
         let host_end = format!("zm-veth{index}");
-        run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", netns]).await?;
+        let target = pid.to_string();
+        run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &target]).await?;
         run("ip", &["link", "set", &host_end, "master", BRIDGE, "up"]).await?;
-        let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", netns, "ip"];
-            all.extend_from_slice(args);
-            all.into_iter().map(str::to_owned).collect::<Vec<_>>()
-        };
+        let address = format!("{address}/16");
+        let gateway = BRIDGE_ADDRESS.to_string();
         for args in [
-            inside(&["link", "set", "lo", "up"]),
-            inside(&["addr", "add", &format!("{address}/16"), "dev", "eth0"]),
-            inside(&["link", "set", "eth0", "up"]),
-            inside(&["route", "add", "default", "via", &BRIDGE_ADDRESS.to_string()]),
+            &["link", "set", "lo", "up"][..],
+            &["addr", "add", &address, "dev", "eth0"],
+            &["link", "set", "eth0", "up"],
+            &["route", "add", "default", "via", &gateway],
         ] {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run("ip", &args).await?;
+            let mut all = vec!["-t", &target, "-n", "ip"];
+            all.extend_from_slice(args);
+            run("nsenter", &all).await?;
         }
-        Ok(())
+        Ok(pid)
     }
 
     async fn remove(&mut self) {
-        for netns in self.namespaces.drain(..) {
-            if let Err(error) = run("ip", &["netns", "del", &netns]).await {
-                eprintln!("warning: {error:#}");
-            }
-        }
         if std::mem::take(&mut self.bridge)
             && let Err(error) = run("ip", &["link", "del", BRIDGE]).await
         {
             eprintln!("warning: {error:#}");
         }
     }
-}
-
-/// Aggregated outcomes of one flow.
-#[derive(Debug, Default, Clone)]
-struct Tally {
-    allowed: u64,
-    denied: u64,
-    errors: u64,
-    last_error: Option<String>,
-    peer: Option<String>,
 }
 
 fn state_dir_in_use(state: &Path) -> Option<u32> {
@@ -296,15 +314,57 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn up(args: UpArgs) -> anyhow::Result<u8> {
+/// What `zmesh up` prints when workloads share this machine's network.
+const LOOPBACK_WARNING: &str = "warning: loopback mode: every workload listens on a 127.0.x.y address of this machine, \
+so any local process can dial an app directly, past its proxy: STRICT does not hold against local processes";
+
+pub(crate) fn up(mut args: UpArgs) -> anyhow::Result<u8> {
     crate::control::init_logging(&args.log_level)?;
+    if !args.isolate && !args.loopback && !args.in_user_namespace {
+        match userns::probe() {
+            Ok(()) => {
+                let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
+                let state =
+                    std::path::absolute(&state).with_context(|| format!("cannot resolve {}", state.display()))?;
+                secure_state_dir(&state)?;
+                if let Some(pid) = state_dir_in_use(&state) {
+                    bail!("zmesh up is already running (pid {pid}) with state in {}; stop it first", state.display());
+                }
+                let config = match &args.config {
+                    Some(dir) => {
+                        Some(std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?)
+                    }
+                    None => None,
+                };
+                return userns::supervise(userns::Inner {
+                    state,
+                    config,
+                    duration: args.duration,
+                    summary_ms: args.summary_ms,
+                    log_level: args.log_level.clone(),
+                });
+            }
+            Err(reason) => {
+                eprintln!(
+                    "{LOOPBACK_WARNING}.\nUser namespaces are not available here ({reason}); run `zmesh up --isolate` as root for namespaces."
+                );
+                args.loopback = true;
+            }
+        }
+    } else if args.loopback {
+        eprintln!("{LOOPBACK_WARNING}.");
+    }
+    // Inside its own user namespace `up` is root over the namespaces it makes: the `--isolate`
+    // layout, without touching the host.
+    let user_namespace = args.in_user_namespace;
+    args.isolate |= user_namespace;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::control::cancel_on_signal(shutdown.clone())?;
         let mut processes = Processes::default();
         let mut isolation = Isolation::default();
-        let result = Mesh::start(&args, &shutdown, &mut processes, &mut isolation).await;
+        let result = Mesh::start(&args, user_namespace, &shutdown, &mut processes, &mut isolation).await;
         let outcome = match result {
             Ok(mut mesh) => mesh.watch(&args, &shutdown, &mut processes).await,
             Err(error) => Err(error),
@@ -327,13 +387,21 @@ struct Mesh {
     plane: ControlPlane,
     demo: bool,
     outcomes: tokio::sync::mpsc::Receiver<traffic::Outcome>,
-    tallies: BTreeMap<usize, Tally>,
     workloads: usize,
+    printer: summary::Printer,
+    /// The generation the expectations were computed for.
+    generation: u64,
+    expectations: Vec<expect::Expectation>,
+    /// Observations since `in_force_since`, by flow.
+    tallies: Vec<summary::Tally>,
+    /// When the generation in force reached every proxy; `None` while it is being applied.
+    in_force_since: Option<SystemTime>,
 }
 
 impl Mesh {
     async fn start(
         args: &UpArgs,
+        user_namespace: bool,
         shutdown: &CancellationToken,
         processes: &mut Processes,
         isolation: &mut Isolation,
@@ -363,6 +431,12 @@ impl Mesh {
                 (dir, Vec::new(), Vec::new())
             }
         };
+        if user_namespace {
+            // A new network namespace starts with loopback down; the status API listens there.
+            run("ip", &["link", "set", "lo", "up"])
+                .await
+                .context("cannot bring up loopback in the mesh's namespace")?;
+        }
         if args.isolate {
             isolation.bridge().await.context("--isolate needs root (or a user namespace) and iproute2")?;
         }
@@ -375,6 +449,9 @@ impl Mesh {
             watch: WatchOptions::default(),
         };
         let plane = ControlPlane::start(options, shutdown.clone()).await?;
+        if user_namespace {
+            userns::serve_status_socket(&state, plane.admin, shutdown.clone()).await?;
+        }
         let control_plane_url = format!("https://{}", plane.grpc);
         let roots = state.join("ca").join(zmesh_ca::ROOT_CERT_FILE);
         let tokens = zmesh_control::plane::token_issuer(&state.join("ca"))?;
@@ -391,6 +468,7 @@ impl Mesh {
         let mut run_state = RunState {
             pid: std::process::id(),
             isolate: args.isolate,
+            user_namespace,
             status_api: format!("http://{}", plane.admin),
             workloads: Vec::new(),
         };
@@ -403,15 +481,20 @@ impl Mesh {
             let token_file = state.join("tokens").join(&key);
             write_private(&token_file, &tokens.issue(&workload.identity, now, expires))?;
             let log = |what: &str| state.join("logs").join(format!("{key}.{what}.log"));
-            let netns = args.isolate.then(|| format!("zm-{}-{}", workload.namespace, workload.name));
-            let in_pod = |netns: &Option<String>| Command::from(as_workload(netns.as_deref(), &exe));
-            if let (Some(ns), IpAddr::V4(address)) = (&netns, workload.address) {
-                isolation.pod(ns, address, index).await?;
+            let netns = match (args.isolate, workload.address) {
+                (false, _) => None,
+                (true, IpAddr::V4(address)) => Some(isolation.pod(processes, &log("netns"), address, index).await?),
+                (true, IpAddr::V6(address)) => {
+                    bail!("{key} has the IPv6 address {address}; namespaces of `up` take IPv4 only")
+                }
+            };
+            let in_pod = |netns: &Option<u32>| Command::from(as_workload(*netns, &exe));
+            if netns.is_some() {
                 let mut capture = in_pod(&netns);
                 capture.args(["capture", "install"]);
                 let output = capture.output().await?;
                 if !output.status.success() {
-                    bail!("capture in {ns}: {}", String::from_utf8_lossy(&output.stderr).trim());
+                    bail!("capture in the namespace of {key}: {}", String::from_utf8_lossy(&output.stderr).trim());
                 }
             }
             if demo || stand_ins.iter().any(|w| *w == format!("{}/{}", workload.namespace, workload.name)) {
@@ -445,7 +528,7 @@ impl Mesh {
                 address: workload.address,
                 http_proxy: (!args.isolate)
                     .then(|| SocketAddr::new(workload.address, zmesh_proxy::capture::HTTP_PROXY_PORT)),
-                netns,
+                netns_pid: netns,
             });
         }
         write_private(&state.join("up.json"), &serde_json::to_string_pretty(&run_state)?)?;
@@ -480,30 +563,51 @@ impl Mesh {
 
         let (sender, outcomes) = tokio::sync::mpsc::channel(1024);
         if demo {
-            start_traffic(&run_state, &workloads, &exe, processes, &sender)?;
+            start_traffic(&run_state, &workloads, &exe, &state.join("logs"), processes, &sender)?;
         }
-        outln!(
-            "zmesh up: {} workloads, each with its own proxy and SPIFFE identity; control plane on {}",
-            workloads.len(),
-            plane.grpc
-        );
-        outln!("  status API   http://{}/api/v1/proxies   (zmesh proxy-status)", plane.admin);
-        outln!("  policies     {}   (edit them: the summary follows within a second)", config_dir.display());
-        outln!("  run as one   zmesh exec {} -- curl -s http://...", run_state.workloads[0].workload);
-        outln!("  logs         {}", state.join("logs").display());
+        let shape = match (args.isolate, user_namespace) {
+            (true, true) => "each in its own network namespace (inside a user namespace, no root)",
+            (true, false) => "each in its own network namespace",
+            (false, _) => "on loopback addresses (STRICT does not hold against local processes)",
+        };
+        let mut banner = vec![
+            format!(
+                "zmesh up: {} workloads, each with its own proxy and SPIFFE identity, {shape}; control plane on {}",
+                workloads.len(),
+                plane.grpc
+            ),
+            format!("  status API   http://{}/api/v1/proxies   (zmesh proxy-status)", plane.admin),
+            format!("  policies     {}   (edit them: the summary follows within a second)", config_dir.display()),
+            format!("  run as one   zmesh exec {} -- curl -s http://...", run_state.workloads[0].workload),
+            format!("  logs         {}", state.join("logs").display()),
+        ];
         if !stand_ins.is_empty() {
-            outln!("  addresses    given to {} (echo apps stand in for them)", stand_ins.join(", "));
+            banner.push(format!("  addresses    given to {} (echo apps stand in for them)", stand_ins.join(", ")));
         }
         if !not_enforced.is_empty() {
-            outln!(
+            banner.push(format!(
                 "  not enforced or not applied ({} finding(s); codes in docs/diagnostic-codes.md):",
                 not_enforced.len()
-            );
-            for diagnostic in &not_enforced {
-                outln!("    {diagnostic}");
-            }
+            ));
+            banner.extend(not_enforced.iter().map(|diagnostic| format!("    {diagnostic}")));
         }
-        Ok(Mesh { plane, demo, outcomes, tallies: BTreeMap::new(), workloads: workloads.len() })
+        for line in &banner {
+            outln!("{line}");
+        }
+        let printer = summary::Printer::new(std::io::stdout().is_terminal(), banner);
+        let mut mesh = Mesh {
+            plane,
+            demo,
+            outcomes,
+            workloads: workloads.len(),
+            printer,
+            generation: 0,
+            expectations: Vec::new(),
+            tallies: Vec::new(),
+            in_force_since: None,
+        };
+        mesh.follow_configuration();
+        Ok(mesh)
     }
 
     /// Print the summary until shutdown (or `--duration`); a process that dies ends the run.
@@ -515,13 +619,17 @@ impl Mesh {
     ) -> anyhow::Result<()> {
         let stop_at = (args.duration > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.duration));
         let mut tick = tokio::time::interval(Duration::from_millis(args.summary_ms.max(200)));
+        // A new generation is noticed, and the moment every proxy holds it, within this.
+        let mut follow = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 Some(outcome) = self.outcomes.recv() => self.record(outcome),
+                _ = follow.tick() => self.follow_configuration(),
                 _ = tick.tick() => {
                     if let Some((what, status)) = processes.exited() {
                         bail!("{what} exited unexpectedly ({status})");
                     }
+                    self.follow_configuration();
                     self.print_summary();
                 }
                 () = shutdown.cancelled() => return Ok(()),
@@ -530,62 +638,76 @@ impl Mesh {
         }
     }
 
-    fn record(&mut self, outcome: traffic::Outcome) {
-        let tally = self.tallies.entry(outcome.flow).or_default();
-        match outcome.status {
-            200..=299 => {
-                tally.allowed += 1;
-                tally.peer = outcome.peer.or(tally.peer.take());
+    /// On a new generation, recompute every flow's expectation from the configuration now in
+    /// force and start counting afresh; counting starts once every proxy acknowledged it, so
+    /// the verdict never mixes answers given under two configurations.
+    fn follow_configuration(&mut self) {
+        let snapshot = self.plane.status.snapshots.borrow().clone();
+        if snapshot.generation != self.generation {
+            self.generation = snapshot.generation;
+            self.in_force_since = None;
+            if self.demo {
+                let store = self.plane.status.store.borrow().clone();
+                self.expectations = match expect::config_in_force(&store.loaded) {
+                    Ok(config) => expect::expectations(&config, demo::FLOWS),
+                    // The proxies cannot build it either: nothing is expected to pass.
+                    Err(error) => vec![
+                        expect::Expectation {
+                            allowed: None,
+                            reason: format!("the configuration in force does not load: {error}")
+                        };
+                        demo::FLOWS.len()
+                    ],
+                };
+                self.tallies = vec![summary::Tally::default(); demo::FLOWS.len()];
             }
-            403 => tally.denied += 1,
-            status => {
-                tally.errors += 1;
-                tally.last_error = Some(outcome.error.unwrap_or_else(|| format!("HTTP {status}")));
+        }
+        if self.in_force_since.is_none() {
+            let proxies = self.plane.status.proxies.list();
+            let acked: Vec<SystemTime> = proxies
+                .iter()
+                .filter(|p| p.connected && p.sync_state(&snapshot.version) == "SYNCED")
+                .filter_map(|p| p.acked.as_ref().map(|(_, at)| *at))
+                .collect();
+            if acked.len() >= self.workloads {
+                // A configuration equal to the last one is acknowledged before it was built.
+                let latest = acked.into_iter().max().unwrap_or(snapshot.created_at);
+                self.in_force_since = Some(latest.max(snapshot.created_at));
             }
         }
     }
 
-    fn print_summary(&self) {
-        let snapshot = self.plane.status.snapshots.borrow().clone();
-        let proxies = self.plane.status.proxies.list();
-        let synced = proxies.iter().filter(|p| p.connected && p.sync_state(&snapshot.version) == "SYNCED").count();
-        if std::io::stdout().is_terminal() {
-            out!("\x1b[2J\x1b[H");
-        }
-        outln!(
-            "\n[{}] proxies {synced}/{} SYNCED at version {} (generation {})",
-            zmesh_ca::Rfc3339(SystemTime::now()),
-            self.workloads,
-            snapshot.version,
-            snapshot.generation
-        );
-        if !self.demo {
+    fn record(&mut self, outcome: traffic::Outcome) {
+        let Some(since) = self.in_force_since else { return };
+        let sent_at = SystemTime::UNIX_EPOCH + Duration::from_millis(outcome.sent_at_ms);
+        if sent_at < since {
             return;
         }
-        let mut as_expected = 0;
-        for (id, flow) in demo::FLOWS.iter().enumerate() {
-            let tally = self.tallies.get(&id).cloned().unwrap_or_default();
-            let ok = if flow.expect_allowed { tally.allowed > 0 && tally.peer.is_some() } else { tally.denied > 0 };
-            as_expected += usize::from(ok && tally.errors == 0);
-            let mtls = match (&tally.peer, flow.expect_allowed) {
-                (Some(peer), _) => format!("mTLS, app saw {peer}"),
-                (None, false) => "mTLS, refused by the destination proxy".to_owned(),
-                (None, true) => "-".to_owned(),
-            };
-            outln!(
-                "  {:<29} → {:<30} {:<4} {:<26} {:<42} allowed {:>3}  denied {:>3}  errors {:>2}  {mtls}{}",
-                flow.from,
-                flow.to,
-                flow.method,
-                flow.path,
-                format!("{} ({})", if flow.expect_allowed { "ALLOW" } else { "DENY" }, flow.because),
-                tally.allowed,
-                tally.denied,
-                tally.errors,
-                tally.last_error.as_ref().map(|e| format!("  last error: {e}")).unwrap_or_default()
-            );
+        if let Some(tally) = self.tallies.get_mut(outcome.flow) {
+            tally.record(outcome.status, outcome.peer, outcome.error);
         }
-        outln!("summary: {as_expected}/{} flows as expected", demo::FLOWS.len());
+    }
+
+    fn print_summary(&mut self) {
+        let snapshot = self.plane.status.snapshots.borrow().clone();
+        let store = self.plane.status.store.borrow().clone();
+        let proxies = self.plane.status.proxies.list();
+        let synced = proxies.iter().filter(|p| p.connected && p.sync_state(&snapshot.version) == "SYNCED").count();
+        let view = summary::View {
+            now: SystemTime::now(),
+            synced,
+            proxies: self.workloads,
+            version: &snapshot.version,
+            generation: snapshot.generation,
+            refused: store.rejection.as_ref().map(|r| (r.at, r.errors.as_slice())),
+            flows: if self.demo { demo::FLOWS } else { &[] },
+            expectations: &self.expectations,
+            tallies: &self.tallies,
+            in_force_since: self.in_force_since,
+        };
+        if let Some(frame) = self.printer.frame(summary::render(&view)) {
+            out!("{frame}");
+        }
     }
 }
 
@@ -594,6 +716,7 @@ fn start_traffic(
     run_state: &RunState,
     workloads: &[Arc<MeshWorkload>],
     exe: &Path,
+    logs: &Path,
     processes: &mut Processes,
     sender: &tokio::sync::mpsc::Sender<traffic::Outcome>,
 ) -> anyhow::Result<()> {
@@ -620,15 +743,17 @@ fn start_traffic(
             .iter()
             .find(|w| w.workload == caller)
             .with_context(|| format!("the demo caller {caller} is missing"))?;
-        let mut command = Command::from(as_workload(own.netns.as_deref(), exe));
+        let mut command = Command::from(as_workload(own.netns_pid, exe));
         command.arg("traffic").arg("--flows").arg(serde_json::Value::Array(flows).to_string());
         if let Some(proxy) = own.http_proxy {
             command.arg("--proxy").arg(proxy.to_string());
         }
+        let log = logs.join(format!("{}.traffic.log", caller.replace('/', ".")));
+        let log = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .context("cannot start the traffic generator")?;
@@ -692,7 +817,18 @@ pub(crate) fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         }
     };
     let (program, rest) = args.command.split_first().context("no command given")?;
-    let mut command = as_workload(workload.netns.as_deref(), program);
+    let mut command = match (workload.netns_pid, run.user_namespace) {
+        // Enter `up`'s user namespace first: it owns the workload's network namespace, and
+        // there this user is root over it.
+        (Some(pid), true) => {
+            let mut command = std::process::Command::new("nsenter");
+            // `--preserve-credentials`: the user namespace denies setgroups, which nsenter would
+            // call to become its root; entering it gives this user its capabilities anyway.
+            command.args(["-t", &pid.to_string(), "-U", "-n", "--preserve-credentials"]).arg(program);
+            command
+        }
+        (pid, _) => as_workload(pid, program),
+    };
     command.args(rest).env("ZMESH_WORKLOAD", &workload.workload);
     if let Some(proxy) = workload.http_proxy {
         let url = format!("http://{proxy}");

@@ -1,8 +1,11 @@
 //! `zmesh up` as a new user runs it: the demo mesh comes up, the summary shows mTLS flows
 //! allowed and the expected denials, `zmesh exec` runs a command as a workload, and Ctrl-C
-//! leaves no process, namespace or bridge behind. Each run happens inside its own user,
-//! network and mount namespaces (`unshare`), so ports and namespaces never touch the host;
-//! missing tools fail the test with the reason.
+//! leaves no process, namespace or bridge behind. By default every workload lives in a network
+//! namespace of its own inside a user namespace `up` makes, so STRICT holds against processes
+//! outside the workloads; an edit changes the summary's expectations and verdict, and a refused
+//! edit is shown with its file:line. Each run happens inside its own user, network and mount
+//! namespaces (`unshare`), so ports and namespaces never touch the host; missing tools or
+//! namespaces that cannot be made fail the test with the reason.
 
 use std::collections::HashMap;
 
@@ -76,9 +79,50 @@ fn check_stop(r: &HashMap<String, String>) {
     expect("up_json_left", "no");
 }
 
+/// The default shape: no loopback fallback, every workload in its own namespace.
+fn check_namespaced(r: &HashMap<String, String>) {
+    assert_eq!(
+        r.get("loopback_warning").map(String::as_str),
+        Some("0"),
+        "`zmesh up` fell back to loopback although this machine makes user namespaces; see up.err: {r:#?}"
+    );
+    expect(r, "user_namespace", "1");
+}
+
 #[test]
-fn zmesh_up_on_loopback_runs_the_demo_mesh_and_leaves_nothing_behind() {
-    check_demo(&run_up("loopback"));
+fn zmesh_up_by_default_puts_every_workload_in_its_own_namespace_so_strict_holds_against_local_processes() {
+    let r = run_up("default");
+    check_namespaced(&r);
+    // A process outside the workloads reaches no app: not from the host's side (no route), not
+    // in plaintext from beside the bridge (the STRICT proxy refuses it) ...
+    expect(&r, "outside_direct", "000");
+    expect(&r, "outside_beside_bridge", "000");
+    // ... while `zmesh exec` from inside a workload reaches it through the mesh, over mTLS.
+    check_demo(&r);
+}
+
+#[test]
+fn after_an_edit_the_summary_expects_what_the_engine_decides_and_counts_since_the_change() {
+    let r = run_up("edit");
+    check_namespaced(&r);
+    // GET was denied ("only POST"); the edit allows it: the expectation follows, and every flow
+    // observed since every proxy had the new generation matches it.
+    expect(&r, "edit_get_expected", "ALLOW");
+    expect(&r, "edit_all_as_expected", "yes");
+    assert_ne!(r["edit_get_allowed"], "0", "{r:#?}");
+    expect(&r, "refused_shown", "yes");
+    expect(&r, "refused_still_shown", "1");
+    expect(&r, "refused_cleared", "yes");
+    check_stop(&r);
+}
+
+#[test]
+fn zmesh_up_loopback_runs_the_demo_mesh_warns_that_strict_does_not_hold_and_leaves_nothing_behind() {
+    let r = run_up("loopback");
+    expect(&r, "loopback_warning", "1");
+    // What the warning says: a local process dials the app past its proxy.
+    expect(&r, "loopback_direct", "200");
+    check_demo(&r);
 }
 
 #[test]
@@ -101,6 +145,7 @@ fn zmesh_up_with_your_own_config_serves_your_workloads_and_follows_policy_edits(
 #[test]
 fn zmesh_up_runs_the_seed_configurations_as_written_and_lists_what_it_does_not_enforce() {
     let r = run_up("seeds");
+    check_namespaced(&r);
     expect(&r, "seeds_stand_ins", "1");
     let listed: u32 = r["seeds_not_enforced"].parse().expect("count");
     assert!(listed >= 5, "only {listed} findings listed: {r:#?}");

@@ -46,6 +46,10 @@ pub(crate) struct Outcome {
     /// proves the request crossed the mesh over mTLS.
     pub peer: Option<String>,
     pub error: Option<String>,
+    /// When the request was sent (milliseconds since the Unix epoch), so `up` counts only
+    /// requests sent after a configuration reached every proxy.
+    #[serde(default)]
+    pub sent_at_ms: u64,
 }
 
 async fn send(flow: &FlowSpec, proxy: Option<SocketAddr>) -> anyhow::Result<(u16, Bytes)> {
@@ -88,16 +92,23 @@ pub(crate) fn traffic(args: TrafficArgs) -> anyhow::Result<u8> {
         let mut round = 0u64;
         loop {
             for flow in &flows {
+                let sent_at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 let outcome = match tokio::time::timeout(Duration::from_secs(3), send(flow, args.proxy)).await {
                     Ok(Ok((status, body))) => {
-                        Outcome { flow: flow.id, status, peer: peer_from_echo(&body), error: None }
+                        Outcome { flow: flow.id, status, peer: peer_from_echo(&body), error: None, sent_at_ms }
                     }
                     Ok(Err(error)) => {
-                        Outcome { flow: flow.id, status: 0, peer: None, error: Some(format!("{error:#}")) }
+                        Outcome { flow: flow.id, status: 0, peer: None, error: Some(format!("{error:#}")), sent_at_ms }
                     }
-                    Err(_) => {
-                        Outcome { flow: flow.id, status: 0, peer: None, error: Some("no answer within 3 s".into()) }
-                    }
+                    Err(_) => Outcome {
+                        flow: flow.id,
+                        status: 0,
+                        peer: None,
+                        error: Some("no answer within 3 s".into()),
+                        sent_at_ms,
+                    },
                 };
                 outln!("{}", serde_json::to_string(&outcome)?);
             }
