@@ -196,7 +196,8 @@ async fn secret(args: &WorkloadArgs, admin: Option<SocketAddr>) -> anyhow::Resul
         let certs = crate::control::get_json(&format!("http://{admin}"), "/certs").await?;
         let certificate = json!({
             "identity": certs["identity"],
-            "serial": certs["serial"],
+            // As the control plane writes serials (hex without separators), so the two compare.
+            "serial": certs["serial"].as_str().map(|s| s.replace(':', "").to_ascii_lowercase()),
             "notBefore": certs["notBefore"],
             "notAfter": certs["notAfter"],
         });
@@ -336,14 +337,20 @@ fn mode_source(port: &Value) -> String {
 fn proxy_listeners(workload: &MeshWorkload) -> Vec<Value> {
     let at = |port: u16| SocketAddr::new(workload.address, port).to_string();
     let any = |port: u16| format!("0.0.0.0:{port}");
+    // Ports that act as the workload or reveal its configuration listen on its address only
+    // when that is a loopback address (a single-host mesh), else on localhost.
+    let local = |port: u16| {
+        let ip = if workload.address.is_loopback() { workload.address } else { IpAddr::from([127, 0, 0, 1]) };
+        SocketAddr::new(ip, port).to_string()
+    };
     vec![
         json!({"port": HBONE_PORT, "address": at(HBONE_PORT), "purpose": "HBONE inbound: mTLS tunnels from other proxies (HTTP/2 CONNECT); the peer's SPIFFE ID is verified and authorized"}),
         json!({"port": INBOUND_CAPTURE_PORT, "address": any(INBOUND_CAPTURE_PORT), "purpose": "plaintext inbound (transparent capture only): PeerAuthentication decides, then policy with no peer identity"}),
         json!({"port": OUTBOUND_CAPTURE_PORT, "address": any(OUTBOUND_CAPTURE_PORT), "purpose": "outbound (transparent capture only): mesh destinations through HBONE, others per outboundTrafficPolicy"}),
         json!({"port": METRICS_PORT, "address": at(METRICS_PORT), "purpose": "Prometheus metrics"}),
         json!({"port": HEALTH_PORT, "address": at(HEALTH_PORT), "purpose": "health (/healthz/ready), always plaintext"}),
-        json!({"port": ADMIN_PORT, "address": format!("127.0.0.1:{ADMIN_PORT}"), "purpose": "admin: /config_dump, /certs (the workload's address when that is a loopback address)"}),
-        json!({"port": HTTP_PROXY_PORT, "address": format!("127.0.0.1:{HTTP_PROXY_PORT}"), "purpose": "HTTP proxy for apps (--explicit mode only)"}),
+        json!({"port": ADMIN_PORT, "address": local(ADMIN_PORT), "purpose": "admin: /config_dump, /certs"}),
+        json!({"port": HTTP_PROXY_PORT, "address": local(HTTP_PROXY_PORT), "purpose": "HTTP proxy for apps (--explicit mode only)"}),
     ]
 }
 
@@ -979,10 +986,13 @@ fn tls_check_json(source: &Client, destination: &LiveWorkload) -> Value {
         },
     };
     let server_up = connected(destination);
+    // The declared ports, then every other port (the workload-level mode).
     let ports: Vec<Value> = ports_of(destination)
         .into_iter()
+        .map(Some)
+        .chain([None])
         .map(|port| {
-            let server = port_json(destination, Some(port));
+            let server = port_json(destination, port);
             let mode = server["mtls"].as_str().unwrap_or("PERMISSIVE").to_owned();
             let set_by = mode_source(&server);
             let (accepted, reason) = match (mtls, mode.as_str()) {
@@ -1037,7 +1047,7 @@ fn tls_check_text(body: &Value) -> String {
     let mut rows = vec![["PORT", "CLIENT", "SERVER", "STATUS", "WHY"].map(str::to_owned).to_vec()];
     for port in body["ports"].as_array().into_iter().flatten() {
         rows.push(vec![
-            text(&port["port"]),
+            port["port"].as_u64().map_or("(other)".to_owned(), |p| p.to_string()),
             text(&port["client"]),
             text(&port["server"]),
             if port["accepted"] == true { "OK" } else { "CONFLICT" }.to_owned(),
