@@ -307,7 +307,14 @@ fn port_json(live: &LiveWorkload, port: Option<u16>) -> Value {
     // A port number no policy names stands for "any other port": port-level settings only
     // apply to the ports they list.
     let number = port.unwrap_or(0);
-    let decision = config.policies.mtls_mode(&config.as_policy_sees_it, number);
+    let modes = config.policies.mtls_modes(&config.as_policy_sees_it, number);
+    let decision = &modes.enforced;
+    // What a dry-run PeerAuthentication would set, were it enforced: the proxy counts the
+    // plaintext connections it would refuse, and enforces `decision`.
+    let dry_run = modes.dry_run.as_ref().map(|d| {
+        json!({"mtls": d.mode.as_str(), "mtlsPolicy": d.policy.as_deref(),
+            "wouldRefusePlaintext": modes.dry_run_refuses_plaintext().is_some()})
+    });
     let workload_port = port.and_then(|p| config.workload.port(p));
     let handling = match port.map(|p| config.workload.port_handling(p)) {
         Some(PortHandling::Http) => "HTTP: every request authorized",
@@ -323,6 +330,7 @@ fn port_json(live: &LiveWorkload, port: Option<u16>) -> Value {
         "mtlsPolicy": decision.policy.as_deref(),
         "portLevel": decision.port_level,
         "accepts": {"mtls": true, "plaintext": decision.accepts_plaintext()},
+        "dryRun": dry_run,
     })
 }
 
@@ -376,7 +384,12 @@ fn ports_table(ports: &[Value], other: &Value) -> String {
             text(&port["name"]),
             text(&port["protocol"]),
             text(&port["mtls"]),
-            mode_source(port),
+            match port["dryRun"]["mtls"].as_str() {
+                Some(would) => {
+                    format!("{}; dry-run {would} by {}", mode_source(port), text(&port["dryRun"]["mtlsPolicy"]))
+                }
+                None => mode_source(port),
+            },
         ]);
     }
     table(&rows)
@@ -681,7 +694,9 @@ fn peer_authentication_report(live: &LiveWorkload, root: &str, report: &mut Poli
             (created.map(str::to_owned), order)
         })
     }
-    let wide = |ns: &str| oldest(all.iter().filter(|p| p.meta.namespace == ns && !p.has_selector()).collect());
+    // Dry-run policies are not enforced and take no part, as in the proxy.
+    let wide =
+        |ns: &str| oldest(all.iter().filter(|p| !p.dry_run && p.meta.namespace == ns && !p.has_selector()).collect());
     let mesh = wide(root);
     let namespace = (workload.namespace != root).then(|| wide(&workload.namespace)).flatten();
     let selected = (workload.namespace != root)
@@ -689,7 +704,8 @@ fn peer_authentication_report(live: &LiveWorkload, root: &str, report: &mut Poli
             oldest(
                 all.iter()
                     .filter(|p| {
-                        p.meta.namespace == workload.namespace
+                        !p.dry_run
+                            && p.meta.namespace == workload.namespace
                             && p.selector.as_ref().is_some_and(|s| s.matches(&workload.labels))
                     })
                     .collect(),
@@ -723,6 +739,12 @@ fn peer_authentication_report(live: &LiveWorkload, root: &str, report: &mut Poli
                 .to_owned()
         } else if let Some(selector) = policy.selector.as_ref().filter(|s| !s.matches(&workload.labels)) {
             selector_miss(selector, live, Some(&policy.meta.namespace))
+        } else if policy.dry_run {
+            format!(
+                "dry-run (istio.io/dry-run): not enforced; it would set mode {}, and the proxy logs and counts the \
+                 plaintext connections that would refuse (see `zmesh mtls-readiness`)",
+                policy.mode.as_str()
+            )
         } else {
             let winner = if policy.has_selector() {
                 selected

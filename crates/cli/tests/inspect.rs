@@ -106,7 +106,7 @@ spec: {{address: {client}, serviceAccount: client, labels: {{app: client}}}}
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: server, namespace: shop}}
-spec: {{address: {server}, serviceAccount: server, labels: {{app: server}}, ports: {{http-web: 8080, tcp-db: 5432}}}}
+spec: {{address: {server}, serviceAccount: server, labels: {{app: server}}, ports: {{http-web: 8080, tcp-db: 5432, http-metrics: 9090}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -140,7 +140,17 @@ metadata: {{name: server-strict, namespace: shop}}
 spec:
   selector: {{matchLabels: {{app: server}}}}
   mtls: {{mode: STRICT}}
-  portLevelMtls: {{5432: {{mode: PERMISSIVE}}}}
+  portLevelMtls: {{5432: {{mode: PERMISSIVE}}, 9090: {{mode: DISABLE}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: client-strict-trial
+  namespace: shop
+  annotations: {{istio.io/dry-run: 'true'}}
+spec:
+  selector: {{matchLabels: {{app: client}}}}
+  mtls: {{mode: STRICT}}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -317,6 +327,7 @@ fn live_troubleshooting_commands_answer_with_what_the_running_proxies_enforce() 
     assert_eq!(port(5432)["mtls"], "PERMISSIVE");
     assert_eq!(port(5432)["portLevel"], true);
     assert_eq!(listeners["otherPorts"]["mtls"], "STRICT");
+    assert_eq!(port(9090)["mtls"], "DISABLE");
     let dump = http_request(SocketAddr::new(mesh.server_ip, 15000), "GET", "/config_dump", &[]);
     let dump: Value = serde_json::from_str(&dump.body).expect("config_dump is JSON");
     for own in dump["ports"].as_array().expect("ports") {
@@ -404,11 +415,21 @@ fn live_troubleshooting_commands_answer_with_what_the_running_proxies_enforce() 
         String::from_utf8_lossy(&idle.stderr)
     );
 
+    // A dry-run PeerAuthentication is reported as what it would do, not as what is enforced.
+    let client = mesh.json(&["describe", "shop/client"], 0);
+    let trial = find(&client["notApplying"], "policy", "shop/client-strict-trial");
+    assert!(trial["why"].as_str().is_some_and(|w| w.contains("dry-run") && w.contains("STRICT")), "{client:#}");
+    assert_eq!(client["otherPorts"]["mtls"], "PERMISSIVE", "{client:#}");
+    assert_eq!(client["otherPorts"]["dryRun"]["mtls"], "STRICT", "{client:#}");
+    assert_eq!(client["otherPorts"]["dryRun"]["wouldRefusePlaintext"], true, "{client:#}");
+
     // tls-check: a mesh client uses mTLS and every port accepts it; a client outside the mesh
     // sends plaintext, which the STRICT port refuses and the PERMISSIVE port accepts.
     let mesh_client = mesh.json(&["tls-check", "shop/client", "shop/server"], 0);
     assert_eq!(mesh_client["client"]["mtls"], true, "{mesh_client:#}");
     assert!(mesh_client["ports"].as_array().expect("ports").iter().all(|p| p["accepted"] == true), "{mesh_client:#}");
+    let disable = find(&mesh_client["ports"], "server", "DISABLE");
+    assert!(disable["reason"].as_str().is_some_and(|r| r.contains("accepts every HBONE tunnel")), "{disable:#}");
     let outsider = format!("{a}.{b}.{c}.50");
     let plain = mesh.json(&["tls-check", &outsider, "shop/server"], 1);
     assert_eq!(plain["client"]["mtls"], false, "{plain:#}");
@@ -465,7 +486,7 @@ fn the_ports_describe_and_tls_check_call_strict_refuse_plaintext_and_the_others_
     // describe: each port's mode, held against a plaintext call from outside the mesh.
     let described = saved("describe.json");
     let ports = described["ports"].as_array().cloned().unwrap_or_default();
-    assert_eq!(ports.len(), 2, "{described:#}");
+    assert_eq!(ports.len(), 3, "{described:#}");
     for port in &ports {
         let number = port["port"].as_u64().expect("port");
         let plain = code(&format!("plain_{number}"));

@@ -30,9 +30,10 @@ for _ in $(seq 1 100); do
 done
 curl -s -m 1 -o /dev/null "$STATUS/healthz/ready" || fail "the control plane did not start within 10 s"
 
-# The app answers HTTP on both ports; 5432 is declared `tcp-db`, so the proxy carries it at L4.
+# The app answers HTTP on every port; 5432 is declared `tcp-db`, so the proxy carries it at L4.
 bg server app-web "$ZMESH" echo --listen 0.0.0.0:8080 --name web
 bg server app-db "$ZMESH" echo --listen 0.0.0.0:5432 --name db
+bg server app-metrics "$ZMESH" echo --listen 0.0.0.0:9090 --name metrics
 for name in client server; do
   "$ZMESH" ca token --ca-dir "$CA" --identity "spiffe://cluster.local/ns/shop/sa/$name" --ttl 10m >"$WORK/$name.token"
   ip netns exec "$name" "$ZMESH" capture install
@@ -61,6 +62,8 @@ result plain_8080 "$(code plain http://10.81.0.3:8080/hello)"
 result plain_5432 "$(code plain http://10.81.0.3:5432/hello)"
 result mesh_8080 "$(code client http://10.81.0.3:8080/hello)"
 result mesh_5432 "$(code client http://10.81.0.3:5432/hello)"
+result plain_9090 "$(code plain http://10.81.0.3:9090/hello)"
+result mesh_9090 "$(code client http://10.81.0.3:9090/hello)"
 result mesh_admin "$(code client http://10.81.0.3:8080/admin)"
 result mesh_admin_policy "$(grep -i '^x-zmesh-policy:' "$WORK/headers" | tr -d '\r' | cut -d' ' -f2)"
 result done yes
