@@ -5,8 +5,9 @@
 //! it serves): `zmesh_plaintext_connections_total` and `zmesh_plaintext_last_seen_seconds` per
 //! destination port and source, and `zmesh_mtls_dry_run_refusals_total` per port and dry-run
 //! PeerAuthentication. A workload is SAFE when its proxy answered and no source sent plaintext
-//! within the window; UNSAFE names who would break; a proxy that cannot be read is UNKNOWN,
-//! never safe. Counts are since the proxy started (Prometheus counters); the window applies to
+//! within the window; UNSAFE names who would break; a proxy that cannot be read, or that has
+//! no plaintext inbound path to observe (explicit mode: plaintext reaches the app directly), is
+//! UNKNOWN, never safe. Counts are since the proxy started (Prometheus counters); the window applies to
 //! when each source was last seen.
 
 use std::collections::BTreeMap;
@@ -252,10 +253,13 @@ pub(crate) fn assess(
         samples.iter().find(|s| s.name == "zmesh_plaintext_observed_since_seconds").map(|s| s.value as i64);
     let verdict = if ports.values().any(|p| !p.sources.is_empty()) {
         Verdict::Unsafe
-    } else if samples.is_empty() {
-        // A zmesh proxy always has series once it has served anything; an empty page is not
-        // evidence of silence.
-        Verdict::Unknown("the metrics page has no series".to_owned())
+    } else if observed_since.is_none() {
+        // Only a proxy that serves a plaintext inbound path (transparent capture) says since
+        // when it observes; without it, silence proves nothing.
+        Verdict::Unknown(
+            "its proxy does not observe plaintext inbound (explicit mode, or not a zmesh proxy): plaintext callers reach the app directly, unseen"
+                .to_owned(),
+        )
     } else {
         Verdict::Safe
     };
@@ -477,15 +481,16 @@ zmesh_plaintext_connections_total{destination_port=\"8080\",source_workload=\"sh
 zmesh_plaintext_last_seen_seconds{destination_port=\"8080\",source_workload=\"unknown\",source_address=\"10.79.0.9\"} 1000\n\
 zmesh_plaintext_last_seen_seconds{destination_port=\"8080\",source_workload=\"shop/old\",source_address=\"10.79.0.8\"} 100\n\
 zmesh_mtls_dry_run_refusals_total{destination_port=\"8080\",policy=\"shop/strict\"} 8\n\
+zmesh_plaintext_observed_since_seconds 50\n\
 istio_requests_total{note=\"a\\\"b,c=\\\"d\\\\\"} 2\n";
 
     #[test]
     fn prometheus_text_parses_with_escaped_label_values() {
         let samples = parse_prometheus(PAGE);
-        assert_eq!(samples.len(), 6);
+        assert_eq!(samples.len(), 7);
         assert_eq!(samples[0].labels["source_address"], "10.79.0.9");
         assert_eq!(samples[0].value, 3.0);
-        assert_eq!(samples[5].labels["note"], "a\"b,c=\"d\\");
+        assert_eq!(samples[6].labels["note"], "a\"b,c=\"d\\");
         assert_eq!(parse_prometheus("up 1\n")[0].value, 1.0);
     }
 
@@ -515,6 +520,10 @@ istio_requests_total{note=\"a\\\"b,c=\\\"d\\\\\"} 2\n";
         assert!(matches!(unreachable.verdict, Verdict::Unknown(_)));
         let empty = assess(target(), Ok(Vec::new()), at(0), Duration::from_secs(60));
         assert!(matches!(empty.verdict, Verdict::Unknown(_)));
+        // A proxy without a plaintext inbound path exports no observation start.
+        let explicit = parse_prometheus("zmesh_certificate_expiry_seconds 100\n");
+        let explicit = assess(target(), Ok(explicit), at(0), Duration::from_secs(60));
+        assert!(matches!(&explicit.verdict, Verdict::Unknown(why) if why.contains("explicit mode")), "{explicit:?}");
     }
 
     #[test]

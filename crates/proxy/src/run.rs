@@ -222,11 +222,6 @@ impl Proxy {
             let dialer: Arc<dyn ext_authz::Connect> = Arc::new(AuthorizerDialer(weak.clone()));
             let stages = StageParts::new(marked, dialer);
             let metrics = Arc::new(Metrics::default());
-            metrics.set(
-                "zmesh_plaintext_observed_since_seconds",
-                vec![],
-                crate::observed::unix_seconds(SystemTime::now()),
-            );
             let config = stages.complete(config, &metrics);
             Proxy {
                 config: Current::new(config),
@@ -585,6 +580,14 @@ impl Proxy {
         limits: ConnectionLimits,
         original: OriginalDestination,
     ) {
+        // Only a proxy with a plaintext inbound path sees plaintext: the series says since when,
+        // and its absence tells `zmesh mtls-readiness` that silence here proves nothing (in
+        // explicit mode plaintext reaches the app directly).
+        self.metrics.set(
+            "zmesh_plaintext_observed_since_seconds",
+            vec![],
+            crate::observed::unix_seconds(SystemTime::now()),
+        );
         let gate = Some(("inbound_capture", Some(self.metrics.clone())));
         accept_connections(listener, shutdown, limits, gate, move |stream, source, waiting| {
             self.clone().plaintext_inbound(stream, source, waiting, original)
