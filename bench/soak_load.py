@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Steady HTTP load for bench/soak.sh (standard library only).
 
-    soak_load.py HOST PORT SECONDS RATE OUT_DIR
+    soak_load.py HOST:PORT FRESH_HOST:FRESH_PORT SECONDS RATE OUT_DIR
 
-Sends about RATE requests per second for SECONDS to http://HOST:PORT/, half of them to
-/allowed/<n> (the mesh must answer 200) and half to /denied/<n> (a DENY policy must answer 403).
-Each class runs on two threads that keep one HTTP/1.1 connection alive and open a new one every
-RECONNECT_EVERY requests, plus one thread per class that opens a fresh connection for every request
-(so new tunnels and handshakes happen all through certificate rotations). Every request has a
+Sends about RATE requests per second for SECONDS, half of them to /allowed/<n> (the mesh must
+answer 200) and half to /denied/<n> (a DENY policy must answer 403). Each class runs on two
+threads that send to HOST:PORT over one kept-alive HTTP/1.1 connection (a new one every
+RECONNECT_EVERY requests), plus one thread at 5 requests per second that opens a new connection
+to FRESH_HOST:FRESH_PORT for every request (soak.sh puts a proxy there that dials a new mTLS
+connection per tunnel, so handshakes happen all through certificate rotations). Every request has a
 2 s timeout (connect, send, each read, and the whole exchange). Pacing is by schedule: a thread
 that falls behind does not burst to catch up, and no thread sends more than its share.
 
@@ -76,7 +77,8 @@ def exchange(conn, path):
     return outcome, latency
 
 
-def worker(tally, host, port, cls, rate, deadline, limit, fresh):
+def worker(tally, target, cls, rate, deadline, limit, fresh):
+    host, port = target.rsplit(":", 1)
     period = 1.0 / rate
     conn = None
     count = 0
@@ -91,7 +93,7 @@ def worker(tally, host, port, cls, rate, deadline, limit, fresh):
         if conn is None or fresh or count % RECONNECT_EVERY == 0:
             if conn is not None:
                 conn.close()
-            conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
+            conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT_S)
             tally.opened()
         path = f"/{cls}/{threading.get_ident() % 1000}-{count}"
         outcome, latency = exchange(conn, path)
@@ -107,7 +109,7 @@ def worker(tally, host, port, cls, rate, deadline, limit, fresh):
 
 
 def main():
-    host, port, seconds, rate, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+    target, fresh_target, seconds, rate, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
     tally = Tally(os.path.join(out, "load-failures.log"))
     deadline = time.monotonic() + seconds
     # Per class: two keep-alive threads carrying most of the load, one fresh-connection thread at
@@ -118,7 +120,8 @@ def main():
     for cls in EXPECTED:
         for rate_each, fresh in ((keep_rate, False), (keep_rate, False), (fresh_rate, True)):
             limit = int(rate_each * seconds) + 1
-            t = threading.Thread(target=worker, args=(tally, host, port, cls, rate_each, deadline, limit, fresh))
+            where = fresh_target if fresh else target
+            t = threading.Thread(target=worker, args=(tally, where, cls, rate_each, deadline, limit, fresh))
             t.start()
             threads.append(t)
     for t in threads:
