@@ -481,6 +481,15 @@ impl Mesh {
             let token_file = state.join("tokens").join(&key);
             write_private(&token_file, &tokens.issue(&workload.identity, now, expires))?;
             let log = |what: &str| state.join("logs").join(format!("{key}.{what}.log"));
+            if args.isolate && workload.address.is_loopback() {
+                bail!(
+                    "{}/{} has the loopback address {}: its app runs on this machine, outside the namespaces `up` \
+                     makes for workloads; run `zmesh up --loopback`, or give it an address that is not a loopback one",
+                    workload.namespace,
+                    workload.name,
+                    workload.address
+                );
+            }
             let netns = match (args.isolate, workload.address) {
                 (false, _) => None,
                 (true, IpAddr::V4(address)) => Some(isolation.pod(processes, &log("netns"), address, index).await?),

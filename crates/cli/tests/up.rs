@@ -126,6 +126,35 @@ fn zmesh_up_loopback_runs_the_demo_mesh_warns_that_strict_does_not_hold_and_leav
 }
 
 #[test]
+fn without_user_namespaces_zmesh_up_falls_back_to_loopback_and_says_strict_does_not_hold() {
+    let r = run_up("fallback");
+    expect(&r, "loopback_warning", "1");
+    expect(&r, "no_user_namespaces", "1");
+    expect(&r, "loopback_direct", "200");
+    check_demo(&r);
+}
+
+#[test]
+fn your_own_workloads_on_loopback_addresses_are_refused_in_namespaces_with_what_to_do() {
+    let dir = TempDir::new("up-namespaced-config");
+    let output = zmesh_testkit::e2e::unshare_bash(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/up.sh"),
+        [
+            std::ffi::OsStr::new(env!("CARGO_BIN_EXE_zmesh")),
+            dir.path().as_os_str(),
+            std::ffi::OsStr::new("namespaced-config"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let err = std::fs::read_to_string(dir.path().join("up.err")).unwrap_or_default();
+    assert!(output.status.success(), "{stdout}\n{}\n{err}", String::from_utf8_lossy(&output.stderr));
+    let r = zmesh_testkit::e2e::results(&stdout);
+    assert_ne!(r.get("refused_status").map(String::as_str), Some("0"), "{r:#?}\n{err}");
+    expect(&r, "refused_says_loopback", "1");
+    expect(&r, "up_json_left", "no");
+}
+
+#[test]
 fn zmesh_up_isolate_runs_every_workload_in_its_own_namespace_with_capture() {
     check_demo(&run_up("isolate"));
 }
