@@ -415,7 +415,7 @@ fn live_json(live: &crate::live::LiveWorkload, query: &LiveQuery, checked: &Chec
     let request = &query.request;
     body["workload"] = json!(live.workload);
     body["version"] = json!(live.version);
-    body["pathNormalization"] = json!(format!("{:?}", live.config.mesh.path_normalization));
+    body["pathNormalization"] = json!(zmesh_policy::analyze::mode_name(live.config.mesh.path_normalization));
     body["source"] = json!({
         "caller": query.caller,
         "principal": request.source.principal,

@@ -241,7 +241,9 @@ fn the_live_check_says_what_the_running_proxy_does_and_explain_replays_its_log_l
             mesh.logs()
         );
     }
-    assert_eq!(mesh.check("GET", "/x/../admin")["normalizedPath"], "/admin");
+    let dotted = mesh.check("GET", "/x/../admin");
+    assert_eq!(dotted["normalizedPath"], "/admin", "{dotted:#}");
+    assert_eq!(dotted["pathNormalization"], "BASE", "{dotted:#}");
 
     // A plaintext caller never reaches authorization on the STRICT port.
     let plaintext =
@@ -288,4 +290,50 @@ fn explain_refuses_a_line_that_is_not_a_decision_with_what_to_do() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("authorization decision") && stderr.contains("--log-level"), "{stderr}");
+}
+
+#[test]
+fn the_offline_check_refuses_plaintext_on_a_strict_port_before_any_policy() {
+    let dir = TempDir::new("authz-offline-strict");
+    let config = dir.write(
+        "mesh.yaml",
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: shop}
+spec: {action: ALLOW, rules: [{}]}
+",
+    );
+    let config = config.to_str().expect("utf-8");
+    let workload = r#"{"namespace": "shop"}"#;
+    let check = |request: &str| {
+        let output = zmesh(&[
+            "authz",
+            "check",
+            "--config",
+            config,
+            "--workload-json",
+            workload,
+            "--request-json",
+            request,
+            "-o",
+            "json",
+        ]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).expect("JSON")
+    };
+    let plaintext = check(r#"{"destination": {"port": 8080}, "path": "/"}"#);
+    assert_eq!(plaintext["decision"], "deny", "{plaintext:#}");
+    assert_eq!(plaintext["refusedBy"], "PeerAuthentication", "{plaintext:#}");
+    assert!(
+        plaintext["reason"].as_str().is_some_and(|r| r.contains("PeerAuthentication shop/strict")),
+        "{plaintext:#}"
+    );
+    let mtls = check(r#"{"source": {"principal": "cluster.local/ns/shop/sa/web"}, "destination": {"port": 8080}}"#);
+    assert_eq!(mtls["decision"], "allow", "{mtls:#}");
+    assert_eq!(mtls["policy"], "shop/allow-all", "{mtls:#}");
 }

@@ -590,7 +590,8 @@ pub fn path_bypasses(pattern: &str, mode: PathNormalization) -> Vec<PathBypass> 
     out
 }
 
-fn mode_name(mode: PathNormalization) -> &'static str {
+/// The MeshConfig spelling of a normalization mode.
+pub fn mode_name(mode: PathNormalization) -> &'static str {
     match mode {
         PathNormalization::None => "NONE",
         PathNormalization::Base => "BASE",
