@@ -97,6 +97,9 @@ fn zmesh_up_by_default_puts_every_workload_in_its_own_namespace_so_strict_holds_
     // in plaintext from beside the bridge (the STRICT proxy refuses it) ...
     expect(&r, "outside_direct", "000");
     expect(&r, "outside_beside_bridge", "000");
+    // (a PERMISSIVE workload on the same path answers: its proxy denies the plaintext caller by
+    // policy, so the path is there and the STRICT proxy is what refused)
+    expect(&r, "beside_bridge_permissive", "403");
     // ... while `zmesh exec` from inside a workload reaches it through the mesh, over mTLS.
     check_demo(&r);
 }

@@ -83,6 +83,9 @@ if [ "$MODE" = default ]; then
   # plaintext connection is captured by the destination proxy, which refuses it.
   result outside_direct "$(curl -s -m 3 -o /dev/null -w '%{http_code}' -X POST http://10.88.1.2:8080/api/v2/payments/process || true)"
   result outside_beside_bridge "$(nsenter -t "$INNER_PID" -U -n --preserve-credentials curl -s -m 3 -o /dev/null -w '%{http_code}' -X POST http://10.88.1.2:8080/api/v2/payments/process || true)"
+  # The same path to production/api-gateway (PERMISSIVE) gets an answer from its proxy: the
+  # address is routable and captured, so the silence above is STRICT refusing plaintext.
+  result beside_bridge_permissive "$(nsenter -t "$INNER_PID" -U -n --preserve-credentials curl -s -m 3 -o /dev/null -w '%{http_code}' http://10.88.2.2:8080/api/v1/orders || true)"
 fi
 
 if [ "$MODE" = edit ]; then
