@@ -84,7 +84,12 @@ pub(crate) async fn workload_config(status_api: &str, workload: &str) -> anyhow:
     let proxies = body["proxies"].as_array().cloned().unwrap_or_default();
     let loaded = load(resources.values().map(|r| (r.key.as_str(), r.order, r.document.as_str())))
         .map_err(|error| anyhow::anyhow!("the configuration of {workload} does not load: {error}"))?;
-    let policies: Vec<&Value> = body["namespacePolicies"].as_array().into_iter().flatten().collect();
+    // Without them `describe` would report no policy that misses the workload, as if none did.
+    let policies: Vec<&Value> = body["namespacePolicies"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("{status_api} does not list the namespace's policies (`namespacePolicies`); use a control plane of this zmesh version"))?
+        .iter()
+        .collect();
     let pushed_policies =
         policies.iter().filter(|p| p["pushed"] == true).filter_map(|p| p["key"].as_str().map(str::to_owned)).collect();
     // The root namespace comes with the policies, so their scope is read as the mesh's.

@@ -136,6 +136,11 @@ spec: {{mtls: {{mode: PERMISSIVE}}}}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
+metadata: {{name: default-later, namespace: shop}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
 metadata: {{name: server-strict, namespace: shop}}
 spec:
   selector: {{matchLabels: {{app: server}}}}
@@ -397,6 +402,8 @@ fn live_troubleshooting_commands_answer_with_what_the_running_proxies_enforce() 
         client_only.contains("the workload has app=server") && !client_only.contains("selects no workload"),
         "{client_only}"
     );
+    let later = find(ignored, "policy", "shop/default-later")["why"].as_str().expect("why").to_owned();
+    assert!(later.contains("shop/default at the same level is older"), "{later}");
     let root = find(ignored, "policy", "istio-system/root-selector")["why"].as_str().expect("why").to_owned();
     assert!(root.contains("root namespace is ignored"), "{root}");
     assert_eq!(find(&described["services"], "name", "shop/server-svc")["kind"], "Service", "{described:#}");
