@@ -455,16 +455,38 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
+/// Whether the `--from` workload has a proxy connected to the control plane: without one, its
+/// requests would not carry its identity (they would be plaintext, if they got through at all).
+async fn caller_has_proxy(status_api: &str, from: &str) -> anyhow::Result<bool> {
+    let body = crate::control::get_json(status_api, "/api/v1/proxies").await?;
+    Ok(body["proxies"].as_array().into_iter().flatten().any(|p| p["workload"] == from && p["connected"] == true))
+}
+
 /// `zmesh authz check WORKLOAD …`.
 fn live_check(workload: &str, args: &LiveRequest, output: Output) -> anyhow::Result<u8> {
-    let live = runtime()?.block_on(crate::live::workload_config(&args.control_plane, workload))?;
+    let runtime = runtime()?;
+    let live = runtime.block_on(crate::live::workload_config(&args.control_plane, workload))?;
     let query = live_query(&live, args)?;
     let checked = decide_live(&live, &query)?;
     if let Some(note) = live.sync_note() {
         eprintln!("warning: {note}");
     }
+    let mut caller_proxy = None;
+    if let Some(from) = args.from.as_deref().filter(|_| !args.plaintext) {
+        let connected = runtime.block_on(caller_has_proxy(&args.control_plane, from))?;
+        if !connected {
+            eprintln!(
+                "warning: {from} has no proxy connected to the control plane: without one its requests carry no mTLS identity; see what a plaintext request gets with --plaintext"
+            );
+        }
+        caller_proxy = Some(connected);
+    }
     match output {
-        Output::Json => outln!("{:#}", live_json(&live, &query, &checked)),
+        Output::Json => {
+            let mut body = live_json(&live, &query, &checked);
+            body["source"]["proxyConnected"] = json!(caller_proxy);
+            outln!("{body:#}");
+        }
         Output::Text => out!("{}", live_text(&live, &query, &checked)),
     }
     Ok(0)

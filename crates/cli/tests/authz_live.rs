@@ -232,6 +232,7 @@ fn the_live_check_says_what_the_running_proxy_does_and_explain_replays_its_log_l
         assert_eq!(answer["decision"], decision, "{method} {path}: {answer:#}");
         assert_eq!(answer["policy"].as_str(), policy, "{method} {path}: {answer:#}");
         assert_eq!(answer["source"]["principal"], "spiffe://cluster.local/ns/shop/sa/client", "{answer:#}");
+        assert_eq!(answer["source"]["proxyConnected"], true, "{answer:#}");
         assert_eq!(answer["mtls"]["mode"], "STRICT", "{answer:#}");
         assert_eq!(answer["mtls"]["policy"], "shop/server-strict", "{answer:#}");
         assert_eq!(
