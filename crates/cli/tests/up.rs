@@ -40,6 +40,8 @@ fn run_up(mode: &str) -> HashMap<String, String> {
         String::from_utf8_lossy(&output.stderr)
     );
     let results = zmesh_testkit::e2e::results(&stdout);
+    // Into a file the summary is plain lines: no cursor movement, no clearing.
+    assert!(!read("up.out").contains('\x1b'), "escape sequences written to a file:\n{logs}");
     assert!(results.len() >= 12, "the script stopped early:\n{stdout}\n{logs}");
     if results.get("all_flows_as_expected").map(String::as_str) != Some("yes") {
         panic!("the summary never showed every flow as expected:\n{results:#?}\n{logs}");
@@ -155,6 +157,30 @@ fn your_own_workloads_on_loopback_addresses_are_refused_in_namespaces_with_what_
     assert_ne!(r.get("refused_status").map(String::as_str), Some("0"), "{r:#?}\n{err}");
     expect(&r, "refused_says_loopback", "1");
     expect(&r, "up_json_left", "no");
+}
+
+#[test]
+fn on_a_terminal_the_summary_redraws_in_place() {
+    let dir = TempDir::new("up-terminal");
+    let typescript = dir.path().join("typescript");
+    let command = format!(
+        "{} up --state-dir {} --duration 6 --summary-ms 500",
+        env!("CARGO_BIN_EXE_zmesh"),
+        dir.path().join("state").display()
+    );
+    // `script` gives `up` a pseudo-terminal and records what it wrote there.
+    let output = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--net", "--mount", "--fork", "script", "-qfc", &command])
+        .arg(&typescript)
+        .output()
+        .expect("`unshare` and `script` must be installed (util-linux); CI installs them");
+    let screen = std::fs::read_to_string(&typescript).unwrap_or_default();
+    assert!(output.status.success(), "{}\n{screen}", String::from_utf8_lossy(&output.stderr));
+    let frames = screen.matches("\x1b[H\x1b[2J").count();
+    assert!(frames >= 3, "{frames} redraws:\n{screen}");
+    // Every frame starts with the banner, so the status API and the paths stay in view.
+    let last = screen.rsplit("\x1b[H\x1b[2J").next().unwrap_or_default();
+    assert!(last.starts_with("zmesh up: 9 workloads") && last.contains("summary: "), "{last}");
 }
 
 #[test]
