@@ -605,7 +605,10 @@ fn analyze_path_bypass(findings: &mut Findings, config: &Config) {
     let mode = config.mesh.path_normalization;
     let stricter = [PathNormalization::Base, PathNormalization::MergeSlashes, PathNormalization::DecodeAndMergeSlashes];
     let rank = |m: PathNormalization| stricter.iter().position(|s| *s == m).map_or(0, |p| p + 1);
-    for policy in config.authorization_policies.iter().filter(|p| p.action == Action::Deny && p.target_refs.is_empty())
+    for policy in config
+        .authorization_policies
+        .iter()
+        .filter(|p| p.action == Action::Deny && !p.dry_run && p.target_refs.is_empty())
     {
         for (rule_index, rule) in policy.rules.iter().enumerate() {
             for (to_index, operation) in rule.to.iter().enumerate() {

@@ -120,3 +120,15 @@ fn analyze_only_notes_letter_case_once_the_normalization_closes_the_rest() {
     assert_eq!(found[0].severity, zmesh_config::Severity::Info);
     assert!(found[0].message.contains("`/ADMIN`") && !found[0].message.contains("`//admin`"), "{}", found[0].message);
 }
+
+#[test]
+fn a_dry_run_deny_is_not_reported_since_it_enforces_nothing() {
+    let yaml = mesh("BASE").replace(
+        "metadata: {name: no-admin, namespace: shop}",
+        "metadata: {name: no-admin, namespace: shop, annotations: {\"istio.io/dry-run\": \"true\"}}",
+    );
+    let loaded = load_str(&yaml);
+    assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
+    assert!(loaded.config.authorization_policies.iter().all(|p| p.dry_run), "the policy is read as dry-run");
+    assert!(analyze(&loaded.config).iter().all(|d| d.code != Some("ZM1010")));
+}
