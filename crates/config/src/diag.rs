@@ -75,6 +75,8 @@ pub mod codes {
     pub const MESH_CONFIG_IGNORED: &str = "ZM1007";
     pub const CUSTOM_PROVIDER_UNKNOWN: &str = "ZM1008";
     pub const ROOT_SELECTOR_IGNORED: &str = "ZM1009";
+    /// A DENY path a request can get past by spelling the path another way.
+    pub const DENY_PATH_BYPASS: &str = "ZM1010";
     pub const NOT_USED: &str = "ZM0001";
 }
 

@@ -375,9 +375,7 @@ Subject { kind: "AuthorizationPolicy", meta: &allow.meta, pos: allow_rule.pos },
     }
 }
 
-/// The code of a DENY path that a request can get past by spelling the path another way
-/// (docs/diagnostic-codes.md).
-pub const DENY_PATH_BYPASS: &str = "ZM1010";
+pub use zmesh_config::diag::codes::DENY_PATH_BYPASS;
 
 /// A way of spelling a path that the app may serve as the protected one while a path match does
 /// not see it as such.

@@ -675,11 +675,17 @@ impl Proxy {
         );
         if let Some(would) = modes.dry_run_refuses_plaintext() {
             let policy = value(would.policy.as_ref());
-            let from = workload.unwrap_or_else(|| source.ip().to_string());
-            tracing::info!(
-                "would refuse: plaintext connection from {from} to port {} under STRICT dry-run policy {policy}",
-                target.port()
-            );
+            // Logged at a source's 1st, 2nd, 4th, 8th… connection to the port: every sender is
+            // named at once, and a flood of plaintext cannot flood the log (the counter counts
+            // every one).
+            if recorded.row.count.is_power_of_two() {
+                let from = workload.unwrap_or_else(|| source.ip().to_string());
+                tracing::info!(
+                    "would refuse: plaintext connection from {from} to port {} under STRICT dry-run policy {policy} ({} so far from this source)",
+                    target.port(),
+                    recorded.row.count
+                );
+            }
             self.metrics.add(
                 "zmesh_mtls_dry_run_refusals_total",
                 vec![("destination_port", recorded.port.to_string()), ("policy", policy)],
