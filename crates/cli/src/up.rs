@@ -357,6 +357,15 @@ pub(crate) fn up(mut args: UpArgs) -> anyhow::Result<u8> {
     // Inside its own user namespace `up` is root over the namespaces it makes: the `--isolate`
     // layout, without touching the host.
     let user_namespace = args.in_user_namespace;
+    if user_namespace {
+        // A supervisor killed outright (SIGKILL) must not leave the mesh running unseen: its
+        // death stops this process as Ctrl-C would.
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+            .context("cannot ask to be stopped with the supervising `zmesh up`")?;
+        if rustix::process::getppid().is_none_or(|parent| parent.as_raw_nonzero().get() == 1) {
+            bail!("the supervising `zmesh up` is gone; nothing was started");
+        }
+    }
     args.isolate |= user_namespace;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {

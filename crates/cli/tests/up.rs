@@ -122,6 +122,21 @@ fn after_an_edit_the_summary_expects_what_the_engine_decides_and_counts_since_th
 }
 
 #[test]
+fn when_the_supervising_up_is_killed_outright_the_mesh_inside_stops_too() {
+    let dir = TempDir::new("up-orphan");
+    let output = zmesh_testkit::e2e::unshare_bash(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/up.sh"),
+        [std::ffi::OsStr::new(env!("CARGO_BIN_EXE_zmesh")), dir.path().as_os_str(), std::ffi::OsStr::new("orphan")],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let r = zmesh_testkit::e2e::results(&stdout);
+    expect(&r, "all_flows_as_expected", "yes");
+    assert!(r["orphan_started"].parse::<u32>().expect("count") >= 9 * 2 + 6, "{r:#?}");
+    expect(&r, "orphan_left", "0");
+}
+
+#[test]
 fn zmesh_up_loopback_runs_the_demo_mesh_warns_that_strict_does_not_hold_and_leaves_nothing_behind() {
     let r = run_up("loopback");
     expect(&r, "loopback_warning", "1");

@@ -13,6 +13,15 @@ UP_PID=""
 cleanup() { [ -n "$UP_PID" ] && kill -9 "$UP_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 result() { printf 'RESULT %s %s\n' "$1" "$2"; }
+descendants() {
+  local parent
+  for parent in "$@"; do
+    local kids
+    kids=$(grep -lx "PPid:[[:space:]]*$parent" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3 | tr '\n' ' ' || true)
+    if [ -n "$kids" ]; then echo "$kids"; descendants $kids; fi
+  done
+  return 0
+}
 
 mount -t tmpfs tmpfs /run
 mkdir -p /run/netns
@@ -88,6 +97,22 @@ if [ "$MODE" = default ]; then
   result beside_bridge_permissive "$(nsenter -t "$INNER_PID" -U -n --preserve-credentials curl -s -m 3 -o /dev/null -w '%{http_code}' http://10.88.2.2:8080/api/v1/orders || true)"
 fi
 
+if [ "$MODE" = orphan ]; then
+  # The supervising `up` killed outright: the inner `up` stops everything it started anyway.
+  before=$(descendants "$UP_PID" | tr '\n' ' ')
+  kill -9 "$UP_PID"; wait "$UP_PID" 2>/dev/null || true; UP_PID=""
+  left=0
+  for _ in $(seq 1 150); do
+    left=0
+    for pid in $before; do kill -0 "$pid" 2>/dev/null && left=$((left + 1)); done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  result orphan_started "$(echo "$before" | wc -w)"
+  result orphan_left "$left"
+  exit 0
+fi
+
 if [ "$MODE" = edit ]; then
   # Allow GET: the summary's expectation for the GET flow follows the edit, and the verdict
   # counts what was observed since every proxy had it.
@@ -159,15 +184,6 @@ fi
 result proxy_status "$("$ZMESH" proxy-status >/dev/null 2>&1 && echo synced || echo not-synced)"
 
 # Collect what `up` started (and what the inner `up` started), then stop it the way a user does.
-descendants() {
-  local parent
-  for parent in "$@"; do
-    local kids
-    kids=$(grep -lx "PPid:[[:space:]]*$parent" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3 | tr '\n' ' ' || true)
-    if [ -n "$kids" ]; then echo "$kids"; descendants $kids; fi
-  done
-  return 0
-}
 children=$(descendants "$UP_PID" | tr '\n' ' ')
 result children_started "$(echo "$children" | wc -w)"
 kill -INT "$UP_PID"
