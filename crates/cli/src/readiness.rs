@@ -50,7 +50,7 @@ pub(crate) struct ReadinessArgs {
     output: Format,
 }
 
-fn parse_window(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_window(text: &str) -> Result<Duration, String> {
     zmesh_config::authn::parse_duration(text)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("`{text}` is not a duration such as 1h, 30m or 90s"))
@@ -162,7 +162,7 @@ pub(crate) struct PlaintextSource {
 }
 
 impl PlaintextSource {
-    fn who(&self) -> String {
+    pub(crate) fn who(&self) -> String {
         match self.workload.as_str() {
             "unknown" => self.address.clone(),
             "other" => format!("other sources (beyond the proxy's bound of {})", zmesh_proxy::observed::MAX_SOURCES),
@@ -395,7 +395,7 @@ fn scalar(value: &Value) -> String {
 }
 
 /// GET `http://ADDR/stats/prometheus`, bounded in time and size.
-async fn scrape(addr: SocketAddr) -> Result<Vec<Sample>, String> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Result<Vec<Sample>, String> {
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

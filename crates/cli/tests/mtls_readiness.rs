@@ -75,6 +75,9 @@ fn run_script() -> Result<Run, String> {
         "metrics-after.txt",
         "backend.log",
         "readiness.err",
+        "analyze-before.txt",
+        "analyze-after.txt",
+        "analyze.err",
     ] {
         files.insert(name, std::fs::read_to_string(dir.path().join(name)).unwrap_or_default());
     }
@@ -185,6 +188,22 @@ fn the_strict_dry_run_counts_exactly_the_plaintext_connections_and_refuses_none(
     );
     // Not enforced: every plaintext call got through (checked above as 200s).
     assert_eq!(run.result("plaintext_codes"), "200 200 200 200", "{}", run.context);
+}
+
+#[test]
+fn analyze_with_live_data_warns_that_switching_to_strict_breaks_the_plaintext_caller_until_it_joins() {
+    let run = script_run();
+    let before = &run.files["analyze-before.txt"];
+    let context = format!("{before}\n{}\n{}", run.files["analyze.err"], run.context);
+    assert_eq!(run.result("analyze_before_exit"), "1", "{context}");
+    let finding = before.lines().find(|l| l.contains("[ZM1011]")).unwrap_or_else(|| panic!("no ZM1011\n{context}"));
+    assert!(finding.contains("PeerAuthentication shop/backend-strict"), "{finding}");
+    assert!(finding.contains("mesh.yaml:"), "file:line of the policy: {finding}");
+    assert!(finding.contains("shop/legacy (10.81.0.4)"), "names the caller that would break: {finding}");
+    assert!(finding.contains("shop/backend port 8080"), "{finding}");
+    // Once legacy sends through its own proxy, a window without the old plaintext is clean.
+    let after = &run.files["analyze-after.txt"];
+    assert!(!after.contains("ZM1011"), "{after}\n{}", run.context);
 }
 
 #[test]

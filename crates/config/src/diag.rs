@@ -77,6 +77,8 @@ pub mod codes {
     pub const ROOT_SELECTOR_IGNORED: &str = "ZM1009";
     /// A DENY path a request can get past by spelling the path another way.
     pub const DENY_PATH_BYPASS: &str = "ZM1010";
+    /// A PeerAuthentication whose STRICT would refuse plaintext that live traffic still sends.
+    pub const STRICT_WOULD_BREAK: &str = "ZM1011";
     pub const NOT_USED: &str = "ZM0001";
 }
 

@@ -73,6 +73,61 @@ impl Findings {
     }
 }
 
+/// Plaintext a proxy saw arriving at one port of its workload, from live observations
+/// (`zmesh mtls-readiness`'s data).
+#[derive(Debug, Clone)]
+pub struct PlaintextSeen {
+    /// `namespace/name`.
+    pub workload: String,
+    pub as_policy_sees_it: crate::Workload,
+    pub port: u16,
+    /// Who sent it, in words (`shop/legacy (10.0.0.4)`, or an address).
+    pub senders: Vec<String>,
+    pub connections: u64,
+    /// The window the observations cover, in words (`1h`).
+    pub window: String,
+}
+
+/// The PeerAuthentications of `config` that would make a port STRICT while live traffic shows
+/// someone still sending it plaintext: switching would break those callers (ZM1011). Dry-run
+/// policies are left out: observing is what they are for.
+pub fn strict_would_break(config: &Config, seen: &[PlaintextSeen]) -> Vec<Diagnostic> {
+    let set = crate::PolicySet::compile(config);
+    let mut findings = Findings { out: Vec::new() };
+    for observed in seen.iter().filter(|s| s.connections > 0) {
+        let decision = set.mtls_mode(&observed.as_policy_sees_it, observed.port);
+        if decision.accepts_plaintext() {
+            continue;
+        }
+        let Some(id) = decision.policy.as_deref() else { continue };
+        let Some(policy) =
+            config.peer_authentications.iter().find(|p| format!("{}/{}", p.meta.namespace, p.meta.name) == id)
+        else {
+            continue;
+        };
+        let field = if decision.port_level {
+            format!("spec.portLevelMtls.{}.mode", observed.port)
+        } else {
+            "spec.mtls.mode".to_owned()
+        };
+        findings.add(
+            codes::STRICT_WOULD_BREAK,
+            Subject { kind: "PeerAuthentication", meta: &policy.meta, pos: policy.meta.origin.pos },
+            field,
+            format!(
+                "STRICT here refuses plaintext, yet {} port {} received {} plaintext connection(s) within the last {} from {}; they would be refused",
+                observed.workload,
+                observed.port,
+                observed.connections,
+                observed.window,
+                observed.senders.join(", ")
+            ),
+            "bring those callers into the mesh first (`zmesh mtls-readiness` says SAFE once none sends plaintext), or rehearse with the annotation istio.io/dry-run: \"true\" and watch what it would refuse".into(),
+        );
+    }
+    findings.out
+}
+
 /// Run every analyzer over a loaded configuration.
 pub fn analyze(config: &Config) -> Vec<Diagnostic> {
     let mut findings = Findings { out: Vec::new() };

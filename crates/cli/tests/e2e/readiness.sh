@@ -110,6 +110,11 @@ readiness shop/backend >"$WORK/readiness-before.txt" 2>>"$WORK/readiness.err"; r
 readiness shop/backend -o json >"$WORK/readiness-before.json" 2>>"$WORK/readiness.err"
 readiness shop/backend -o yaml >"$WORK/readiness-before.yaml" 2>>"$WORK/readiness.err"
 readiness shop/ghost -o json >"$WORK/readiness-ghost.json" 2>>"$WORK/readiness.err"; result ghost_exit $?
+# The proposed switch: the same configuration with backend-strict enforced (no dry-run).
+mkdir -p "$WORK/switch"
+grep -v 'istio.io/dry-run' "$CONFIG/mesh.yaml" >"$WORK/switch/mesh.yaml"
+"$ZMESH" analyze "$WORK/switch" --control-plane "$STATUS" >"$WORK/analyze-before.txt" 2>>"$WORK/analyze.err"
+result analyze_before_exit $?
 set -e
 
 # --- 2. legacy joins the mesh: its calls go through its own proxy, in mTLS -------------------
@@ -122,5 +127,7 @@ set +e
 readiness shop/backend --window 3s >"$WORK/readiness-after.txt" 2>>"$WORK/readiness.err"; result after_exit $?
 readiness shop/backend --window 3s -o json >"$WORK/readiness-after.json" 2>>"$WORK/readiness.err"
 readiness shop/backend --window 1h -o json >"$WORK/readiness-after-1h.json" 2>>"$WORK/readiness.err"
+"$ZMESH" analyze "$WORK/switch" --control-plane "$STATUS" --window 3s >"$WORK/analyze-after.txt" 2>>"$WORK/analyze.err"
+result analyze_after_exit $?
 set -e
 result done yes
