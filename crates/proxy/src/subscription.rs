@@ -201,8 +201,7 @@ impl Subscription {
     }
 
     async fn connect(&self) -> Result<Open, String> {
-        let channel =
-            self.control.connect(&self.credentials).await.map_err(|e| crate::identity::source_chain(&e))?;
+        let channel = self.control.connect(&self.credentials).await.map_err(|e| crate::identity::source_chain(&e))?;
         let (requests, outgoing) = mpsc::channel(4);
         let hello = ConfigRequest {
             node: Some(self.node.clone()),

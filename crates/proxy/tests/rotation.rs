@@ -208,8 +208,10 @@ async fn setup(
 ) -> (tokio_rustls::TlsConnector, SocketAddr, Vec<tokio::task::JoinHandle<()>>) {
     let server = Arc::new(manager(mesh, ca_addr, "server"));
     let client = Arc::new(manager(mesh, ca_addr, "client"));
-    let (server_store, server_received) = server.bootstrap(roots(mesh), Duration::from_secs(5)).await.expect("server SVID");
-    let (client_store, client_received) = client.bootstrap(roots(mesh), Duration::from_secs(5)).await.expect("client SVID");
+    let (server_store, server_received) =
+        server.bootstrap(roots(mesh), Duration::from_secs(5)).await.expect("server SVID");
+    let (client_store, client_received) =
+        client.bootstrap(roots(mesh), Duration::from_secs(5)).await.expect("client SVID");
     let addr = echo_server(server_store.clone()).await;
     let expected = ExpectedPeers::one(server.id.clone());
     let connector = tokio_rustls::TlsConnector::from(zmesh_tls::client_config(

@@ -92,7 +92,11 @@ impl Plane {
 
     fn identity_manager(&self, identity: &str) -> IdentityManager {
         let client = SigningClient::new(self.control(), BootstrapToken::Text(self.token(identity)));
-        IdentityManager::new(identity.parse().expect("id"), TrustDomains::new("cluster.local".parse().expect("td")), client)
+        IdentityManager::new(
+            identity.parse().expect("id"),
+            TrustDomains::new("cluster.local".parse().expect("td")),
+            client,
+        )
     }
 
     /// A first certificate for `identity`, as a proxy gets it: bootstrap token over TLS.
@@ -155,7 +159,9 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_arrive_as_versions_and_a_refused_version_keeps_the_previous_one() {
     let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
-    let mut subscription = plane.subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-1").await;
+    let mut subscription = plane
+        .subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-1")
+        .await;
     let stop = CancellationToken::new();
     let first = subscription.initial(&stop).await.expect("first configuration");
     assert!(allowed(&first, "/v1") && !allowed(&first, "/v2"));
@@ -203,7 +209,8 @@ async fn edits_arrive_as_versions_and_a_refused_version_keeps_the_previous_one()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_svid_of_another_identity_gets_no_configuration() {
     let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
-    let mut subscription = plane.subscription("spiffe://cluster.local/ns/shop/sa/orders", "fintech/payments", "impostor-1").await;
+    let mut subscription =
+        plane.subscription("spiffe://cluster.local/ns/shop/sa/orders", "fintech/payments", "impostor-1").await;
     let stop = CancellationToken::new();
     let got = tokio::time::timeout(Duration::from_millis(800), subscription.initial(&stop)).await;
     assert!(got.is_err(), "an impostor must never receive the workload's configuration");
@@ -215,7 +222,9 @@ async fn an_svid_of_another_identity_gets_no_configuration() {
 async fn a_restarted_control_plane_resyncs_the_proxy_which_kept_its_configuration_meanwhile() {
     let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
     let grpc = plane.grpc;
-    let mut subscription = plane.subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-2").await;
+    let mut subscription = plane
+        .subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-2")
+        .await;
     let stop = CancellationToken::new();
     let first = subscription.initial(&stop).await.expect("first configuration");
     let in_force = Arc::new(std::sync::Mutex::new(first.version.clone()));
@@ -260,7 +269,9 @@ async fn a_large_configuration_arrives_in_parts_and_is_applied_whole() {
         .collect();
     std::fs::write(dir.path().join("config/crowd.yaml"), many).expect("write");
     let plane = Plane::start(dir, "127.0.0.1:0".parse().expect("addr")).await;
-    let mut subscription = plane.subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-3").await;
+    let mut subscription = plane
+        .subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-3")
+        .await;
     let stop = CancellationToken::new();
     let first = subscription.initial(&stop).await.expect("first configuration");
     assert_eq!(first.registry.len(), 402, "every peer, though they did not fit in one message");
@@ -293,10 +304,7 @@ async fn a_split_response_beyond_the_size_bound_is_refused_and_none_of_its_parts
     assert!(got.is_err(), "no configuration may be put in force from a refused response or its tail");
     wait_for("NACK", || plane.proxies().get(0).is_some_and(|p| p["state"] == "NACKED")).await;
     let proxies = plane.proxies();
-    assert!(
-        proxies[0]["nack"]["error"].as_str().is_some_and(|e| e.contains("more than 16384 bytes")),
-        "{proxies:#}"
-    );
+    assert!(proxies[0]["nack"]["error"].as_str().is_some_and(|e| e.contains("more than 16384 bytes")), "{proxies:#}");
     assert_eq!(subscription.version(), "", "nothing was applied");
     plane.stop().await;
 }
@@ -308,7 +316,11 @@ async fn a_caller_without_an_svid_gets_no_configuration_even_with_a_valid_bootst
     let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
     let channel = plane.control().connect(&ControlCredentials::Bootstrap(plane.roots())).await.expect("TLS channel");
     let hello = ConfigRequest {
-        node: Some(Node { workload: "fintech/payments".into(), proxy_id: "token-only-1".into(), build_version: String::new() }),
+        node: Some(Node {
+            workload: "fintech/payments".into(),
+            proxy_id: "token-only-1".into(),
+            build_version: String::new(),
+        }),
         ..Default::default()
     };
     let mut request = tonic::Request::new(tokio_stream::iter([hello]));

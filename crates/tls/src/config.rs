@@ -66,7 +66,11 @@ pub fn client_config(store: Arc<CertStore>, expected: ExpectedPeers, options: &T
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("both crypto providers support TLS 1.3")
         .dangerous() // a custom verifier is "dangerous" to rustls; it is the point of this crate
-        .with_custom_certificate_verifier(Arc::new(MeshServerVerifier::new(Anchors::Store(Arc::clone(&store)), expected, algorithms)))
+        .with_custom_certificate_verifier(Arc::new(MeshServerVerifier::new(
+            Anchors::Store(Arc::clone(&store)),
+            expected,
+            algorithms,
+        )))
         .with_client_cert_resolver(Arc::new(StoreResolver(Arc::clone(&store))));
     config.alpn_protocols.clone_from(&options.alpn_protocols);
     config.resumption = Resumption::store(Arc::new(GenerationSessions::new(store)));

@@ -86,7 +86,9 @@ pub fn control_client_config(
         )));
     let mut config = match credentials {
         ControlCredentials::Bootstrap(_) => builder.with_no_client_auth(),
-        ControlCredentials::Svid(store) => builder.with_client_cert_resolver(Arc::new(StoreResolver(Arc::clone(store)))),
+        ControlCredentials::Svid(store) => {
+            builder.with_client_cert_resolver(Arc::new(StoreResolver(Arc::clone(store))))
+        }
     };
     config.alpn_protocols.clone_from(&options.alpn_protocols);
     Arc::new(config)

@@ -24,8 +24,8 @@ mod verify;
 pub use bundle::{TrustBundle, TrustDomains};
 pub use config::{ALPN_H2, TlsOptions, client_config, server_config};
 pub use control::{
-    CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT, ControlCredentials, control_client_config, control_plane_id,
-    control_server_config, vouch,
+    CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT, ControlCredentials, control_client_config,
+    control_plane_id, control_server_config, vouch,
 };
 pub use error::{PemInput, RootSubjects, Side, TlsError, Whose};
 pub use identity::{Identity, peer_identity};

@@ -80,9 +80,11 @@ async fn a_mesh_workload_posing_as_the_control_plane_is_refused() {
 async fn a_client_certificate_from_another_ca_is_refused_not_ignored() {
     let ca = Ca::root("zmesh root");
     let other = Ca::root("zmesh root");
-    let outcome =
-        handshake(control_server_config(control_plane(&ca), &options()), bare_client(Some(&other.issue(Leaf::spiffe(CLIENT_ID)))))
-            .await;
+    let outcome = handshake(
+        control_server_config(control_plane(&ca), &options()),
+        bare_client(Some(&other.issue(Leaf::spiffe(CLIENT_ID)))),
+    )
+    .await;
     let error = outcome.server.expect_err("a presented certificate must verify");
     assert!(peer_fault(&error).contains("signature does not match its issuer's key"), "{error}");
 }
