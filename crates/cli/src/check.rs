@@ -104,6 +104,11 @@ pub(crate) struct LiveRequest {
     /// The control plane's status API.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:15014")]
     control_plane: String,
+    /// Decide with the configuration the workload's proxy holds, read from its admin port (such
+    /// as 127.0.0.1:15000), instead of the control plane's: exactly what that proxy enforces,
+    /// also while the control plane is down.
+    #[arg(long, value_name = "ADDR", requires = "workload")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -429,6 +434,7 @@ fn live_json(live: &crate::live::LiveWorkload, query: &LiveQuery, checked: &Chec
         "path": request.path,
     });
     body["syncNote"] = json!(live.sync_note());
+    body["configSource"] = live.source_json();
     body
 }
 
@@ -447,6 +453,9 @@ fn live_text(live: &crate::live::LiveWorkload, query: &LiveQuery, checked: &Chec
     };
     let mut out =
         format!("{what} from {} to {}, configuration version {}\n", query.caller, live.workload, live.version);
+    if let Some(source) = live.source_json()["text"].as_str() {
+        out.push_str(&format!("Source: {source}\n"));
+    }
     out.push_str(&authz_text(checked));
     out
 }
@@ -465,14 +474,20 @@ async fn caller_has_proxy(status_api: &str, from: &str) -> anyhow::Result<bool> 
 /// `zmesh authz check WORKLOAD …`.
 fn live_check(workload: &str, args: &LiveRequest, output: Output) -> anyhow::Result<u8> {
     let runtime = runtime()?;
-    let live = runtime.block_on(crate::live::workload_config(&args.control_plane, workload))?;
+    let source = crate::live::ConfigSource::new(&args.control_plane, args.admin);
+    let live = runtime.block_on(crate::live::workload_config_from(&source, workload))?;
     let query = live_query(&live, args)?;
     let checked = decide_live(&live, &query)?;
     if let Some(note) = live.sync_note() {
         eprintln!("warning: {note}");
     }
     let mut caller_proxy = None;
-    if let Some(from) = args.from.as_deref().filter(|_| !args.plaintext) {
+    if let (Some(from), Some(admin)) = (args.from.as_deref().filter(|_| !args.plaintext), args.admin) {
+        // Only the control plane knows which proxies are connected; it is not asked here.
+        eprintln!(
+            "note: the configuration came from the proxy at {admin}; whether {from} has a proxy (without one its requests carry no mTLS identity) is known only to the control plane: ask it without --admin"
+        );
+    } else if let Some(from) = args.from.as_deref().filter(|_| !args.plaintext) {
         let connected = runtime.block_on(caller_has_proxy(&args.control_plane, from))?;
         if !connected {
             eprintln!(

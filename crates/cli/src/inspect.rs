@@ -44,20 +44,29 @@ pub(crate) struct WorkloadArgs {
     /// The workload, as NAMESPACE/NAME.
     #[arg(value_name = "NS/NAME")]
     workload: String,
+    /// Ask the workload's proxy on its admin port (such as 127.0.0.1:15000) instead of the
+    /// control plane: the answer is exactly what that proxy holds and enforces, also while the
+    /// control plane is down.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     #[command(flatten)]
     live: LiveArgs,
+}
+
+impl WorkloadArgs {
+    fn source(&self) -> crate::live::ConfigSource {
+        crate::live::ConfigSource::new(&self.live.control_plane, self.admin)
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ProxyConfigCommand {
     /// Certificates: SPIFFE ID, serial and expiry, and the trust bundle.
+    /// With --admin, the certificate the proxy holds, instead of the control plane's record
+    /// of what it issued.
     Secret {
         #[command(flatten)]
         args: WorkloadArgs,
-        /// Ask the proxy's own admin port (such as 127.0.0.1:15000) for the certificate it
-        /// holds, instead of the control plane's record of what it issued.
-        #[arg(long, value_name = "ADDR")]
-        admin: Option<SocketAddr>,
     },
     /// The workload's ports with protocol and effective PeerAuthentication mode (and the
     /// policy that set it), and the proxy's own listeners.
@@ -88,8 +97,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-/// Print `body` as asked; the text form is drawn by `text`. A sync note (the proxies are not
-/// at the version the answer comes from) goes to stderr as well, so it is seen in every format.
+/// Print `body` as asked; the text form is drawn by `text`, after the source that answered
+/// (`configSource`). A sync note (the proxies are not at the version the answer comes from)
+/// goes to stderr as well, so it is seen in every format.
 fn emit(format: Format, body: &Value, text: impl FnOnce(&Value) -> String) {
     if let Some(note) = body["syncNote"].as_str() {
         eprintln!("warning: {note}");
@@ -97,45 +107,54 @@ fn emit(format: Format, body: &Value, text: impl FnOnce(&Value) -> String) {
     match format {
         Format::Json => outln!("{body:#}"),
         Format::Yaml => out!("{}", to_yaml(body)),
-        Format::Text => out!("{}", text(body)),
+        Format::Text => match body["configSource"]["text"].as_str() {
+            Some(source) => out!("Source: {source}\n\n{}", text(body)),
+            None => out!("{}", text(body)),
+        },
     }
+}
+
+/// `body` with the source that answered.
+fn sourced(live: &LiveWorkload, mut body: Value) -> Value {
+    body["configSource"] = live.source_json();
+    body
 }
 
 pub(crate) fn proxy_config(command: ProxyConfigCommand) -> anyhow::Result<u8> {
     let runtime = runtime()?;
     match command {
-        ProxyConfigCommand::Secret { args, admin } => {
-            let body = runtime.block_on(secret(&args, admin))?;
+        ProxyConfigCommand::Secret { args } => {
+            let body = runtime.block_on(secret(&args, args.admin))?;
             emit(args.live.output, &body, secret_text);
             let none = body["certificates"].as_array().is_none_or(Vec::is_empty);
             Ok(if none { EXIT_FINDINGS } else { 0 })
         }
         ProxyConfigCommand::Listeners(args) => {
-            let live = runtime.block_on(crate::live::workload_config(&args.live.control_plane, &args.workload))?;
-            emit(args.live.output, &listeners(&live), listeners_text);
+            let live = runtime.block_on(crate::live::workload_config_from(&args.source(), &args.workload))?;
+            emit(args.live.output, &sourced(&live, listeners(&live)), listeners_text);
             Ok(0)
         }
         ProxyConfigCommand::Clusters(args) => {
-            let live = runtime.block_on(crate::live::workload_config(&args.live.control_plane, &args.workload))?;
-            emit(args.live.output, &clusters(&live), clusters_text);
+            let live = runtime.block_on(crate::live::workload_config_from(&args.source(), &args.workload))?;
+            emit(args.live.output, &sourced(&live, clusters(&live)), clusters_text);
             Ok(0)
         }
         ProxyConfigCommand::Endpoints(args) => {
-            let live = runtime.block_on(crate::live::workload_config(&args.live.control_plane, &args.workload))?;
-            emit(args.live.output, &endpoints(&live), endpoints_text);
+            let live = runtime.block_on(crate::live::workload_config_from(&args.source(), &args.workload))?;
+            emit(args.live.output, &sourced(&live, endpoints(&live)), endpoints_text);
             Ok(0)
         }
         ProxyConfigCommand::Policies(args) => {
-            let live = runtime.block_on(crate::live::workload_config(&args.live.control_plane, &args.workload))?;
-            emit(args.live.output, &policies(&live), policies_text);
+            let live = runtime.block_on(crate::live::workload_config_from(&args.source(), &args.workload))?;
+            emit(args.live.output, &sourced(&live, policies(&live)), policies_text);
             Ok(0)
         }
     }
 }
 
 pub(crate) fn describe(args: WorkloadArgs) -> anyhow::Result<u8> {
-    let live = runtime()?.block_on(crate::live::workload_config(&args.live.control_plane, &args.workload))?;
-    emit(args.live.output, &describe_json(&live), describe_text);
+    let live = runtime()?.block_on(crate::live::workload_config_from(&args.source(), &args.workload))?;
+    emit(args.live.output, &sourced(&live, describe_json(&live)), describe_text);
     Ok(0)
 }
 
@@ -870,11 +889,18 @@ fn describe_json(live: &LiveWorkload) -> Value {
         &mut report,
     );
     peer_authentication_report(live, &root, &mut report);
-    let proxies: Vec<Value> = live
-        .proxies
-        .iter()
-        .map(|p| json!({"proxyId": p["proxyId"], "state": if p["connected"] == true { p["state"].clone() } else { json!("DISCONNECTED") }, "versionAcked": p["versionAcked"]}))
-        .collect();
+    let proxies: Vec<Value> = match &live.source {
+        // The proxy that answered enforces the version it gave; the control plane, not asked,
+        // alone knows the workload's other proxies.
+        crate::live::ConfigSource::Admin(admin) => {
+            vec![json!({"proxyId": format!("the proxy at {admin}"), "state": "ENFORCING", "versionAcked": live.version})]
+        }
+        crate::live::ConfigSource::ControlPlane(_) => live
+            .proxies
+            .iter()
+            .map(|p| json!({"proxyId": p["proxyId"], "state": if p["connected"] == true { p["state"].clone() } else { json!("DISCONNECTED") }, "versionAcked": p["versionAcked"]}))
+            .collect(),
+    };
     json!({
         "workload": live.workload,
         "version": live.version,
@@ -888,6 +914,7 @@ fn describe_json(live: &LiveWorkload) -> Value {
         "otherPorts": port_json(live, None),
         "policies": report.applies,
         "notApplying": report.ignored,
+        "notApplyingNote": live.namespace_policies_note,
         "services": services_of(live),
         "syncNote": sync_note(live),
     })
@@ -942,6 +969,9 @@ fn describe_text(body: &Value) -> String {
         for p in &ignored {
             out.push_str(&format!("  {} {}: {}\n", text(&p["kind"]), text(&p["policy"]), text(&p["why"])));
         }
+    }
+    if let Some(note) = body["notApplyingNote"].as_str() {
+        out.push_str(&format!("\nPolicies that do not apply: not known here; {note}\n"));
     }
     out.push_str("\nServices:\n");
     let services = body["services"].as_array().cloned().unwrap_or_default();

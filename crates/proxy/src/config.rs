@@ -2,6 +2,7 @@
 //! the MeshConfig — built together from one configuration and replaced whole, so a connection
 //! sees one consistent version from start to end and never half of an update.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use zmesh_config::Config;
@@ -11,6 +12,11 @@ use zmesh_policy::{PolicySet, WorkloadPolicy};
 use zmesh_registry::{MeshWorkload, Registry, WorkloadError};
 
 use crate::admission::Admission;
+
+/// The documents a configuration was compiled from, by key: one set shared (not copied) by the
+/// subscription that holds it and every configuration built from it, so the admin port can
+/// show exactly what the proxy enforces.
+pub type Documents = Arc<BTreeMap<String, zmesh_xds::config::Resource>>;
 
 /// One consistent configuration of the proxy.
 #[derive(Debug)]
@@ -30,6 +36,9 @@ pub struct ProxyConfig {
     pub mesh: MeshConfig,
     /// The EnvoyFilter local rate limits that apply to this workload, in filter order.
     pub rate_limits: Vec<LocalRateLimit>,
+    /// The control plane's documents this version was compiled from; `None` when the proxy
+    /// runs from local files (read once at start; only the compiled form is kept).
+    pub documents: Option<Documents>,
 }
 
 impl ProxyConfig {
@@ -72,6 +81,7 @@ impl ProxyConfig {
             admission,
             mesh,
             rate_limits: Vec::new(),
+            documents: None,
         }
     }
 }

@@ -837,7 +837,8 @@ impl Proxy {
 
     /// What one endpoint port serves: health (15021) only `/healthz/ready`, metrics (15020)
     /// only `/stats/prometheus` — both are reachable from the network and exempt from capture —
-    /// and admin (15000, loopback only) everything, configuration and certificates included.
+    /// and admin (15000, loopback only) everything, configuration (compiled, `/config_dump`, and
+    /// its documents, `/config_documents`) and certificates included.
     fn routes(self: &Arc<Self>, endpoint: Endpoint) -> crate::admin::Routes {
         let proxy = self.clone();
         Arc::new(move |path| {
@@ -874,9 +875,39 @@ impl Proxy {
                     .to_string(),
                 )),
                 "/config_dump" => Some((StatusCode::OK, "application/json", proxy.config_dump())),
+                "/config_documents" => Some(proxy.config_documents()),
                 _ => None,
             }
         })
+    }
+
+    /// The documents of the version in force, in the shape of the control plane's
+    /// `/api/v1/config/NAMESPACE/NAME` (no proxies, no policies beyond the pushed ones): what
+    /// this proxy enforces, readable while the control plane is down. A proxy run from local
+    /// files keeps only their compiled form, so it answers 404 and says where the documents are.
+    fn config_documents(&self) -> (StatusCode, &'static str, String) {
+        let config = self.config();
+        let workload = format!("{}/{}", config.workload.namespace, config.workload.name);
+        let Some(documents) = &config.documents else {
+            let error = format!(
+                "the proxy of {workload} runs from local files (--config DIR), read once at start; it keeps only \
+                 their compiled form (see /config_dump). The documents are those files: check them offline with \
+                 `zmesh authz check --config DIR …` (if they have not changed since the proxy started)"
+            );
+            return (StatusCode::NOT_FOUND, "application/json", serde_json::json!({"error": error}).to_string());
+        };
+        let resources: Vec<serde_json::Value> = documents
+            .values()
+            .map(|r| serde_json::json!({"key": r.key, "version": r.version, "order": r.order, "document": r.document}))
+            .collect();
+        let body = serde_json::json!({
+            "workload": workload,
+            "version": config.version,
+            "resources": resources,
+            "proxies": [],
+            "rootNamespace": config.mesh.root_namespace,
+        });
+        (StatusCode::OK, "application/json", body.to_string())
     }
 
     fn config_dump(&self) -> String {

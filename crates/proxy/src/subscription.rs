@@ -18,7 +18,7 @@ use zmesh_tls::{CertStore, ControlCredentials};
 use zmesh_xds::config::config_service_client::ConfigServiceClient;
 use zmesh_xds::config::{ConfigRequest, ConfigResponse, Node, Resource};
 
-use crate::config::ProxyConfig;
+use crate::config::{Documents, ProxyConfig};
 use crate::control_channel::ControlEndpoint;
 
 /// The most a response split in parts may add up to (its documents' text): far above any real
@@ -42,8 +42,8 @@ pub struct Subscription {
     node: Node,
     namespace: String,
     name: String,
-    /// Resources in force, by key.
-    held: BTreeMap<String, Resource>,
+    /// Resources in force, by key; the configuration in force holds the same set.
+    held: Documents,
     /// The version in force; empty before the first one.
     version: String,
     stream: Option<Open>,
@@ -91,7 +91,7 @@ impl Subscription {
             node: Node { workload: workload.to_owned(), proxy_id, build_version: env!("CARGO_PKG_VERSION").to_owned() },
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            held: BTreeMap::new(),
+            held: Documents::default(),
             version: String::new(),
             stream: None,
             failures: 0,
@@ -278,14 +278,22 @@ impl Subscription {
             return Applied::Partial;
         }
         self.partial_bytes = 0;
-        let mut candidate = self.held.clone();
+        let mut candidate = BTreeMap::clone(&self.held);
         for key in &response.removed {
             candidate.remove(key);
         }
         for resource in &response.resources {
             candidate.insert(resource.key.clone(), resource.clone());
         }
-        let outcome = build(&candidate, &response.version_info, &self.namespace, &self.name).and_then(&mut *apply);
+        // Shared with the configuration built from it, so the documents in force are in memory
+        // once, whether the admin port is asked for them or not.
+        let candidate = Arc::new(candidate);
+        let outcome = build(&candidate, &response.version_info, &self.namespace, &self.name)
+            .map(|mut config| {
+                config.documents = Some(candidate.clone());
+                config
+            })
+            .and_then(&mut *apply);
         let (answer, applied) = match outcome {
             Ok(()) => {
                 self.held = candidate;
