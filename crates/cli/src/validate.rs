@@ -67,7 +67,8 @@ fn plaintext_seen(
     window: std::time::Duration,
     metrics_port: u16,
 ) -> anyhow::Result<Vec<zmesh_policy::analyze::PlaintextSeen>> {
-    use crate::readiness::{Verdict, assess, scrape, select};
+    use crate::readiness::select;
+    use zmesh_control::observe::{Verdict, assess, scrape};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let listed = crate::control::get_json(status_api, "/api/v1/workloads").await?;
@@ -90,7 +91,7 @@ fn plaintext_seen(
             };
             let workload = format!("{}/{}", target.namespace, target.name);
             let scraped = scrape(std::net::SocketAddr::new(target.address, metrics_port)).await;
-            let report = assess(target, scraped, now, window);
+            let report = assess(target, scraped.as_deref().map_err(Clone::clone), now, window);
             if let Verdict::Unknown(why) = &report.verdict {
                 eprintln!("note: no live plaintext data for {workload}: {why}");
             }

@@ -3,13 +3,16 @@
 //! Configuration flows one way: the config store (`store`, files today) accepts a change only
 //! when it is valid as a whole → `snapshot` indexes the accepted documents per workload →
 //! `push` streams each proxy its slice incrementally and tracks ACK/NACK → `status` serves the
-//! whole picture on 15014. Next to it, the CA's signing service (`ca_service`, `tokens`,
+//! whole picture on 15014, with `observe` (what the proxies' metrics say: plaintext, denials,
+//! traffic) and `dashboard` (the security dashboard, HTML). Next to it, the CA's signing service (`ca_service`, `tokens`,
 //! `ratelimit`); `channel` serves both over TLS and says who is calling; `plane` runs them all
 //! as one process.
 
 pub mod ca_service;
 pub mod channel;
+pub mod dashboard;
 pub mod memory;
+pub mod observe;
 pub mod plane;
 pub mod push;
 pub mod ratelimit;

@@ -1,5 +1,6 @@
 //! The control plane as one process: config store → snapshots → push; the CA's signing
-//! service next to it on the same gRPC port (15012, TLS only); the status API on 15014.
+//! service next to it on the same gRPC port (15012, TLS only); the status API and the security
+//! dashboard on 15014, fed by a background task that reads the proxies' metrics.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use zmesh_ca::{CaConfig, CertificateAuthority};
 
 use crate::ca_service::{IssuedCertificates, SharedCa, Signer};
+use crate::observe::{ObserveOptions, Observer};
 use crate::push::{ProxyTracker, PushServer};
 use crate::ratelimit::PerCallerLimit;
 use crate::snapshot::Snapshot;
@@ -165,9 +167,18 @@ impl ControlPlane {
                 tracing::error!(%error, "the gRPC server stopped");
             }
         });
-        let status = StatusSources { store: states, snapshots, proxies, issued, ca };
+        let observer = Observer::default();
+        // The dashboard's and /api/v1/mtls's data: the proxies' metrics, read in the background
+        // (bounded rounds, each scrape with a timeout) so the HTTP routes only read a snapshot.
+        tasks.spawn(observer.clone().run(
+            snapshots.clone(),
+            proxies.clone(),
+            ObserveOptions::default(),
+            shutdown.clone(),
+        ));
+        let status = StatusSources { store: states, snapshots, proxies, issued, ca, observer };
         let routes = status.clone().routes();
-        tasks.spawn(zmesh_telemetry::endpoints::serve(admin_listener, routes, shutdown.clone()));
+        tasks.spawn(zmesh_telemetry::endpoints::serve_queries(admin_listener, routes, shutdown.clone()));
         tracing::info!(%grpc, %admin, source = %store.source(), generation, "control plane serving");
         Ok(ControlPlane { grpc, admin, status, tasks })
     }

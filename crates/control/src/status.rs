@@ -17,6 +17,11 @@
 //!   AuthorizationPolicy, PeerAuthentication and RequestAuthentication of the workload's
 //!   namespace and of the root namespace, pushed to it or not (`pushed`), so `zmesh describe`
 //!   can say which target it but select nothing, and why
+//! - `/api/v1/mtls?window=1h` — per workload, the verdict for a switch to STRICT (SAFE, UNSAFE,
+//!   UNKNOWN), the sources that sent plaintext within the window per port with counts and last
+//!   seen, and what the STRICT dry-run would have refused per policy, from the latest round of
+//!   scrapes of the proxies' metrics (`observe`)
+//! - `/dashboard` — the security dashboard (`dashboard`), HTML
 //! - `/healthz/ready`
 
 use std::sync::Arc;
@@ -26,9 +31,11 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use zmesh_ca::Rfc3339;
-use zmesh_telemetry::endpoints::Routes;
+use zmesh_telemetry::endpoints::QueryRoutes;
 
 use crate::ca_service::{IssuedCertificates, SharedCa};
+use crate::dashboard::{CertRow, Page, ProxyRow, WorkloadRow};
+use crate::observe::{Observations, Observer, Target, WorkloadReport};
 use crate::push::{ProxyStatus, ProxyTracker};
 use crate::snapshot::Snapshot;
 use crate::store::StoreState;
@@ -41,6 +48,21 @@ pub struct StatusSources {
     pub proxies: Arc<ProxyTracker>,
     pub issued: Arc<IssuedCertificates>,
     pub ca: SharedCa,
+    /// The latest round of scrapes of the proxies' metrics.
+    pub observer: Observer,
+}
+
+/// The readiness window when a request names none.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+
+/// `window=…` of a query string (such as `1h`, `30m`, `90s`); the default when absent.
+pub fn window_of(query: &str) -> Result<Duration, String> {
+    let Some(text) = query.split('&').find_map(|pair| pair.strip_prefix("window=")) else {
+        return Ok(DEFAULT_WINDOW);
+    };
+    zmesh_config::authn::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("window `{text}` is not a duration such as 1h, 30m or 90s"))
 }
 
 fn time(at: SystemTime) -> String {
@@ -221,11 +243,152 @@ impl StatusSources {
         policies
     }
 
-    /// The route table for [`zmesh_telemetry::endpoints::serve`].
-    pub fn routes(self) -> Routes {
-        Arc::new(move |path| {
+    /// The readiness of every workload of the registry (by `namespace/name`) from the latest
+    /// observations: a workload without a connected proxy, or not read yet, is UNKNOWN.
+    fn readiness(&self, observations: &Observations, now: SystemTime, window: Duration) -> Vec<WorkloadReport> {
+        let snapshot = self.snapshots.borrow().clone();
+        let connected: std::collections::BTreeSet<String> =
+            self.proxies.list().into_iter().filter(|p| p.connected).map(|p| p.workload).collect();
+        let mut workloads: Vec<_> = snapshot.registry.workloads().collect();
+        workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        workloads
+            .into_iter()
+            .map(|w| {
+                let target = Target { namespace: w.namespace.clone(), name: w.name.clone(), address: w.address };
+                let key = target.key();
+                let scraped = match observations.workloads.get(&key) {
+                    Some(observed) => observed.scraped.as_deref().map_err(Clone::clone),
+                    None if !connected.contains(&key) => Err(
+                        "no proxy of this workload is connected to the control plane, so none was read (without a proxy it has no mTLS at all)"
+                            .to_owned(),
+                    ),
+                    None => Err("its proxy has not been read yet; retry in a few seconds".to_owned()),
+                };
+                crate::observe::assess(target, scraped, now, window)
+            })
+            .collect()
+    }
+
+    fn mtls(&self, window: Duration) -> Value {
+        let observations = self.observer.latest();
+        let now = SystemTime::now();
+        let reports = self.readiness(&observations, now, window);
+        let mut body = crate::observe::readiness_json(&reports, now, window);
+        if let Some(workloads) = body.get_mut("workloads").and_then(Value::as_array_mut) {
+            for (item, report) in workloads.iter_mut().zip(&reports) {
+                let observed = observations.workloads.get(&report.target.key());
+                item["scrapedAt"] = json!(observed.map(|o| time(o.at)));
+                item["dryRunRefusals"] = json!(
+                    report
+                        .dry_run_refusals()
+                        .iter()
+                        .map(|(policy, count)| json!({"policy": policy, "connections": count}))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+        body["observedAt"] = json!(observations.at.map(time));
+        body
+    }
+
+    /// Everything the dashboard shows, at `now`.
+    pub fn page(&self, now: SystemTime, window: Duration) -> Page {
+        let snapshot = self.snapshots.borrow().clone();
+        let observations = self.observer.latest();
+        let tracked = self.proxies.list();
+        let proxies: Vec<ProxyRow> = tracked
+            .iter()
+            .map(|p| {
+                let json = proxy_json(p, &snapshot, now);
+                ProxyRow {
+                    proxy_id: p.proxy_id.clone(),
+                    workload: p.workload.clone(),
+                    connected: p.connected,
+                    state: p.sync_state(&snapshot.version).to_owned(),
+                    version_acked: p.acked.as_ref().map(|(v, _)| v.to_string()),
+                    lag_ms: json["lagMs"].as_u64().unwrap_or_default(),
+                    build_version: p.build_version.clone(),
+                    nack: p.nacked.as_ref().map(|(v, error, _)| format!("{v}: {error}")),
+                }
+            })
+            .collect();
+        let reports = self.readiness(&observations, now, window);
+        let workloads = reports
+            .into_iter()
+            .map(|readiness| {
+                let key = readiness.target.key();
+                let samples = observations.workloads.get(&key).and_then(|o| o.scraped.as_ref().ok());
+                let identity = snapshot
+                    .registry
+                    .workload_named(&readiness.target.namespace, &readiness.target.name)
+                    .map(|w| w.identity.to_string())
+                    .unwrap_or_default();
+                WorkloadRow {
+                    address: readiness.target.address.to_string(),
+                    identity,
+                    connected_proxies: tracked.iter().filter(|p| p.connected && p.workload == key).count(),
+                    denials: samples.map(|s| crate::observe::denials(s)).unwrap_or_default(),
+                    dry_run_authz: samples.map(|s| crate::observe::dry_run_authz(s)).unwrap_or_default(),
+                    callers: samples.map(|s| crate::observe::traffic(s)).unwrap_or_default(),
+                    scraped: samples.is_some(),
+                    key,
+                    readiness,
+                }
+            })
+            .collect();
+        let certificates = self
+            .issued
+            .list()
+            .iter()
+            .map(|r| CertRow {
+                name: r.identity.clone(),
+                serial: r.serial.clone(),
+                not_before: r.not_before,
+                not_after: r.not_after,
+            })
+            .collect();
+        let roots = zmesh_ca::inspect_pem(self.ca.current().trust_bundle_pem())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|root| CertRow {
+                name: root.subject,
+                serial: root.serial_hex,
+                not_before: root.not_before,
+                not_after: root.not_after,
+            })
+            .collect();
+        Page {
+            now,
+            window,
+            version: snapshot.version.to_string(),
+            generation: snapshot.generation,
+            proxies,
+            workloads,
+            certificates,
+            roots,
+            observed_at: observations.at,
+        }
+    }
+
+    /// The route table for [`zmesh_telemetry::endpoints::serve_queries`].
+    pub fn routes(self) -> QueryRoutes {
+        Arc::new(move |path, query| {
             let body = match path {
                 "/healthz/ready" => return Some((StatusCode::OK, "text/plain", "ready\n".to_owned())),
+                "/api/v1/mtls" | "/dashboard" => {
+                    let window = match window_of(query) {
+                        Ok(window) => window,
+                        Err(error) => {
+                            let message = json!({"error": error});
+                            return Some((StatusCode::BAD_REQUEST, "application/json", format!("{message:#}\n")));
+                        }
+                    };
+                    if path == "/dashboard" {
+                        let html = crate::dashboard::render(&self.page(SystemTime::now(), window));
+                        return Some((StatusCode::OK, "text/html; charset=utf-8", html));
+                    }
+                    self.mtls(window)
+                }
                 "/api/v1/resources" => self.resources(),
                 "/api/v1/workloads" => self.workloads(),
                 "/api/v1/proxies" => self.proxies(),
@@ -244,5 +407,19 @@ impl StatusSources {
             };
             Some((StatusCode::OK, "application/json", format!("{body:#}\n")))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_comes_from_the_query_and_defaults_to_an_hour() {
+        assert_eq!(window_of(""), Ok(DEFAULT_WINDOW));
+        assert_eq!(window_of("window=30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(window_of("x=1&window=90s"), Ok(Duration::from_secs(90)));
+        assert!(window_of("window=soon").is_err_and(|e| e.contains("`soon`")));
+        assert!(window_of("window=0s").is_err(), "an empty window would call everything SAFE");
     }
 }

@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 /// What an endpoint answers for a path; `None` is 404.
 pub type Routes = Arc<dyn Fn(&str) -> Option<(StatusCode, &'static str, String)> + Send + Sync>;
 
+/// What an endpoint answers for a path and its query string (without the `?`, empty when
+/// there is none), for APIs that take parameters such as `?window=1h`.
+pub type QueryRoutes = Arc<dyn Fn(&str, &str) -> Option<(StatusCode, &'static str, String)> + Send + Sync>;
+
 /// How much one endpoint server takes on: it answers probes and scrapes, so a flood of idle or
 /// slow connections must never take descriptors, memory or log volume from the rest of the
 /// process.
@@ -46,6 +50,22 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: Cancellation
 /// descriptors, say) back off from 10 ms doubling to 1 s and are logged at most once a second,
 /// so a flood cannot turn into a busy loop or a flood of logs.
 pub async fn serve_with(listener: TcpListener, routes: Routes, limits: EndpointLimits, shutdown: CancellationToken) {
+    let routes: QueryRoutes = Arc::new(move |path, _query| routes(path));
+    serve_queries_with(listener, routes, limits, shutdown).await;
+}
+
+/// Serve GET endpoints that read the query string, within [`EndpointLimits::default`].
+pub async fn serve_queries(listener: TcpListener, routes: QueryRoutes, shutdown: CancellationToken) {
+    serve_queries_with(listener, routes, EndpointLimits::default(), shutdown).await;
+}
+
+/// As [`serve_with`], for routes that read the query string.
+pub async fn serve_queries_with(
+    listener: TcpListener,
+    routes: QueryRoutes,
+    limits: EndpointLimits,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut backoff = Duration::ZERO;
     let mut last_warning: Option<Instant> = None;
@@ -93,15 +113,30 @@ pub async fn serve_with(listener: TcpListener, routes: Routes, limits: EndpointL
     }
 }
 
-fn respond(routes: &Routes, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(routes: &QueryRoutes, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let uri = request.uri();
     let (status, content_type, body) = if request.method() != Method::GET {
         (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET is served here\n".to_owned())
     } else {
-        routes(request.uri().path()).unwrap_or((StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()))
+        routes(uri.path(), uri.query().unwrap_or_default()).unwrap_or((
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ))
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    if content_type.starts_with("text/html") {
+        // A page of values the mesh reports (names, labels, errors): no script, frame or
+        // outside resource may run or load, whatever a value contains.
+        headers.insert(
+            http::header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+        );
+        headers.insert(http::header::X_CONTENT_TYPE_OPTIONS, http::HeaderValue::from_static("nosniff"));
+    }
     response
 }
 
@@ -162,6 +197,25 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
         assert!(response.starts_with("HTTP/1.1 404"), "{response:?}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn query_routes_see_the_query_string_and_html_gets_a_policy_that_runs_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let routes: QueryRoutes = Arc::new(|path, query| {
+            (path == "/page").then(|| (StatusCode::OK, "text/html; charset=utf-8", format!("query={query}")))
+        });
+        tokio::spawn(serve_queries(listener, routes, shutdown.clone()));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"GET /page?window=1h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        assert!(response.ends_with("query=window=1h"), "{response:?}");
+        assert!(response.contains("content-security-policy: default-src 'none'"), "{response:?}");
         shutdown.cancel();
     }
 }

@@ -4,3 +4,4 @@
 
 pub mod endpoints;
 pub mod metrics;
+pub mod scrape;
