@@ -376,7 +376,7 @@ fn proxy_listeners(workload: &MeshWorkload) -> Vec<Value> {
         json!({"port": OUTBOUND_CAPTURE_PORT, "address": any(OUTBOUND_CAPTURE_PORT), "purpose": "outbound (transparent capture only): mesh destinations through HBONE, others per outboundTrafficPolicy"}),
         json!({"port": METRICS_PORT, "address": at(METRICS_PORT), "purpose": "Prometheus metrics"}),
         json!({"port": HEALTH_PORT, "address": at(HEALTH_PORT), "purpose": "health (/healthz/ready), always plaintext"}),
-        json!({"port": ADMIN_PORT, "address": local(ADMIN_PORT), "purpose": "admin: /config_dump, /certs"}),
+        json!({"port": ADMIN_PORT, "address": local(ADMIN_PORT), "purpose": "admin: /config_dump, /config_documents, /certs"}),
         json!({"port": HTTP_PROXY_PORT, "address": local(HTTP_PROXY_PORT), "purpose": "HTTP proxy for apps (--explicit mode only)"}),
     ]
 }

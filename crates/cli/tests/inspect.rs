@@ -208,8 +208,14 @@ fn try_get(addr: SocketAddr, path: &str) -> Option<zmesh_testkit::envoy::HttpRes
 }
 
 fn start_mesh() -> Mesh {
+    start_mesh_at(0)
+}
+
+/// A mesh on addresses `offset` above the first ones, so tests of one process run side by side
+/// (the idle workload's address is the external one with a 0 appended: keep `offset` under 17).
+fn start_mesh_at(offset: u8) -> Mesh {
     let [a, b, c] = loopback_net();
-    let ip = |d: u8| IpAddr::from([a, b, c, d]);
+    let ip = |d: u8| IpAddr::from([a, b, c, d + offset]);
     let (client_ip, server_ip, external_ip) = (ip(2), ip(3), ip(9));
     let dir = TempDir::new("inspect");
     let config = dir.path().join("config");
@@ -532,4 +538,153 @@ fn the_ports_describe_and_tls_check_call_strict_refuse_plaintext_and_the_others_
     // listeners: the STRICT port is the one describe names.
     let listeners = saved("listeners.json");
     assert_eq!(listeners["ports"], described["ports"], "listeners and describe agree on every port");
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `body` without what names the source that answered (`configSource`, and the sync note only
+/// the control plane can give), for comparing answers from two sources.
+fn answer(mut body: Value) -> Value {
+    if let Some(object) = body.as_object_mut() {
+        object.remove("configSource");
+        object.remove("syncNote");
+    }
+    body
+}
+
+#[test]
+fn a_proxys_admin_port_answers_as_the_control_plane_does_and_still_answers_once_the_control_plane_is_killed() {
+    let mut mesh = start_mesh_at(10);
+    let admin = format!("{}:15000", mesh.server_ip);
+    let policies = ["proxy-config", "policies", "shop/server"];
+    let with_admin = |args: &[&str]| -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).chain(["--admin".to_owned(), admin.clone()]).collect()
+    };
+    let admin_policies = with_admin(&policies);
+    let from_control_plane = mesh.json(&policies, 0);
+    let from_proxy = mesh.json(&strs(&admin_policies), 0);
+    assert_eq!(from_control_plane["configSource"]["kind"], "control-plane", "{from_control_plane:#}");
+    assert_eq!(from_proxy["configSource"]["kind"], "admin", "{from_proxy:#}");
+    assert_eq!(from_proxy["configSource"]["enforced"], true, "{from_proxy:#}");
+    assert!(from_proxy["syncNote"].is_null(), "the proxy's own answer needs no sync note: {from_proxy:#}");
+    assert!(
+        from_proxy["authorizationPolicies"].as_array().is_some_and(|p| !p.is_empty()),
+        "the server proxy holds its DENY policy: {from_proxy:#}"
+    );
+    assert_eq!(answer(from_proxy.clone()), answer(from_control_plane.clone()), "policies: the same answer from both");
+    let text = mesh.text(&strs(&admin_policies));
+    assert!(text.contains(&format!("Source: the proxy at {admin}")) && text.contains("exactly"), "{text}");
+
+    // authz check: the same decisions, read from the proxy or from the control plane.
+    let principal = "cluster.local/ns/shop/sa/client";
+    let requests: [&[&str]; 4] = [
+        &["--principal", principal, "--port", "8080", "--path", "/admin"],
+        &["--principal", principal, "--port", "8080", "--path", "/"],
+        &["--plaintext", "--port", "8080", "--path", "/"],
+        &["--plaintext", "--port", "5432"],
+    ];
+    let check = |request: &[&str]| -> Vec<String> {
+        ["authz", "check", "shop/server"].iter().chain(request).map(|a| (*a).to_owned()).collect()
+    };
+    let mut decisions = Vec::new();
+    for request in requests {
+        let through_control_plane = mesh.json(&strs(&check(request)), 0);
+        let through_proxy = mesh.json(&strs(&with_admin(&strs(&check(request)))), 0);
+        assert_eq!(through_proxy["configSource"]["kind"], "admin", "{through_proxy:#}");
+        assert_eq!(
+            answer(through_proxy.clone()),
+            answer(through_control_plane),
+            "authz check {request:?}: the same decision from both"
+        );
+        decisions.push(through_proxy);
+    }
+    assert_eq!(decisions[0]["decision"], "deny", "{:#}", decisions[0]);
+    assert_eq!(decisions[0]["policy"], "shop/server-deny-admin", "{:#}", decisions[0]);
+    assert_eq!(decisions[1]["decision"], "allow", "{:#}", decisions[1]);
+    assert_ne!(decisions[2]["decision"], "allow", "STRICT on 8080 refuses plaintext: {:#}", decisions[2]);
+
+    // describe: the policies that apply are the same; those that do not are the control
+    // plane's to tell, and the proxy's answer says so.
+    let described = mesh.json(&["describe", "shop/server"], 0);
+    let described_by_proxy = mesh.json(&strs(&with_admin(&["describe", "shop/server"])), 0);
+    assert_eq!(described_by_proxy["policies"], described["policies"]);
+    assert_eq!(described_by_proxy["ports"], described["ports"]);
+    assert!(
+        described_by_proxy["notApplyingNote"].as_str().is_some_and(|n| n.contains("known only to the control plane")),
+        "{described_by_proxy:#}"
+    );
+    assert!(described["notApplyingNote"].is_null(), "{described:#}");
+
+    // An admin port serves one workload: asking it about another is refused, not answered.
+    let other = mesh.run(&strs(&with_admin(&["proxy-config", "policies", "shop/client"])));
+    assert!(!other.status.success(), "{}", String::from_utf8_lossy(&other.stdout));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("serves shop/server, not shop/client"));
+
+    // The control plane goes away; the proxy keeps enforcing its version and says which.
+    let (_, control_plane) =
+        mesh.children.iter_mut().find(|(name, _)| name == "control-plane").expect("the control plane was started");
+    control_plane.kill().expect("kill the control plane");
+    control_plane.wait().expect("the control plane exits");
+    let gone = mesh.run(&["proxy-config", "policies", "shop/server", "-o", "json"]);
+    assert!(!gone.status.success(), "the control plane no longer answers: {}", String::from_utf8_lossy(&gone.stdout));
+    let after = mesh.json(&strs(&admin_policies), 0);
+    assert_eq!(after, from_proxy, "the proxy answers with the version it enforces, the control plane gone");
+    assert_eq!(after["version"], from_control_plane["version"]);
+    let denied = mesh.json(&strs(&with_admin(&strs(&check(requests[0])))), 0);
+    assert_eq!(denied, decisions[0], "authz check --admin decides as before, the control plane gone");
+}
+
+/// A proxy run from local files keeps only their compiled form: asked for its documents, it
+/// refuses and says where they are, and `--admin` passes that on instead of answering.
+#[test]
+fn a_proxy_run_from_local_files_says_it_keeps_no_documents_and_admin_commands_pass_that_on() {
+    let [a, b, c] = loopback_net();
+    let ip = |d: u8| IpAddr::from([a, b, c, d]);
+    // Addresses of this test's own within the process's /24 (the idle workload's is …240).
+    let (client_ip, server_ip, external_ip) = (ip(32), ip(33), ip(24));
+    let dir = TempDir::new("inspect-local");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(config.join("mesh.yaml"), mesh_yaml(client_ip, server_ip, external_ip)).expect("mesh.yaml");
+    let ca = dir.path().join("ca");
+    let init = zmesh(&["ca", "init", "--dir", ca.to_str().expect("utf-8")]);
+    assert!(init.status.success(), "zmesh ca init: {}", String::from_utf8_lossy(&init.stderr));
+    let mut mesh =
+        Mesh { status_api: "http://127.0.0.1:1".to_owned(), dir, children: Vec::new(), client_ip, server_ip };
+    mesh.spawn(
+        "proxy-server",
+        &[
+            "proxy",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--ca-dir",
+            ca.to_str().expect("utf-8"),
+            "--workload",
+            "shop/server",
+            "--explicit",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+        ],
+    );
+    let admin = SocketAddr::new(server_ip, 15000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        if let Some(response) = try_get(admin, "/config_documents") {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "the proxy's admin port did not answer within 20 s\n{}", mesh.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(refused.status, 404, "{}", refused.body);
+    let error: Value = serde_json::from_str(&refused.body).expect("a JSON error");
+    assert!(error["error"].as_str().is_some_and(|e| e.contains("local files")), "{error:#}");
+    let admin = admin.to_string();
+    let output = zmesh(&["proxy-config", "policies", "shop/server", "--admin", &admin]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(stderr.contains("404") && stderr.contains("runs from local files"), "{stderr}");
 }

@@ -371,3 +371,42 @@ async fn a_proxy_started_with_other_roots_refuses_the_control_plane() {
     assert!(error.to_string().contains("trust bundle"), "the handshake names the root problem: {error}");
     plane.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_version_carries_the_documents_it_was_compiled_from_shared_with_the_subscription_not_copied() {
+    let plane = Plane::start(config_dir("/v1"), "127.0.0.1:0".parse().expect("addr")).await;
+    let mut subscription = plane
+        .subscription("spiffe://cluster.local/ns/fintech/sa/payments", "fintech/payments", "payments.fintech-3")
+        .await;
+    let stop = CancellationToken::new();
+    let first = subscription.initial(&stop).await.expect("first configuration");
+    let documents = first.documents.clone().expect("a configuration from the control plane keeps its documents");
+    assert_eq!(
+        Arc::strong_count(&documents),
+        3,
+        "one set, held by the subscription, the configuration and this test: not a copy"
+    );
+    assert_eq!(documents.len(), 3, "two WorkloadEntries and the policy: {:?}", documents.keys().collect::<Vec<_>>());
+    let policy_of = |documents: &zmesh_proxy::config::Documents| {
+        documents.get("AuthorizationPolicy/fintech/payments-access").map(|r| r.document.clone()).unwrap_or_default()
+    };
+    assert!(policy_of(&documents).contains("\"/v1\""), "{}", policy_of(&documents));
+
+    let (sender, mut versions) = mpsc::unbounded_channel();
+    let follower = tokio::spawn(subscription.follow(stop.clone(), move |config: ProxyConfig| {
+        let _ = sender.send((config.version.clone(), config.documents.clone()));
+        Ok(())
+    }));
+    rewrite(plane.dir.path(), &policy("/v2"));
+    let (version, next) =
+        tokio::time::timeout(Duration::from_secs(2), versions.recv()).await.expect("pushed in time").expect("version");
+    assert_eq!(version, plane.version());
+    let next = next.expect("the next version keeps its documents too");
+    assert!(policy_of(&next).contains("\"/v2\"") && !policy_of(&next).contains("\"/v1\""), "{}", policy_of(&next));
+    assert_eq!(next.len(), 3, "the unchanged documents are kept with the changed one");
+    assert!(policy_of(&documents).contains("\"/v1\""), "the first version's documents are left as they were");
+
+    stop.cancel();
+    follower.await.expect("follower stops");
+    plane.stop().await;
+}
