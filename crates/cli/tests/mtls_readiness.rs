@@ -78,6 +78,9 @@ fn run_script() -> Result<Run, String> {
         "analyze-before.txt",
         "analyze-after.txt",
         "analyze.err",
+        "mtls-api.json",
+        "mtls-api-3s.json",
+        "dashboard.html",
     ] {
         files.insert(name, std::fs::read_to_string(dir.path().join(name)).unwrap_or_default());
     }
@@ -214,4 +217,57 @@ fn a_workload_whose_proxy_cannot_be_read_is_unknown_never_safe() {
     assert_eq!(ghost["workloads"][0]["workload"], "shop/ghost", "{ghost:#}");
     assert_eq!(ghost["workloads"][0]["verdict"], "UNKNOWN", "{ghost:#}");
     assert!(ghost["workloads"][0]["reason"].as_str().is_some_and(|r| r.contains("10.81.0.9:15020")), "{ghost:#}");
+}
+
+#[test]
+fn the_control_plane_shows_the_plaintext_caller_as_unsafe_and_the_dry_run_count_on_its_dashboard_and_api() {
+    let run = script_run();
+    assert_eq!(run.result("dashboard_done"), "yes", "{}", run.context);
+    let api = run.json("mtls-api.json");
+    let workloads = api["workloads"].as_array().expect("workloads");
+    let by_name =
+        |name: &str| workloads.iter().find(|w| w["workload"] == name).unwrap_or_else(|| panic!("no {name} in {api:#}"));
+    // The control plane read backend's proxy itself: the same verdict the CLI gives.
+    let backend = by_name("shop/backend");
+    assert_eq!(backend["verdict"], "UNSAFE", "{api:#}");
+    let source = &backend["ports"][0]["plaintextSources"][0];
+    assert_eq!((&source["workload"], &source["address"]), (&"shop/legacy".into(), &"10.81.0.4".into()), "{api:#}");
+    assert_eq!(source["connections"], PLAINTEXT_CALLS, "{api:#}");
+    assert_eq!(
+        backend["dryRunRefusals"][0],
+        serde_json::json!({"policy": "shop/backend-strict", "connections": PLAINTEXT_CALLS}),
+        "{api:#}"
+    );
+    // ghost has no proxy: UNKNOWN, never SAFE; client's proxy observes and saw no plaintext.
+    assert_eq!(by_name("shop/ghost")["verdict"], "UNKNOWN", "{api:#}");
+    assert_eq!(by_name("shop/client")["verdict"], "SAFE", "{api:#}");
+    // A window that leaves legacy's old plaintext out: SAFE, as `mtls-readiness --window 3s`.
+    let recent = run.json("mtls-api-3s.json");
+    let backend = recent["workloads"].as_array().into_iter().flatten().find(|w| w["workload"] == "shop/backend");
+    assert_eq!(backend.map(|w| &w["verdict"]), Some(&"SAFE".into()), "{recent:#}");
+
+    assert_eq!(run.result("dashboard_code"), "200", "{}", run.context);
+    let html = &run.files["dashboard.html"];
+    let row = html
+        .lines()
+        .find(|l| l.starts_with("<tr><td>shop/backend</td><td>10.81.0.3</td>"))
+        .unwrap_or_else(|| panic!("{html}"));
+    assert!(row.contains("<td class=\"bad\">UNSAFE</td>"), "{row}");
+    assert!(row.contains(&format!("8080: shop/legacy (10.81.0.4), {PLAINTEXT_CALLS} connection(s)")), "{row}");
+    assert!(row.contains(&format!("shop/backend-strict: {PLAINTEXT_CALLS} connection(s)")), "{row}");
+    assert!(
+        html.contains(&format!("<b class=\"warn\">{PLAINTEXT_CALLS}</b>STRICT dry-run would-be refusals")),
+        "{html}"
+    );
+    // Traffic: legacy's plaintext requests, and the mTLS ones from client and (after joining) legacy.
+    assert!(
+        html.contains(&format!("<tr><td>unknown</td><td></td><td>shop/backend</td><td class=\"bad\">plaintext</td><td>{PLAINTEXT_CALLS}</td>")),
+        "{html}"
+    );
+    for caller in ["client", "legacy"] {
+        let edge = format!(
+            "<tr><td>spiffe://cluster.local/ns/shop/sa/{caller}</td><td>shop/{caller}</td><td>shop/backend</td><td class=\"ok\">mTLS</td><td>3</td>"
+        );
+        assert!(html.contains(&edge), "{edge}\n{html}");
+    }
 }

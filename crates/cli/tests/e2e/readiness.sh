@@ -131,3 +131,15 @@ readiness shop/backend --window 1h -o json >"$WORK/readiness-after-1h.json" 2>>"
 result analyze_after_exit $?
 set -e
 result done yes
+
+# --- 3. The control plane's own view: /api/v1/mtls and the dashboard ----------------------------
+# It reads the proxies every few seconds in the background; wait (at most 15 s) for a round that
+# shows backend, then save both. With a 1 h window legacy's old plaintext still counts.
+for _ in $(seq 1 75); do
+  curl -s -m 2 "$STATUS/api/v1/mtls?window=1h" >"$WORK/mtls-api.json" || : >"$WORK/mtls-api.json"
+  grep -q '"scrapedAt": "' "$WORK/mtls-api.json" && grep -q '"verdict": "UNSAFE"' "$WORK/mtls-api.json" && break
+  sleep 0.2
+done
+curl -s -m 2 "$STATUS/api/v1/mtls?window=3s" >"$WORK/mtls-api-3s.json" || : >"$WORK/mtls-api-3s.json"
+result dashboard_code "$(curl -s -m 2 -o "$WORK/dashboard.html" -w '%{http_code}' "$STATUS/dashboard" || true)"
+result dashboard_done yes
