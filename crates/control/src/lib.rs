@@ -4,9 +4,9 @@
 //! when it is valid as a whole → `snapshot` indexes the accepted documents per workload →
 //! `push` streams each proxy its slice incrementally and tracks ACK/NACK → `status` serves the
 //! whole picture on 15014, with `observe` (what the proxies' metrics say: plaintext, denials,
-//! traffic) and `dashboard` (the security dashboard, HTML). Next to it, the CA's signing service (`ca_service`, `tokens`,
-//! `ratelimit`); `channel` serves both over TLS and says who is calling; `plane` runs them all
-//! as one process.
+//! traffic) and `dashboard` (the security dashboard, HTML). Next to it, the CA's signing
+//! service (`ca_service`, `tokens`, `ratelimit`); `channel` serves both over TLS and says who is
+//! calling; `plane` runs them all as one process.
 
 pub mod ca_service;
 pub mod channel;

@@ -441,8 +441,11 @@ pub struct ObserveOptions {
     pub interval: Duration,
     /// One scrape's limit, connection included.
     pub timeout: Duration,
-    /// Scrapes in flight at once.
+    /// Scrapes in flight at once; a round takes at most `timeout` × ⌈proxies / concurrency⌉.
     pub concurrency: usize,
+    /// A page larger than this is refused (its workload is UNKNOWN). With `concurrency`, it
+    /// bounds what a round can hold in memory at once.
+    pub max_bytes: usize,
 }
 
 impl Default for ObserveOptions {
@@ -451,7 +454,8 @@ impl Default for ObserveOptions {
             metrics_port: METRICS_PORT,
             interval: Duration::from_secs(3),
             timeout: SCRAPE_TIMEOUT,
-            concurrency: 32,
+            concurrency: 16,
+            max_bytes: 4 << 20,
         }
     }
 }
@@ -519,7 +523,7 @@ impl Observer {
             scrapes.spawn(async move {
                 let _slot = slots.acquire_owned().await;
                 let addr = SocketAddr::new(target.address, options.metrics_port);
-                let scraped = zmesh_telemetry::scrape::scrape(addr, options.timeout, MAX_SCRAPE_BYTES)
+                let scraped = zmesh_telemetry::scrape::scrape(addr, options.timeout, options.max_bytes)
                     .await
                     .map(|samples| samples.into_iter().filter(kept).collect());
                 Observed { target, at: SystemTime::now(), scraped }
