@@ -93,7 +93,7 @@ impl ProxyTracker {
     /// Gives `status` its row and returns the stream number that owns it — unless a connected
     /// proxy of another identity holds that id: ids are chosen by callers, and one caller must
     /// not take over (or hide) another's row.
-    fn insert(&self, status: ProxyStatus, now: SystemTime) -> Result<u64, Status> {
+    pub(crate) fn insert(&self, status: ProxyStatus, now: SystemTime) -> Result<u64, Status> {
         let mut tracked = self.lock();
         if let Some((_, current)) = tracked.rows.get(&status.proxy_id)
             && current.connected

@@ -120,3 +120,69 @@ fn only_the_series_the_control_plane_reads_are_kept_from_a_scrape() {
     assert_eq!(kept.len(), samples.len() - 2);
     assert!(kept.iter().all(|s| s.name != "some_other_series" && s.name != "process_cpu_seconds_total"));
 }
+
+fn connected(workload: &str) -> crate::push::ProxyStatus {
+    crate::push::ProxyStatus {
+        proxy_id: format!("{workload}-proxy"),
+        workload: workload.to_owned(),
+        identity: format!("spiffe://cluster.local/ns/shop/sa/{workload}"),
+        peer: None,
+        build_version: String::new(),
+        connected: true,
+        connected_at: SystemTime::UNIX_EPOCH,
+        disconnected_at: None,
+        sent: None,
+        acked: None,
+        nacked: None,
+        resources: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_round_reads_each_connected_proxy_keeps_only_what_it_uses_and_never_dials_a_workload_without_one() {
+    // A real metrics endpoint (the server the proxies use) on 127.0.0.1, a port of its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let shutdown = CancellationToken::new();
+    let page = format!("{PAGE}process_cpu_seconds_total 3\n");
+    let routes: zmesh_telemetry::endpoints::Routes =
+        Arc::new(move |path| (path == "/stats/prometheus").then(|| (http::StatusCode::OK, "text/plain", page.clone())));
+    tokio::spawn(zmesh_telemetry::endpoints::serve(listener, routes, shutdown.clone()));
+
+    // backend answers; frontend's proxy is connected but its address has nothing listening;
+    // ghost has no proxy.
+    let entry = |name: &str, address: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{address: {address}, serviceAccount: {name}}}\n"
+        )
+    };
+    let yaml = [entry("backend", "127.0.0.1"), entry("frontend", "127.0.0.2"), entry("ghost", "127.0.0.3")].concat();
+    let snapshot = Snapshot::build(1, &zmesh_config::load_str(&yaml), SystemTime::UNIX_EPOCH);
+    let (_keep, snapshots) = watch::channel(Arc::new(snapshot));
+    let proxies = Arc::new(ProxyTracker::default());
+    for workload in ["shop/backend", "shop/frontend"] {
+        proxies.insert(connected(workload), SystemTime::now()).expect("tracked");
+    }
+    let options = ObserveOptions { metrics_port: port, timeout: Duration::from_secs(2), ..ObserveOptions::default() };
+    let observer = Observer::default();
+    assert!(observer.latest().at.is_none(), "nothing before the first round");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(observer.clone().run(snapshots, proxies, options, stop.clone()));
+    let mut waited = 0;
+    while observer.latest().at.is_none() {
+        assert!(waited < 100, "no round within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    stop.cancel();
+    task.await.expect("the round task stops on shutdown");
+    shutdown.cancel();
+
+    let latest = observer.latest();
+    let keys: Vec<&str> = latest.workloads.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["shop/backend", "shop/frontend"], "ghost has no proxy and is not dialled");
+    let backend = latest.workloads["shop/backend"].scraped.as_ref().expect("backend read");
+    assert_eq!(backend.len(), parse_prometheus(PAGE).len(), "process_cpu_seconds_total is dropped");
+    let frontend = &latest.workloads["shop/frontend"].scraped;
+    assert!(frontend.as_ref().is_err_and(|e| e.contains("127.0.0.2")), "{frontend:?}");
+}
