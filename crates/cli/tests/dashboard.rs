@@ -265,6 +265,12 @@ fn the_dashboard_and_the_mtls_api_show_workloads_proxies_denials_traffic_and_cer
         let line = html.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("{row}\n{html}"));
         assert!(line.contains("<td class=\"ok\">in "), "a fresh SVID is not flagged: {line}");
     }
+    // ... and the certificate each proxy holds, as the control plane read it from the proxy.
+    for name in ["server", "client"] {
+        let row = format!("<tr><td>shop/{name}</td><td>spiffe://cluster.local/ns/shop/sa/{name}</td>");
+        let line = html.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("{row}\n{html}"));
+        assert!(line.contains("<td class=\"ok\">in "), "{line}");
+    }
     let root = &certificates["trustBundle"][0];
     assert!(html.contains(&format!("<code>{}</code>", root["serial"].as_str().expect("root serial"))), "{html}");
 

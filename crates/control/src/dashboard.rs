@@ -67,6 +67,8 @@ pub struct WorkloadRow {
     pub callers: Vec<Edge>,
     /// Whether its proxy's metrics were read in the latest round.
     pub scraped: bool,
+    /// The certificates its proxy holds (identity, not after), as read.
+    pub held_certificates: Vec<(String, SystemTime)>,
 }
 
 #[derive(Debug, Clone)]
@@ -416,6 +418,28 @@ fn certificates(page: &Page, out: &mut String) {
                 escape(&c.serial),
                 time(c.not_after),
                 expiry_cell(svid_expiry(c, page.now), unix_seconds(c.not_after) - now_s)
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    let held: Vec<(&WorkloadRow, &(String, SystemTime))> =
+        page.workloads.iter().flat_map(|w| w.held_certificates.iter().map(move |h| (w, h))).collect();
+    if !held.is_empty() {
+        out.push_str("<p>Held by the proxies, as last read (flagged against the lifetime of the latest SVID issued to the identity, when known):</p>\n<table><tr><th>Workload</th><th>Identity</th><th>Not after</th><th>Expires</th></tr>\n");
+        for (w, (identity, not_after)) in held {
+            let issued = page.certificates.iter().find(|c| &c.name == identity);
+            let expiry = match issued {
+                Some(c) => svid_expiry(&CertRow { not_after: *not_after, ..c.clone() }, page.now),
+                None if page.now >= *not_after => Expiry::Expired,
+                None => Expiry::Fine,
+            };
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td>{}</tr>",
+                escape(&w.key),
+                escape(identity),
+                time(*not_after),
+                expiry_cell(expiry, unix_seconds(*not_after) - now_s)
             );
         }
         out.push_str("</table>\n");

@@ -361,6 +361,16 @@ pub fn dry_run_authz(samples: &[Sample]) -> BTreeMap<(String, String), u64> {
     sums
 }
 
+/// The certificate each identity's proxy holds, as seconds to its expiry when the page was
+/// read (`zmesh_certificate_expiry_seconds`, computed by the proxy as it renders the page).
+pub fn held_certificates(samples: &[Sample]) -> Vec<(String, i64)> {
+    samples
+        .iter()
+        .filter(|s| s.name == "zmesh_certificate_expiry_seconds")
+        .map(|s| (s.label("identity").to_owned(), s.value as i64))
+        .collect()
+}
+
 /// Traffic into one workload from one caller, as its proxy (the destination's) counted it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Edge {

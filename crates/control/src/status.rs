@@ -317,7 +317,19 @@ impl StatusSources {
             .into_iter()
             .map(|readiness| {
                 let key = readiness.target.key();
-                let samples = observations.workloads.get(&key).and_then(|o| o.scraped.as_ref().ok());
+                let observed = observations.workloads.get(&key);
+                let samples = observed.and_then(|o| o.scraped.as_ref().ok());
+                let held_certificates = match (observed, samples) {
+                    (Some(observed), Some(samples)) => crate::observe::held_certificates(samples)
+                        .into_iter()
+                        .map(|(identity, seconds)| {
+                            let offset = Duration::from_secs(seconds.unsigned_abs());
+                            let not_after = if seconds >= 0 { observed.at + offset } else { observed.at - offset };
+                            (identity, not_after)
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 let identity = snapshot
                     .registry
                     .workload_named(&readiness.target.namespace, &readiness.target.name)
@@ -331,6 +343,7 @@ impl StatusSources {
                     dry_run_authz: samples.map(|s| crate::observe::dry_run_authz(s)).unwrap_or_default(),
                     callers: samples.map(|s| crate::observe::traffic(s)).unwrap_or_default(),
                     scraped: samples.is_some(),
+                    held_certificates,
                     key,
                     readiness,
                 }

@@ -74,6 +74,7 @@ zmesh_plaintext_observed_since_seconds 999000\n",
                     connections: 0,
                 }],
                 scraped: true,
+                held_certificates: vec![("spiffe://cluster.local/ns/shop/sa/client".to_owned(), at(999_000))],
             },
             WorkloadRow {
                 key: format!("shop/{HOSTILE}"),
@@ -85,6 +86,7 @@ zmesh_plaintext_observed_since_seconds 999000\n",
                 dry_run_authz: BTreeMap::new(),
                 callers: Vec::new(),
                 scraped: false,
+                held_certificates: Vec::new(),
             },
         ],
         certificates: vec![
@@ -138,6 +140,11 @@ fn the_sections_show_proxies_coverage_denials_traffic_and_certificates() {
     assert!(html.contains("<td class=\"ok\">in 1h 0m</td>"), "{html}");
     assert!(html.contains("<td class=\"warn\">SOON: in 1m 40s</td>"), "{html}");
     assert!(html.contains("<td class=\"warn\">SOON: in 30d 0h</td>"), "{html}");
+    // What a proxy holds, flagged on its own: shop/backend's proxy still holds an expired one.
+    assert!(
+        html.contains("<tr><td>shop/backend</td><td>spiffe://cluster.local/ns/shop/sa/client</td><td>1970-01-12T13:30:00Z</td><td class=\"bad\">EXPIRED 16m 40s ago</td></tr>"),
+        "{html}"
+    );
 }
 
 #[test]
