@@ -11,13 +11,14 @@
 //! The control plane is the real `zmesh control-plane` binary in its own process (so its memory
 //! is its own), found at `$ZMESH` or `target/release/zmesh` (a relative `$ZMESH` is taken from
 //! the workspace root). The bench writes the mesh into a temporary directory, starts the control
-//! plane on free loopback ports, mints each workload's bootstrap token with the key the control
-//! plane created, and opens one `zmesh.config.v1.ConfigService` stream per simulated proxy over
-//! a few shared HTTP/2 connections. Each simulated proxy keeps its resources (key → version)
+//! plane on free loopback ports, issues each workload's SVID from the CA the control plane
+//! created (what a proxy holds once it has bootstrapped), and opens one
+//! `zmesh.config.v1.ConfigService` stream per simulated proxy, each over its own mTLS connection
+//! presenting that SVID, as `zmesh proxy` does. Each simulated proxy keeps its resources (key → version)
 //! and ACKs every response at once, as `zmesh proxy` does once its configuration compiles.
 //!
 //! Knobs (environment): `PROXIES` (1000), `POLICIES` (10000), `NAMESPACES` (50), `CHANGES` (5),
-//! `CHANNELS` (16 HTTP/2 connections), `POLL_MS` (100, the control plane's `--poll-ms`),
+//! `POLL_MS` (100, the control plane's `--poll-ms`),
 //! `LAYOUT` (`per-resource`: one file per document in a directory per namespace, or
 //! `per-namespace`: one file per namespace), `PAUSE_MS` (3000, quiet time before each change),
 //! `CLIENT_THREADS` (2), `QUICK=1` (50 proxies, 500 policies, 5 namespaces, 2 changes),
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use zmesh_control::snapshot::Snapshot;
-use zmesh_control::tokens::BootstrapTokens;
+use zmesh_tls::{CertStore, ControlCredentials, Identity, TlsOptions, TrustBundle, TrustDomains};
 use zmesh_xds::config::config_service_client::ConfigServiceClient;
 use zmesh_xds::config::{ConfigRequest, ConfigResponse, Node};
 
@@ -98,7 +99,6 @@ struct Knobs {
     policies: usize,
     namespaces: usize,
     changes: usize,
-    channels: usize,
     poll_ms: u64,
     layout: Layout,
     pause: Duration,
@@ -131,20 +131,19 @@ impl Knobs {
             policies: env_num("POLICIES", policies)?,
             namespaces: env_num("NAMESPACES", namespaces)?,
             changes: env_num("CHANGES", changes)?,
-            channels: env_num("CHANNELS", 16)?,
             poll_ms: env_num("POLL_MS", 100)? as u64,
             layout,
             pause: Duration::from_millis(env_num("PAUSE_MS", 3000)? as u64),
             client_threads: env_num("CLIENT_THREADS", 2)?,
             keep: env_flag("KEEP"),
         };
-        if knobs.proxies == 0 || knobs.policies == 0 || knobs.namespaces == 0 || knobs.channels == 0 {
-            return Err("PROXIES, POLICIES, NAMESPACES and CHANNELS must be at least 1".into());
+        if knobs.proxies == 0 || knobs.policies == 0 || knobs.namespaces == 0 {
+            return Err("PROXIES, POLICIES and NAMESPACES must be at least 1".into());
         }
         if knobs.client_threads == 0 {
             return Err("CLIENT_THREADS must be at least 1".into());
         }
-        Ok(Knobs { channels: knobs.channels.min(knobs.proxies), ..knobs })
+        Ok(knobs)
     }
 }
 
@@ -770,36 +769,59 @@ enum Event {
     Ended(usize, String),
 }
 
-async fn simulated_proxy(
-    index: usize,
-    channel: Channel,
-    token: String,
-    workload: String,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let why = match follow(index, channel, token, workload, &events).await {
+/// A gRPC channel to the control plane over TLS, presenting `store`'s SVID.
+async fn mtls_channel(url: &str, store: Arc<CertStore>, control_plane: zmesh_id::SpiffeId) -> Result<Channel> {
+    let tls = tokio_rustls::TlsConnector::from(zmesh_tls::control_client_config(
+        &ControlCredentials::Svid(store),
+        control_plane,
+        &TlsOptions::default(),
+    ));
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from("control-plane.invalid").expect("a valid name");
+            let stream = tls.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?.connect_timeout(Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(20), endpoint.connect_with_connector(connector))
+        .await
+        .map_err(|_| format!("connecting to {url} timed out"))?
+        .map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+/// One connection per simulated proxy needs more descriptors than the usual soft limit of 1,024.
+fn raise_open_file_limit() -> String {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => format!("{:?}", limit.maximum),
+        Err(error) => format!("{:?} (not raised: {error})", limit.current),
+    }
+}
+
+async fn simulated_proxy(index: usize, channel: Channel, workload: String, events: mpsc::UnboundedSender<Event>) {
+    let why = match follow(index, channel, workload, &events).await {
         Ok(()) => "the control plane closed the stream".to_owned(),
         Err(error) => error,
     };
     let _ = events.send(Event::Ended(index, why));
 }
 
-async fn follow(
-    index: usize,
-    channel: Channel,
-    token: String,
-    workload: String,
-    events: &mpsc::UnboundedSender<Event>,
-) -> Result<()> {
+async fn follow(index: usize, channel: Channel, workload: String, events: &mpsc::UnboundedSender<Event>) -> Result<()> {
     let (requests, outgoing) = mpsc::channel(4);
     let hello = ConfigRequest {
         node: Some(Node { workload, proxy_id: format!("sim-{index:05}"), build_version: "push-scale-bench".into() }),
         ..Default::default()
     };
     requests.send(hello).await.map_err(|_| "the request channel closed")?;
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
-    let bearer = format!("Bearer {token}").parse().map_err(|_| "the token is not valid metadata")?;
-    request.metadata_mut().insert(zmesh_xds::AUTHORIZATION, bearer);
+    let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
     let mut responses = ConfigServiceClient::new(channel)
         .stream_config(request)
         .await
@@ -1021,8 +1043,8 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
         ms(written)
     );
     println!(
-        "control plane: --poll-ms {} (debounce {debounce_ms} ms, the default); simulated proxies: {} streams over {} HTTP/2 connections, {} client threads on the same machine",
-        knobs.poll_ms, knobs.proxies, knobs.channels, knobs.client_threads
+        "control plane: --poll-ms {} (debounce {debounce_ms} ms, the default); simulated proxies: {} streams, each over its own mTLS connection, {} client threads on the same machine",
+        knobs.poll_ms, knobs.proxies, knobs.client_threads
     );
     println!();
     println!("what one change costs the control plane, measured in the bench process (one thread):");
@@ -1055,35 +1077,57 @@ async fn bench(knobs: &Knobs, zmesh: &Path, dir: &Path) -> Result<()> {
     let key = plane.ready(&ca_dir.join(zmesh_control::plane::TOKEN_KEY_FILE), Duration::from_secs(120)).await?;
     let startup = started.elapsed();
     let (_, rss_started) = memory(pid)?;
-    let tokens = BootstrapTokens::new(&key).map_err(|e| e.to_string())?;
-    let expiry = SystemTime::now() + Duration::from_secs(3600);
-    let mut minted = Vec::with_capacity(mesh.workloads.len());
+    drop(key);
+    // Each workload's SVID, as its proxy holds it after bootstrapping (one per identity).
+    let raised = raise_open_file_limit();
+    let domain: zmesh_id::TrustDomain = TRUST_DOMAIN.parse().map_err(|e| format!("{e}"))?;
+    let ca = zmesh_ca::CertificateAuthority::load(&ca_dir, zmesh_ca::CaConfig::new(domain.clone()), SystemTime::now())
+        .map_err(|e| format!("the control plane's CA: {e}"))?;
+    let rng = ring::rand::SystemRandom::new();
+    let mut stores: HashMap<String, Arc<CertStore>> = HashMap::new();
+    let minted_at = Instant::now();
     for w in &mesh.workloads {
-        let id: zmesh_id::SpiffeId = format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}", w.namespace, w.service_account)
-            .parse()
-            .map_err(|e| format!("bad SPIFFE ID for {}/{}: {e}", w.namespace, w.name))?;
-        minted.push(tokens.issue(&id, expiry));
+        let uri = format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}", w.namespace, w.service_account);
+        if stores.contains_key(&uri) {
+            continue;
+        }
+        let id: zmesh_id::SpiffeId = uri.parse().map_err(|e| format!("bad SPIFFE ID {uri}: {e}"))?;
+        let (svid, key) = ca.issue_with_new_key(&id, None, SystemTime::now(), &rng).map_err(|e| e.to_string())?;
+        let identity = Identity::from_pem(&svid.chain_pem, key.expose()).map_err(|e| e.to_string())?;
+        let bundle = TrustBundle::from_pem(ca.trust_bundle_pem(), TrustDomains::new(domain.clone()))
+            .map_err(|e| e.to_string())?;
+        stores.insert(uri, Arc::new(CertStore::new(identity, bundle)));
     }
+    println!("SVIDs: {} issued in {:.0} ms; open-file limit {raised}", stores.len(), ms(minted_at.elapsed()));
 
-    let url = format!("http://{}", plane.grpc);
-    let mut channels = Vec::with_capacity(knobs.channels);
-    for _ in 0..knobs.channels {
-        let endpoint =
-            Endpoint::from_shared(url.clone()).map_err(|e| e.to_string())?.connect_timeout(Duration::from_secs(5));
-        let channel = tokio::time::timeout(Duration::from_secs(10), endpoint.connect())
-            .await
-            .map_err(|_| format!("connecting to {url} timed out"))?
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        channels.push(channel);
+    // One mTLS connection per simulated proxy, opened 64 at a time.
+    let url = format!("https://{}", plane.grpc);
+    let control_plane = zmesh_tls::control_plane_id(&domain);
+    let connect_start = Instant::now();
+    let mut channels: Vec<Option<Channel>> = vec![None; mesh.workloads.len()];
+    for (batch_start, batch) in mesh.workloads.chunks(64).enumerate().map(|(i, b)| (i * 64, b)) {
+        let mut dials = tokio::task::JoinSet::new();
+        for (offset, w) in batch.iter().enumerate() {
+            let uri = format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}", w.namespace, w.service_account);
+            let store = stores[&uri].clone();
+            let (url, control_plane) = (url.clone(), control_plane.clone());
+            dials.spawn(async move { (batch_start + offset, mtls_channel(&url, store, control_plane).await) });
+        }
+        while let Some(dialed) = dials.join_next().await {
+            let (index, channel) = dialed.map_err(|e| e.to_string())?;
+            channels[index] = Some(channel?);
+        }
     }
+    println!("mTLS connections: {} opened in {:.0} ms", channels.len(), ms(connect_start.elapsed()));
 
     // Initial sync: every proxy connects at once.
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let mut fleet = Fleet::new(mesh.workloads.len(), events_rx);
     let connect_start = Instant::now();
-    for (i, (w, token)) in mesh.workloads.iter().zip(minted).enumerate() {
+    for (i, (w, channel)) in mesh.workloads.iter().zip(channels).enumerate() {
         let workload = format!("{}/{}", w.namespace, w.name);
-        tokio::spawn(simulated_proxy(i, channels[i % channels.len()].clone(), token, workload, events_tx.clone()));
+        let channel = channel.ok_or("a connection was not opened")?;
+        tokio::spawn(simulated_proxy(i, channel, workload, events_tx.clone()));
     }
     drop(events_tx);
     let initial = fleet.converge(None, Duration::from_secs(300), "initial sync").await?;

@@ -81,6 +81,22 @@ pub fn token_issuer(ca_dir: &Path) -> Result<BootstrapTokens, StartError> {
     Ok(BootstrapTokens::new(&key)?)
 }
 
+/// Every proxy holds a connection of its own: a mesh of more than a thousand proxies needs more
+/// descriptors than the usual soft limit of 1,024, so take what the hard limit allows.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum }) {
+        Ok(()) => tracing::debug!(from = ?limit.current, to = ?limit.maximum, "open-file limit raised"),
+        Err(error) => {
+            tracing::warn!(%error, limit = ?limit.current, "cannot raise the open-file limit; proxies beyond it will be refused")
+        }
+    }
+}
+
 /// Write a secret readable by its owner only, never visible with wider permissions.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -103,6 +119,7 @@ impl ControlPlane {
     /// Load the configuration (refusing to start on an invalid one), open the CA, bind both
     /// ports and serve until `shutdown`.
     pub async fn start(options: Options, shutdown: CancellationToken) -> Result<ControlPlane, StartError> {
+        raise_open_file_limit();
         let store = FileStore::open(&options.config, options.watch.clone(), shutdown.clone())?;
         let states = store.subscribe();
         let first = states.borrow().clone();
