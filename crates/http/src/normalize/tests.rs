@@ -226,3 +226,16 @@ fn dot_segments_with_path_parameters_resolve_as_envoy_resolves_them() {
     // The query keeps its parameters and dots.
     assert_eq!(base("/x/..;p/admin?a=/..;q"), "/admin?a=/..;q");
 }
+
+/// Measured on Envoy 1.40 (normalize_path on, merge_slashes off): a dot segment with parameters
+/// resolves only when slashes delimit it as sent; behind a backslash it stays, turned into a
+/// slash-delimited `..;p` segment — so Envoy's normalization is not idempotent there, and
+/// zmesh's is not either: the policy sees what Envoy forwards.
+#[test]
+fn a_dot_segment_with_parameters_behind_a_backslash_stays_as_envoy_keeps_it() {
+    assert_eq!(base("/x/..;p/admin"), "/admin");
+    assert_eq!(base("/x\\..;p\\admin"), "/x/..;p/admin");
+    assert_eq!(base("/x\\.;p\\admin"), "/x/.;p/admin");
+    assert_eq!(base("/a/b\\.;q/c"), "/a/b/.;q/c");
+    assert_eq!(base("/a\\.;q/c"), "/a/.;q/c");
+}
