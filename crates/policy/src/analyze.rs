@@ -450,12 +450,15 @@ pub enum BypassClass {
     EncodedDot,
     /// `/%61dmin`: an escaped letter, digit or `-._~`.
     EncodedCharacter,
+    /// `/x\..;p\admin`, `/x/%2e%2e;p/admin`: a dot segment with path parameters that Envoy
+    /// keeps as a name (forwarding `/x/..;p/admin`), which Java servlet containers resolve.
+    DotSegmentParameters,
     /// `/ADMIN`: no pathNormalization changes case.
     Case,
 }
 
 impl BypassClass {
-    pub const ALL: [BypassClass; 8] = [
+    pub const ALL: [BypassClass; 9] = [
         BypassClass::RepeatedSlashes,
         BypassClass::EncodedSlash,
         BypassClass::EncodedBackslash,
@@ -463,6 +466,7 @@ impl BypassClass {
         BypassClass::DotSegment,
         BypassClass::EncodedDot,
         BypassClass::EncodedCharacter,
+        BypassClass::DotSegmentParameters,
         BypassClass::Case,
     ];
 
@@ -475,6 +479,7 @@ impl BypassClass {
             BypassClass::DotSegment => "a dot segment",
             BypassClass::EncodedDot => "encoded dots %2e",
             BypassClass::EncodedCharacter => "an encoded letter",
+            BypassClass::DotSegmentParameters => "a dot segment with parameters (`..;p`)",
             BypassClass::Case => "other letter case",
         }
     }
@@ -489,6 +494,7 @@ impl BypassClass {
             BypassClass::DotSegment => "resolves `.` and `..`",
             BypassClass::EncodedDot => "decodes %2e and resolves dot segments",
             BypassClass::EncodedCharacter => "percent-decodes the path",
+            BypassClass::DotSegmentParameters => "drops path parameters and resolves `..` (as servlet containers do)",
             BypassClass::Case => "matches paths without regard to case",
         }
     }
@@ -521,6 +527,10 @@ impl BypassClass {
                     out.push(insert_after(i, "%2e/"));
                     out.push(insert_after(i, "x/%2e%2e/"));
                 }
+                BypassClass::DotSegmentParameters => {
+                    out.push(insert_after(i, "x\\..;p\\"));
+                    out.push(insert_after(i, "x/%2e%2e;p/"));
+                }
                 BypassClass::EncodedCharacter => {
                     if let Some(c) = path[i + 1..].chars().next().filter(char::is_ascii_alphanumeric) {
                         out.push(format!("{}%{:02X}{}", &path[..=i], u32::from(c), &path[i + 1 + c.len_utf8()..]));
@@ -547,7 +557,8 @@ pub struct PathBypass {
 }
 
 /// A path as an app that is lenient about spelling reads it: escapes decoded once, `\` as `/`,
-/// dot segments resolved, slashes merged (and, for [`BypassClass::Case`], lower case).
+/// dot segments resolved (also with path parameters, `..;p`), slashes merged (and, for
+/// [`BypassClass::Case`], lower case).
 fn app_reading(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -568,6 +579,8 @@ fn app_reading(path: &str) -> String {
     let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
     let mut segments: Vec<&str> = Vec::new();
     for segment in text.split('/').filter(|s| !s.is_empty()) {
+        let dots = segment.split(';').next().unwrap_or_default();
+        let segment = if dots == "." || dots == ".." { dots } else { segment };
         match segment {
             "." => {}
             ".." => {
@@ -680,20 +693,27 @@ fn analyze_path_bypass(findings: &mut Findings, config: &Config) {
                         .collect();
                     let mut readings: Vec<&str> = bypasses.iter().map(|b| b.class.app_reading()).collect();
                     readings.dedup();
-                    // The weakest stricter mode that closes every class but case, if any.
+                    // The weakest stricter mode that closes every class no mode closes (case, and
+                    // dot segments with parameters, which Envoy keeps), if any.
+                    let no_mode_closes =
+                        |b: &PathBypass| matches!(b.class, BypassClass::Case | BypassClass::DotSegmentParameters);
                     let closing = stricter
                         .iter()
                         .copied()
                         .filter(|m| rank(*m) > rank(mode))
-                        .find(|m| path_bypasses(path, *m).iter().all(|b| b.class == BypassClass::Case));
+                        .find(|m| path_bypasses(path, *m).iter().all(no_mode_closes))
+                        .filter(|_| !bypasses.iter().all(no_mode_closes));
                     let only_case = bypasses.iter().all(|b| b.class == BypassClass::Case);
                     let mut hint = match closing {
                         Some(m) if !only_case => format!(
-                            "set meshConfig.pathNormalization.normalization: {} (it closes every spelling but letter case), or write an ALLOW rule listing the paths that are allowed instead of this DENY",
+                            "set meshConfig.pathNormalization.normalization: {} (it closes every spelling but letter case and `..;p`), or write an ALLOW rule listing the paths that are allowed instead of this DENY",
                             mode_name(m)
                         ),
                         _ => "write an ALLOW rule listing the paths that are allowed instead of this DENY".to_owned(),
                     };
+                    if bypasses.iter().any(|b| b.class == BypassClass::DotSegmentParameters) {
+                        hint.push_str("; no pathNormalization resolves a dot segment with parameters (Envoy forwards `/x/..;p/admin` as it is), so against an app that does (servlet containers) only an ALLOW list holds");
+                    }
                     if bypasses.iter().any(|b| b.class == BypassClass::Case) {
                         hint.push_str("; no pathNormalization changes letter case, so against a case-insensitive app only an ALLOW list holds");
                     }
