@@ -33,6 +33,7 @@ mod control;
 mod echo;
 mod inspect;
 mod live;
+mod output;
 mod proxy;
 mod readiness;
 mod up;

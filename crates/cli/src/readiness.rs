@@ -20,14 +20,8 @@ use serde_json::Value;
 use zmesh_control::observe::{Sample, Target, Verdict, WorkloadReport, assess, scrape};
 use zmesh_control::observe::{readiness_json, unix_seconds, verdict_text};
 
+use crate::output::{Format, to_yaml};
 use crate::{EXIT_FINDINGS, UsageError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Format {
-    Text,
-    Json,
-    Yaml,
-}
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ReadinessArgs {
@@ -113,46 +107,6 @@ fn print_text(reports: &[WorkloadReport], now: SystemTime, window: Duration) {
     }
 }
 
-/// JSON written as YAML (block style; strings double-quoted, as JSON quotes them).
-fn yaml(value: &Value, indent: usize, out: &mut String) {
-    let pad = " ".repeat(indent);
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                match v {
-                    Value::Object(m) if !m.is_empty() => {
-                        out.push_str(&format!("{pad}{k}:\n"));
-                        yaml(v, indent + 2, out);
-                    }
-                    Value::Array(a) if !a.is_empty() => {
-                        out.push_str(&format!("{pad}{k}:\n"));
-                        yaml(v, indent, out);
-                    }
-                    _ => out.push_str(&format!("{pad}{k}: {}\n", scalar(v))),
-                }
-            }
-        }
-        Value::Array(items) if !items.is_empty() => {
-            for item in items {
-                let mut inner = String::new();
-                yaml(item, indent + 2, &mut inner);
-                // The first line of the item goes after the dash.
-                let inner = inner.strip_prefix(&" ".repeat(indent + 2)).unwrap_or(&inner).to_owned();
-                out.push_str(&format!("{pad}- {inner}"));
-            }
-        }
-        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
-    }
-}
-
-fn scalar(value: &Value) -> String {
-    match value {
-        Value::Object(_) => "{}".to_owned(),
-        Value::Array(_) => "[]".to_owned(),
-        other => other.to_string(),
-    }
-}
-
 pub(crate) fn mtls_readiness(args: ReadinessArgs) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let reports = runtime.block_on(async {
@@ -183,11 +137,7 @@ pub(crate) fn mtls_readiness(args: ReadinessArgs) -> anyhow::Result<u8> {
     match args.output {
         Format::Text => print_text(&reports, now, args.window),
         Format::Json => outln!("{:#}", readiness_json(&reports, now, args.window)),
-        Format::Yaml => {
-            let mut text = String::new();
-            yaml(&readiness_json(&reports, now, args.window), 0, &mut text);
-            out!("{text}");
-        }
+        Format::Yaml => out!("{}", to_yaml(&readiness_json(&reports, now, args.window))),
     }
     Ok(if reports.iter().all(|r| r.verdict == Verdict::Safe) { 0 } else { EXIT_FINDINGS })
 }
@@ -213,12 +163,5 @@ mod tests {
         assert_eq!(select(&workloads, Some("shop")).unwrap().len(), 2);
         assert_eq!(select(&workloads, Some("shop/backend")).unwrap(), vec![target()]);
         assert!(select(&workloads, Some("shop/nothing")).is_err());
-    }
-
-    #[test]
-    fn yaml_output_nests_maps_and_lists() {
-        let mut text = String::new();
-        yaml(&json!({"a": 1, "b": [{"c": "x", "d": []}], "e": {"f": null}}), 0, &mut text);
-        assert_eq!(text, "a: 1\nb:\n- c: \"x\"\n  d: []\ne:\n  f: null\n");
     }
 }
