@@ -99,22 +99,45 @@ pub(crate) async fn get_json(base: &str, path: &str) -> anyhow::Result<serde_jso
         .strip_prefix("http://")
         .ok_or_else(|| UsageError(format!("`{base}`: only http:// URLs are served by the status API")))?
         .trim_end_matches('/');
+    let unreachable =
+        || format!("cannot reach the control plane at {base} (is `zmesh up` or `zmesh control-plane` running?)");
+    let (status, body) = http_get(authority, path, unreachable).await?;
+    let url = format!("{base}{path}");
+    if !status.is_success() {
+        let why = body.as_ref().and_then(|b| b["error"].as_str()).map(|e| format!(": {e}")).unwrap_or_default();
+        anyhow::bail!("{url}: {status}{why}");
+    }
+    body.ok_or_else(|| anyhow::anyhow!("{url} did not answer JSON"))
+}
+
+/// GET `path` from `authority` over plain HTTP/1.1: the status and, when it is JSON, the body.
+/// Connecting gets 3 s (`unreachable` says what to check when it fails), the whole answer 10 s,
+/// so a peer that stalls cannot hang a command.
+pub(crate) async fn http_get(
+    authority: &str,
+    path: &str,
+    unreachable: impl FnOnce() -> String,
+) -> anyhow::Result<(http::StatusCode, Option<serde_json::Value>)> {
+    let url = format!("http://{authority}{path}");
     let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(authority))
         .await
-        .map_err(|_| anyhow::anyhow!("{base}: no answer within 3 s"))?
-        .with_context(|| {
-            format!("cannot reach the control plane at {base} (is `zmesh up` or `zmesh control-plane` running?)")
-        })?;
+        .map_err(|_| anyhow::anyhow!("{url}: no answer within 3 s"))?
+        .with_context(unreachable)?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = http::Request::get(path)
         .header(http::header::HOST, authority)
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
-    anyhow::ensure!(status.is_success(), "{base}{path}: {status}");
-    serde_json::from_slice(&body).with_context(|| format!("{base}{path} did not answer JSON"))
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+        anyhow::Ok((status, body))
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("{url}: no complete answer within 10 s"))?;
+    let (status, body) = answer.with_context(|| format!("{url}: the answer broke off"))?;
+    Ok((status, serde_json::from_slice(&body).ok()))
 }
 
 pub(crate) fn proxy_status(args: ProxyStatusArgs) -> anyhow::Result<u8> {

@@ -212,31 +212,14 @@ pub(crate) async fn workload_config_from(source: &ConfigSource, workload: &str) 
 /// explanation (a proxy run from local files keeps no documents, and says where they are).
 async fn admin_documents(admin: SocketAddr) -> anyhow::Result<Value> {
     let url = format!("http://{admin}/config_documents");
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(admin))
-        .await
-        .map_err(|_| anyhow::anyhow!("{url}: no answer within 3 s"))?
-        .with_context(|| {
-            format!(
-                "cannot reach the proxy's admin port at {admin}: it listens on loopback only (port 15000 on the \
-                 workload's address when that is a loopback address, else on 127.0.0.1), so run this on the \
-                 proxy's host"
-            )
-        })?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = http::Request::get("/config_documents")
-        .header(http::header::HOST, admin.to_string())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let response = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
-        anyhow::Ok((status, body))
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("{url}: no complete answer within 10 s"))?;
-    let (status, body) = response.with_context(|| format!("{url}: the answer broke off"))?;
-    let body: Option<Value> = serde_json::from_slice(&body).ok();
+    let unreachable = || {
+        format!(
+            "cannot reach the proxy's admin port at {admin}: it listens on loopback only (port 15000 on the \
+             workload's address when that is a loopback address, else on 127.0.0.1), so run this on the \
+             proxy's host"
+        )
+    };
+    let (status, body) = crate::control::http_get(&admin.to_string(), "/config_documents", unreachable).await?;
     if !status.is_success() {
         let why = body.as_ref().and_then(|b| b["error"].as_str()).unwrap_or("no explanation given");
         anyhow::bail!("{url}: {status}: {why}");
